@@ -1,0 +1,56 @@
+"""Named-component registries and the one-line configuration error.
+
+Every choice a user makes by name (corpus, objective, architecture, vocabulary, size,
+mesh preset) goes through a `Registry`, so a typo fails the same way everywhere: one line
+that names the bad value and lists the valid ones, before anything is built or compiled.
+This module imports nothing heavy: the model path on GPU hosts (no TensorFlow, no seqio)
+uses it too.
+"""
+from __future__ import annotations
+
+from typing import Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+  """A bad configuration value, reported in one line that names the valid choices."""
+
+
+class Registry(Generic[T]):
+  """An ordered name -> component map with helpful errors.
+
+  >>> r = Registry("objective"); r.add("full_lm", 1); r.get("full_lm")
+  1
+  >>> r.get("ful_lm")
+  Traceback (most recent call last):
+  ...
+  objectax.data.registry.ConfigError: unknown objective 'ful_lm'; valid choices: full_lm
+  """
+
+  def __init__(self, kind: str):
+    self.kind = kind
+    self._items: dict[str, T] = {}
+
+  def add(self, name: str, item: T) -> T:
+    if name in self._items and self._items[name] is not item:
+      raise ValueError(f"{self.kind} {name!r} is registered twice")
+    self._items[name] = item
+    return item
+
+  def get(self, name: str) -> T:
+    try:
+      return self._items[name]
+    except KeyError:
+      raise ConfigError(
+          f"unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}"
+      ) from None
+
+  def names(self) -> list[str]:
+    return list(self._items)
+
+  def __contains__(self, name: str) -> bool:
+    return name in self._items
+
+  def __iter__(self) -> Iterator[str]:
+    return iter(self._items)

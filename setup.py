@@ -1,0 +1,39 @@
+"""Objectax: language-model pretraining objectives across architectures (JAX/Flax/SeqIO).
+
+The design card fixes the top-level folders (objectives/, models/, data/, gin/, launch/);
+they are installed as the sub-packages ``objectax.objectives``, ``objectax.models``, ... so
+that nothing generic like ``data`` or ``models`` lands in site-packages. The gin files
+travel as package data of ``objectax.gin``.
+"""
+import setuptools
+
+_PACKAGES = ("objectives", "models", "data", "launch", "gin")
+
+setuptools.setup(
+    name="objectax",
+    version="0.1.0",
+    description="Compare LM pretraining objectives across architectures with JAX/Flax/SeqIO.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=[f"objectax.{p}" for p in _PACKAGES],
+    package_dir={f"objectax.{p}": p for p in _PACKAGES},
+    package_data={"objectax.gin": ["*.gin", "*/*.gin", "*/*/*.gin"]},
+    include_package_data=True,
+    install_requires=[
+        # Ranges are open upward where it is safe: GPU hosts often carry a newer jax.
+        "jax>=0.4.35",
+        "flax>=0.10",
+        "optax>=0.2.3",
+        "orbax-checkpoint>=0.11",
+        "seqio>=0.0.19",
+        "tensorflow>=2.16",
+        "tensorflow-text>=2.16",
+        "tensorflow-datasets>=4.9.4",
+        "sentencepiece>=0.2",
+        "gin-config>=0.5",
+        "numpy>=1.26",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["objectax=objectax.launch.main:run"]},
+)
