@@ -1,0 +1,157 @@
+"""The corpus registry: lazy, offline sources; one-line errors; local files split stably."""
+import json
+import socket
+
+import gin
+import pytest
+import seqio
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from objectax.data import pydocs
+from objectax.data import sources
+from objectax.data.registry import ConfigError
+
+TFDS_CORPORA = {"c4": "c4/en:3.1.0", "wikipedia": "wikipedia/20230601.en:1.0.0",
+                "lm1b": "lm1b:1.1.0"}
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+  """Any attempt to open a connection fails the test."""
+  def refuse(*args, **kwargs):
+    raise AssertionError(f"network touched: {args}")
+  monkeypatch.setattr(socket.socket, "connect", refuse)
+  monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture
+def clean_gin():
+  gin.clear_config()
+  yield
+  gin.clear_config()
+
+
+@pytest.fixture
+def empty_tfds_dir(tmp_path, monkeypatch):
+  monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path))
+  return str(tmp_path)
+
+
+def _texts(source, split, **kwargs):
+  return [ex["text"].decode() for ex in
+          source.get_dataset(split, shuffle=False, **kwargs).as_numpy_iterator()]
+
+
+def test_registry_names_and_typo():
+  assert sources.CORPORA.names() == ["pydocs", "c4", "wikipedia", "lm1b", "local"]
+  with pytest.raises(ConfigError, match="unknown corpus 'c5'; valid choices: pydocs, c4"):
+    sources.get_corpus("c5")
+
+
+def test_tfds_names_are_versions_this_tfds_knows(no_network, empty_tfds_dir):
+  for name, tfds_name in TFDS_CORPORA.items():
+    builder = tfds.builder(tfds_name, data_dir=empty_tfds_dir)
+    assert builder.info.full_name == tfds_name.replace(":", "/")
+    assert "text" in builder.info.features
+    assert sources.get_corpus(name).text_key == "text"
+
+
+def test_sources_are_lazy_and_offline(no_network, empty_tfds_dir, clean_gin):
+  with pytest.raises(AssertionError, match="network touched"):
+    socket.create_connection(("127.0.0.1", 9))  # the guard itself works
+  for name in sources.CORPORA.names():
+    source = sources.get_corpus(name).make_source()
+    assert isinstance(source, seqio.DataSource)
+    assert set(source.splits) == {"train", "validation"}
+
+
+def test_missing_tfds_data_fails_in_one_line(no_network, empty_tfds_dir):
+  for name, tfds_name in TFDS_CORPORA.items():
+    with pytest.raises(ConfigError) as e:
+      sources.get_corpus(name).prepare()
+    message = str(e.value)
+    assert tfds_name in message and empty_tfds_dir in message and "tfds build" in message
+    assert "\n" not in message
+
+
+def test_gin_binding_sets_the_tfds_dir(tmp_path, empty_tfds_dir, clean_gin):
+  gin.parse_config([f"TfdsConfig.data_dir = '{tmp_path / 'bound'}'"])
+  assert sources.tfds_data_dir() == str(tmp_path / "bound")
+  with pytest.raises(ConfigError, match="bound"):
+    sources.get_corpus("lm1b").prepare()
+
+
+def test_pydocs_corpus_builds_and_reads(no_network, empty_tfds_dir, clean_gin):
+  corpus = sources.get_corpus("pydocs")
+  corpus.prepare()
+  assert pydocs.is_built(empty_tfds_dir)
+  texts = _texts(corpus.make_source(), "validation")
+  assert len(texts) > 5 and all(len(t) >= pydocs.MIN_CHARS for t in texts)
+
+
+# ---------------------------------------------------------------------------- local
+
+@pytest.fixture
+def local_files(tmp_path):
+  txt = [f"plain line {i} about the parser." for i in range(120)]
+  jsonl = [f"json record {i} on the tokenizer." for i in range(80)]
+  (tmp_path / "a.txt").write_text("\n".join(txt[:60]) + "\n\n   \n" + "\n".join(txt[60:]) + "\n")
+  (tmp_path / "b.jsonl").write_text(
+      "\n".join(json.dumps({"body": t, "id": i}) for i, t in enumerate(jsonl)) + "\n")
+  return tmp_path, txt, jsonl
+
+
+def test_local_reads_txt_and_jsonl_and_holds_out_by_hash(local_files, clean_gin):
+  path, txt, jsonl = local_files
+  # Source made before the bindings: they are read when the dataset is built.
+  source = sources.get_corpus("local").make_source()
+  gin.parse_config([f"LocalTextConfig.train_glob = '{path}/*'",
+                    "LocalTextConfig.text_key = 'body'"])
+  sources.get_corpus("local").prepare()
+  train, validation = _texts(source, "train"), _texts(source, "validation")
+  assert sorted(train + validation) == sorted(txt + jsonl)  # blank lines skipped
+  assert not set(train) & set(validation)
+  assert validation and len(validation) < 0.15 * len(train + validation)
+  assert all(pydocs.is_validation(t) for t in validation)
+  assert train == [t for t in txt + jsonl if not pydocs.is_validation(t)]  # file order
+  shuffled = _texts(source, "train", seed=1)
+  assert sorted(shuffled) == sorted(train)
+
+
+def test_local_validation_glob(local_files, clean_gin):
+  path, txt, jsonl = local_files
+  gin.parse_config([f"LocalTextConfig.train_glob = '{path}/*.txt'",
+                    f"LocalTextConfig.validation_glob = '{path}/*.jsonl'",
+                    "LocalTextConfig.text_key = 'body'"])
+  source = sources.get_corpus("local").make_source()
+  assert _texts(source, "train") == txt
+  assert _texts(source, "validation") == jsonl
+
+
+def test_local_errors_are_one_line(local_files, clean_gin):
+  path, _, _ = local_files
+  corpus = sources.get_corpus("local")
+  with pytest.raises(ConfigError, match="needs LocalTextConfig.train_glob"):
+    corpus.prepare()
+  gin.parse_config([f"LocalTextConfig.train_glob = '{path}/*.csv'"])
+  with pytest.raises(ConfigError, match="matches no files"):
+    corpus.make_source().get_dataset("train", shuffle=False)
+  gin.parse_config([f"LocalTextConfig.train_glob = '{path}/*.jsonl'"])  # key is 'body'
+  with pytest.raises(ConfigError, match="no key 'text'"):
+    corpus.prepare()
+
+
+def test_local_iterator_position_checkpoints(local_files, clean_gin, tmp_path):
+  path, _, _ = local_files
+  gin.parse_config([f"LocalTextConfig.train_glob = '{path}/*'",
+                    "LocalTextConfig.text_key = 'body'"])
+  make = lambda: sources.get_corpus("local").make_source().get_dataset("train", shuffle=False)
+  it = iter(make())
+  for _ in range(110):  # past the end of a.txt, into b.jsonl
+    next(it)
+  saved = tf.train.Checkpoint(it=it).write(str(tmp_path / "ckpt" / "it"))
+  expected = [next(it)["text"].numpy() for _ in range(5)]
+  restored = iter(make())
+  tf.train.Checkpoint(it=restored).read(saved).assert_consumed()
+  assert [next(restored)["text"].numpy() for _ in range(5)] == expected
