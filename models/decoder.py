@@ -1,0 +1,187 @@
+"""Decoder-only Transformer: the causal decoder (CD) and the prefix decoder (ND).
+
+Both read the features of `seqio.DecoderFeatureConverter`; they share every parameter and
+differ only in the attention mask (`bidirectional_inputs`), as in the T5X fork of Wang et
+al. 2022 (`DecoderOnlyModel.inputs_bidirectional_attention`). With plain LM data
+(no `decoder_causal_attention`) the two are the same model.
+
+Features (B, L) int32, packed example from seqio's PrefixLMFeatureConverter docstring:
+  decoder_target_tokens    [7, 8, 5, 1, 3, 9, 1, 8, 4, 9, 3, 1, 4, 1, 0]
+  decoder_input_tokens     [0, 7, 8, 5, 1, 3, 9, 0, 8, 4, 9, 3, 1, 4, 0]
+  decoder_loss_weights     [0, 0, 0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0]
+  decoder_positions        [0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 5, 6, 0]
+  decoder_segment_ids      [1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 0]
+  decoder_causal_attention [1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0]
+
+This module imports seqio only inside `feature_converter`, so GPU hosts without
+TensorFlow/seqio can build, benchmark and train the model on `synthetic_batch` data.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Union
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from objectax.data.registry import ConfigError
+from objectax.models import layers
+from objectax.models import masks
+from objectax.models.config import ModelConfig
+
+TARGETS_KEY = "decoder_target_tokens"
+WEIGHTS_KEY = "decoder_loss_weights"
+
+
+class Model(nn.Module):
+  """A pre-norm decoder-only Transformer returning float32 logits_BLV.
+
+  Attributes:
+    config: shapes and numerics; config.vocab_size must be set (`with_vocab_size`).
+    bidirectional_inputs: False = causal decoder ("causal_decoder"); True = prefix decoder
+      ("prefix_decoder"): positions with decoder_causal_attention == 1 see each other
+      both ways.
+  """
+
+  config: ModelConfig
+  bidirectional_inputs: bool = False
+
+  def setup(self):
+    cfg = self.config
+    if cfg.vocab_size <= 0:
+      raise ConfigError("ModelConfig.vocab_size is 0; call config.with_vocab_size(n) first")
+    self.embed = layers.Embed(cfg)
+    self.embed_dropout = nn.Dropout(rate=cfg.dropout_rate)
+    self.blocks = [layers.Block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
+    self.final_norm = layers.RMSNorm(cfg)
+    if not cfg.tie_embeddings:
+      self.head_DV = self.param(
+          "head", nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                               ("embed", "vocab")),
+          (cfg.d_model, cfg.vocab_size), jnp.dtype(cfg.param_dtype))
+
+  def __call__(self, batch: Mapping[str, jax.Array], *, deterministic: bool = True) -> jax.Array:
+    """Logits (float32) for every position of `batch["decoder_input_tokens"]`."""
+    x_BLD = self.embed(batch["decoder_input_tokens"])
+    return self.logits_from_embeddings(x_BLD, batch, deterministic=deterministic)
+
+  def logits_from_embeddings(self, x_BLD: jax.Array, batch: Mapping[str, jax.Array], *,
+                             deterministic: bool = True) -> jax.Array:
+    """The network after the embedding lookup (also used by the leakage tests)."""
+    cfg = self.config
+    tokens_BL = batch["decoder_input_tokens"]
+    segment_ids_BL = _segment_ids(batch)
+    positions_BL = batch.get("decoder_positions")
+    if positions_BL is None:  # unpacked: every row is one example starting at 0
+      positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
+    mask_B1LL = masks.decoder_mask(segment_ids_BL, batch.get("decoder_causal_attention"),
+                                   self.bidirectional_inputs)
+    if cfg.dropout_rate > 0.0:
+      x_BLD = self.embed_dropout(x_BLD, deterministic=deterministic)
+    for block in self.blocks:
+      x_BLD = block(x_BLD, mask_B1LL, positions_BL, deterministic)
+    x_BLD = self.final_norm(x_BLD)
+    if cfg.tie_embeddings:
+      return self.embed.attend(x_BLD)
+    return jnp.einsum("BLD,DV->BLV", x_BLD.astype(jnp.float32),
+                      self.head_DV.astype(jnp.float32))
+
+
+def _segment_ids(batch: Mapping[str, jax.Array]) -> jax.Array:
+  """Packed: the batch's segment ids. Unpacked: 1 on real tokens, 0 on padding.
+
+  T5X's padding mask is `decoder_target_tokens > 0`; trailing padding then only sees
+  padding, and real tokens never see it.
+  """
+  segment_ids_BL = batch.get("decoder_segment_ids")
+  if segment_ids_BL is not None:
+    return segment_ids_BL
+  targets_BL = batch.get(TARGETS_KEY)
+  if targets_BL is None:
+    return jnp.ones_like(batch["decoder_input_tokens"])
+  return (targets_BL > 0).astype(jnp.int32)
+
+
+def feature_converter(pack: bool = True) -> Any:
+  """seqio's decoder converter: LM without "inputs", prefix LM with them.
+
+  loss_on_targets_only=True puts weight only on the "targets" part (inputs get 0), for
+  both the causal and the prefix decoder. seqio is imported here, not at module level.
+  """
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  return seqio.DecoderFeatureConverter(loss_on_targets_only=True, pack=pack)
+
+
+def model_lengths(task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
+  """One stream of inputs + targets, e.g. {"inputs": 512, "targets": 114} -> 626."""
+  return {"decoder": int(task_feature_lengths.get("inputs", 0))
+                     + int(task_feature_lengths["targets"])}
+
+
+def batch_spec(task_feature_lengths: Mapping[str, int],
+               batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of every feature DecoderFeatureConverter(pack=True) emits, all int32 (B, L).
+
+  decoder_causal_attention only when the task has "inputs" (prefix-LM data).
+  """
+  shape = (batch_size, model_lengths(task_feature_lengths)["decoder"])
+  names = ["decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
+           "decoder_segment_ids", "decoder_positions"]
+  if "inputs" in task_feature_lengths:
+    names.append("decoder_causal_attention")
+  return {name: jax.ShapeDtypeStruct(shape, jnp.int32) for name in names}
+
+
+def synthetic_batch(spec: Mapping[str, jax.ShapeDtypeStruct], vocab_size: int,
+                    rng: Union[np.random.Generator, int, None] = None) -> dict[str, np.ndarray]:
+  """A packed batch with the structure seqio would produce, from random tokens.
+
+  Each row holds 1-3 examples (random lengths, each ending in EOS id 1, token ids in
+  [2, vocab_size)), then up to L/8 padding. With decoder_causal_attention in `spec`, each
+  example is split at a random point into inputs and targets: loss weights 1 on the
+  targets only, causal attention 1 on the inputs plus one position. Used to init models
+  and to benchmark without seqio.
+  """
+  rng = np.random.default_rng(rng)
+  first = next(iter(spec.values()))
+  batch_size, length = first.shape
+  prefix_lm = "decoder_causal_attention" in spec
+  out = {name: np.zeros((batch_size, length), np.int32) for name in spec}
+  for b in range(batch_size):
+    used = length - int(rng.integers(0, max(1, length // 8)))
+    num_examples = int(min(rng.integers(1, 4), max(1, used // 2)))
+    cuts = np.sort(rng.choice(np.arange(1, used), num_examples - 1, replace=False)) \
+        if num_examples > 1 else np.zeros(0, np.int64)
+    bounds = [0, *cuts.tolist(), used]
+    for segment, (start, end) in enumerate(zip(bounds[:-1], bounds[1:]), start=1):
+      n = end - start
+      tokens = rng.integers(2, max(3, vocab_size), n).astype(np.int32)
+      tokens[-1] = 1  # EOS
+      _fill_example(out, b, start, end, segment, tokens, rng, prefix_lm)
+  return {name: out[name] for name in spec}
+
+
+def _fill_example(out: dict[str, np.ndarray], b: int, start: int, end: int, segment: int,
+                  tokens: np.ndarray, rng: np.random.Generator, prefix_lm: bool) -> None:
+  """Writes one example, laid out as seqio packs it, into row b at [start, end)."""
+  n = end - start
+  positions = np.arange(n, dtype=np.int32)
+  out["decoder_target_tokens"][b, start:end] = tokens
+  out["decoder_input_tokens"][b, start:end] = np.concatenate([[0], tokens[:-1]])  # BOS = 0
+  if "decoder_segment_ids" in out:
+    out["decoder_segment_ids"][b, start:end] = segment
+  if "decoder_positions" in out:
+    out["decoder_positions"][b, start:end] = positions
+  num_inputs = int(rng.integers(1, n)) if (prefix_lm and n > 1) else 0
+  out["decoder_loss_weights"][b, start:end] = positions >= num_inputs
+  if prefix_lm:
+    out["decoder_causal_attention"][b, start:end] = positions <= num_inputs
+
+
+def init_params(model: Model, spec: Mapping[str, jax.ShapeDtypeStruct],
+                rng: jax.Array) -> Any:
+  """Boxed (logically partitioned) parameters for `model`, from a batch of `spec` shapes."""
+  batch = {name: jnp.zeros(s.shape, s.dtype) for name, s in spec.items()}
+  return model.init(rng, batch)["params"]

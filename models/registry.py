@@ -1,0 +1,79 @@
+"""The architecture registry: name -> (model factory, feature converter, shapes, keys).
+
+An architecture is everything the training loop needs to know about a model family,
+given by module contract rather than a class hierarchy. "causal_decoder" and
+"prefix_decoder" are one module (`decoder.Model`) with the `bidirectional_inputs` switch
+flipped: the AO repo's `DecoderOnlyModel.inputs_bidirectional_attention` (Wang et al.
+2022, gins c_dec_xxl.gin / nc_dec_xxl.gin). Nothing here imports seqio or TensorFlow.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from objectax.data.registry import Registry
+from objectax.models import decoder
+from objectax.models.config import ModelConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+  """A model family and the data layout it reads.
+
+  Attributes:
+    name: registry name, the `{arch}` part of an experiment name.
+    description: one line for listings and logs.
+    make_model: ModelConfig -> Linen module whose `apply(params, batch,
+      deterministic=...)` returns float32 logits.
+    feature_converter: pack -> seqio FeatureConverter (imports seqio lazily).
+    model_lengths: task feature lengths -> model lengths, e.g. {"decoder": 626}.
+    batch_spec: (task feature lengths, batch size) -> {feature: ShapeDtypeStruct}.
+    synthetic_batch: (spec, vocab size, rng) -> numpy batch with plausible values.
+    targets_key: feature holding the target ids for the loss.
+    weights_key: feature holding the per-position loss weights.
+  """
+
+  name: str
+  description: str
+  make_model: Callable[[ModelConfig], nn.Module]
+  feature_converter: Callable[[bool], Any]
+  model_lengths: Callable[[Mapping[str, int]], dict[str, int]]
+  batch_spec: Callable[[Mapping[str, int], int], dict[str, jax.ShapeDtypeStruct]]
+  synthetic_batch: Callable[..., dict[str, np.ndarray]]
+  targets_key: str
+  weights_key: str
+
+
+ARCHITECTURES = Registry[Architecture]("architecture")
+
+
+def _decoder_architecture(name: str, description: str, bidirectional: bool) -> Architecture:
+  return Architecture(
+      name=name,
+      description=description,
+      make_model=functools.partial(decoder.Model, bidirectional_inputs=bidirectional),
+      feature_converter=decoder.feature_converter,
+      model_lengths=decoder.model_lengths,
+      batch_spec=decoder.batch_spec,
+      synthetic_batch=decoder.synthetic_batch,
+      targets_key=decoder.TARGETS_KEY,
+      weights_key=decoder.WEIGHTS_KEY,
+  )
+
+
+ARCHITECTURES.add("causal_decoder", _decoder_architecture(
+    "causal_decoder", "decoder-only, causal attention over concat(inputs, targets)",
+    bidirectional=False))
+ARCHITECTURES.add("prefix_decoder", _decoder_architecture(
+    "prefix_decoder", "decoder-only, bidirectional over inputs (+1 position), causal after",
+    bidirectional=True))
+
+
+def get(name: str) -> Architecture:
+  """The architecture called `name`; a ConfigError lists the valid names otherwise."""
+  return ARCHITECTURES.get(name)

@@ -1,0 +1,254 @@
+"""Decoder model: packed == unpacked, loss positions, logical axes, config, registry, sizes."""
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from objectax.data.registry import ConfigError
+from objectax.models import config as config_lib
+from objectax.models import decoder
+from objectax.models import registry
+from objectax.models.config import ModelConfig
+from objectax.models.layers import LOGICAL_AXES
+from objectax.models.losses import weighted_cross_entropy
+
+CONFIG = ModelConfig(d_model=32, num_heads=2, head_dim=16, mlp_dim=64,
+                     num_layers=2).with_vocab_size(100)
+GIN_SIZE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "gin", "size")
+
+
+def _init(model, length=8, batch_size=1):
+  spec = decoder.batch_spec({"targets": length}, batch_size)
+  return decoder.init_params(model, spec, jax.random.key(0))
+
+
+def _unpacked(inputs, targets, length, prefix):
+  """One example laid out as DecoderFeatureConverter(pack=False) would, padded to length."""
+  stream = list(inputs) + list(targets)
+  n = len(stream)
+  pad = [0] * (length - n)
+  batch = {
+      "decoder_target_tokens": stream + pad,
+      "decoder_input_tokens": [0] + stream[:-1] + pad,
+      "decoder_loss_weights": [0] * len(inputs) + [1] * len(targets) + pad,
+  }
+  if prefix:
+    batch["decoder_causal_attention"] = [1] * (len(inputs) + 1) + [0] * (length - len(inputs) - 1)
+  return {k: np.asarray([v], np.int32) for k, v in batch.items()}
+
+
+def _packed(examples, length, prefix):
+  rows = [_unpacked(i, t, len(i) + len(t), prefix) for i, t in examples]
+  batch = {k: np.concatenate([r[k][0] for r in rows]) for k in rows[0]}
+  batch["decoder_segment_ids"] = np.concatenate(
+      [np.full(len(i) + len(t), s + 1) for s, (i, t) in enumerate(examples)])
+  batch["decoder_positions"] = np.concatenate([np.arange(len(i) + len(t)) for i, t in examples])
+  used = len(batch["decoder_segment_ids"])
+  return {k: np.pad(v, (0, length - used))[None].astype(np.int32) for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("arch", ["causal_decoder", "prefix_decoder"])
+def test_packed_equals_unpacked(arch):
+  model = registry.get(arch).make_model(CONFIG)
+  params = _init(model, length=12)
+  apply = model.apply
+  examples = [([5, 6, 1], [7, 8, 1]), ([9, 1], [10, 11, 12, 1])]
+  length = 12
+  packed = _packed(examples, length, prefix=True)
+  logits_packed = apply({"params": params}, packed)
+  start = 0
+  totals = []
+  for inputs, targets in examples:
+    n = len(inputs) + len(targets)
+    alone = _unpacked(inputs, targets, length, prefix=True)
+    logits_alone = apply({"params": params}, alone)
+    np.testing.assert_allclose(logits_packed[0, start:start + n], logits_alone[0, :n], atol=1e-5)
+    totals.append(weighted_cross_entropy(logits_alone, alone["decoder_target_tokens"],
+                                         alone["decoder_loss_weights"], 1e-4))
+    start += n
+  loss_packed = weighted_cross_entropy(logits_packed, packed["decoder_target_tokens"],
+                                       packed["decoder_loss_weights"], 1e-4)
+  np.testing.assert_allclose(np.array(loss_packed), np.sum(np.array(totals), 0), rtol=1e-5)
+  # The positions are read (RoPE is relative, so only their differences matter: a
+  # constant shift would not show; all-zero positions remove the order information).
+  flat = dict(packed, decoder_positions=np.zeros((1, length), np.int32))
+  assert not np.allclose(apply({"params": params}, flat)[0, 6:12],
+                         logits_packed[0, 6:12], atol=1e-3)
+
+
+def test_loss_only_on_target_positions():
+  spec = decoder.batch_spec({"inputs": 10, "targets": 6}, 2)
+  batch = decoder.synthetic_batch(spec, CONFIG.vocab_size, 3)
+  model = decoder.Model(CONFIG, bidirectional_inputs=True)
+  params = _init(model, 16, 2)
+  logits = model.apply({"params": params}, batch)
+  grad = jax.grad(lambda l: sum(weighted_cross_entropy(  # CE + z-loss, as trained
+      l, batch["decoder_target_tokens"], batch["decoder_loss_weights"], 1e-4)[:2]))(logits)
+  weight0 = batch["decoder_loss_weights"] == 0
+  assert weight0.any() and (~weight0).any()
+  grad = np.asarray(grad)
+  assert np.all(grad[weight0] == 0.0)
+  assert np.all(np.abs(grad[~weight0]).sum(-1) > 0.0)
+  # Input positions (causal attention 1, minus the extra one) carry no loss.
+  inputs = (batch["decoder_causal_attention"] == 1) & (
+      np.roll(batch["decoder_causal_attention"], -1, axis=1) == 1)
+  assert np.all(batch["decoder_loss_weights"][inputs] == 0)
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_params_carry_logical_axes_and_match_num_params(tie):
+  cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, mlp_dim=64, num_layers=2,
+                    tie_embeddings=tie).with_vocab_size(100)
+  boxed = _init(decoder.Model(cfg))
+  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
+  assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
+  specs = jax.tree.leaves(nn.get_partition_spec(boxed),
+                          is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  assert len(specs) == len(leaves)
+  for leaf, spec in zip(leaves, specs):
+    assert len(spec) == leaf.value.ndim
+    assert all(name in LOGICAL_AXES for name in spec), spec
+  params = nn.unbox(boxed)
+  assert sum(x.size for x in jax.tree.leaves(params)) == config_lib.num_params(cfg)
+  assert ("head" in params) != tie
+
+
+def test_flops_per_token():
+  cfg = CONFIG
+  n = config_lib.num_matmul_params(cfg)
+  assert n == config_lib.num_params(cfg) - (2 * cfg.num_layers + 1) * cfg.d_model
+  assert config_lib.flops_per_token(cfg, 128) == 6 * n + 12 * 2 * 2 * 16 * 128
+
+
+def test_config_validation():
+  with pytest.raises(ConfigError, match="valid choices: float32, bfloat16"):
+    ModelConfig(dtype="fp16")
+  with pytest.raises(ConfigError, match="num_layers"):
+    ModelConfig(num_layers=0)
+  with pytest.raises(ConfigError, match="head_dim"):
+    ModelConfig(head_dim=7)
+  with pytest.raises(ConfigError, match="vocab_size"):
+    config_lib.num_params(ModelConfig())
+  assert ModelConfig().with_vocab_size(32_100).vocab_size == 32_128
+  assert ModelConfig().with_vocab_size(256).vocab_size == 256
+  assert ModelConfig(vocab_size=300).with_vocab_size(200).vocab_size == 300
+  with pytest.raises(ConfigError, match="smaller than the vocabulary"):
+    ModelConfig(vocab_size=100).with_vocab_size(200)
+
+
+def test_registry():
+  assert registry.ARCHITECTURES.names() == ["causal_decoder", "prefix_decoder"]
+  assert registry.get("causal_decoder").make_model(CONFIG).bidirectional_inputs is False
+  assert registry.get("prefix_decoder").make_model(CONFIG).bidirectional_inputs is True
+  assert registry.get("prefix_decoder").targets_key == "decoder_target_tokens"
+  assert registry.get("prefix_decoder").weights_key == "decoder_loss_weights"
+  with pytest.raises(ConfigError, match="valid choices: causal_decoder, prefix_decoder"):
+    registry.get("casual_decoder")
+
+
+def test_batch_spec_and_synthetic_batch():
+  assert decoder.model_lengths({"inputs": 512, "targets": 114}) == {"decoder": 626}
+  lm = decoder.batch_spec({"targets": 32}, 4)
+  assert "decoder_causal_attention" not in lm
+  spec = decoder.batch_spec({"inputs": 20, "targets": 12}, 4)
+  assert set(spec) == set(lm) | {"decoder_causal_attention"}
+  assert all(s.shape == (4, 32) and s.dtype == jnp.int32 for s in spec.values())
+  batch = decoder.synthetic_batch(spec, 100, 0)
+  for b in range(4):
+    seg, pos = batch["decoder_segment_ids"][b], batch["decoder_positions"][b]
+    real = seg > 0
+    assert real[0] and np.all(np.diff(real.astype(int)) <= 0)  # padding only at the end
+    starts = np.flatnonzero(real & (np.r_[-1, seg[:-1]] != seg))
+    assert np.all(pos[starts] == 0) and np.all(batch["decoder_input_tokens"][b][starts] == 0)
+    shifted = batch["decoder_target_tokens"][b][:-1]
+    follows = np.flatnonzero(real[1:] & (seg[1:] == seg[:-1])) + 1
+    np.testing.assert_array_equal(batch["decoder_input_tokens"][b][follows], shifted[follows - 1])
+    causal, weights = batch["decoder_causal_attention"][b], batch["decoder_loss_weights"][b]
+    for s in np.unique(seg[real]):
+      # Exactly one position (the last input's successor) is both in the prefix and a target.
+      assert np.sum((causal == 1) & (weights == 1) & (seg == s)) == 1
+    assert np.all(batch["decoder_target_tokens"][b][~real] == 0)
+  assert batch["decoder_target_tokens"].max() < 100
+
+
+def test_feature_converter_emits_batch_spec():
+  seqio = pytest.importorskip("seqio")
+  tf = pytest.importorskip("tensorflow")
+  tf.config.set_visible_devices([], "GPU")
+  ds = tf.data.Dataset.from_tensors({"inputs": tf.constant([5, 6, 1], tf.int32),
+                                     "targets": tf.constant([7, 1], tf.int32)}).repeat(3)
+  lengths = {"inputs": 6, "targets": 4}
+  converter = decoder.feature_converter(pack=True)
+  assert isinstance(converter, seqio.DecoderFeatureConverter)
+  out = next(iter(converter(ds, lengths).as_numpy_iterator()))
+  spec = decoder.batch_spec(lengths, 1)
+  assert set(out) == set(spec)
+  assert all(out[k].shape == spec[k].shape[1:] for k in spec)
+
+
+def test_imports_without_tensorflow_or_seqio():
+  code = ("import sys; import objectax.models.registry, objectax.models.losses; "
+          "import objectax.models.masks; "
+          "bad = [m for m in ('tensorflow', 'seqio') if m in sys.modules]; "
+          "assert not bad, bad")
+  subprocess.run([sys.executable, "-c", code], check=True, cwd="/", timeout=120)
+
+
+def test_dropout_and_bfloat16():
+  cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, mlp_dim=64, num_layers=1,
+                    dropout_rate=0.5, dtype="bfloat16").with_vocab_size(100)
+  model = decoder.Model(cfg)
+  batch = decoder.synthetic_batch(decoder.batch_spec({"targets": 8}, 2), 100, 0)
+  params = _init(model, 8, 2)
+  eval_a = model.apply({"params": params}, batch)
+  eval_b = model.apply({"params": params}, batch, deterministic=True)
+  train = model.apply({"params": params}, batch, deterministic=False,
+                      rngs={"dropout": jax.random.key(1)})
+  assert eval_a.dtype == jnp.float32 and np.isfinite(np.asarray(train)).all()
+  np.testing.assert_array_equal(eval_a, eval_b)
+  assert not np.allclose(eval_a, train)
+
+
+def test_tiny_model_learns():
+  model = decoder.Model(CONFIG)
+  batch = decoder.synthetic_batch(decoder.batch_spec({"targets": 16}, 4), 100, 0)
+  params = nn.unbox(_init(model, 16, 4))
+  opt = optax.adam(3e-3)
+
+  def loss_fn(p):
+    logits = model.apply({"params": p}, batch)
+    loss, z_loss, weight = weighted_cross_entropy(logits, batch["decoder_target_tokens"],
+                                                  batch["decoder_loss_weights"], 1e-4)
+    return (loss + z_loss) / weight
+
+  @jax.jit
+  def step(p, s):
+    loss, g = jax.value_and_grad(loss_fn)(p)
+    u, s = opt.update(g, s, p)
+    return optax.apply_updates(p, u), s, loss
+
+  state = opt.init(params)
+  first = None
+  for _ in range(30):
+    params, state, loss = step(params, state)
+    first = float(loss) if first is None else first
+  assert float(loss) < 0.5 * first, (first, float(loss))
+
+
+@pytest.mark.parametrize("size,low,high", [("tiny", 1.5e6, 3e6), ("small", 25e6, 50e6)])
+def test_size_gin_files(size, low, high):
+  gin.clear_config()
+  try:
+    gin.parse_config_file(os.path.join(GIN_SIZE_DIR, f"{size}.gin"))
+    cfg = ModelConfig().with_vocab_size(8192)
+  finally:
+    gin.clear_config()
+  assert low <= config_lib.num_params(cfg) <= high
+  assert ModelConfig().d_model == 256  # bindings do not outlive the test
