@@ -33,6 +33,8 @@ setuptools.setup(
         "sentencepiece>=0.2",
         "gin-config>=0.5",
         "numpy>=1.26",
+        # TensorBoard event files without TensorFlow/TensorBoard (absent on GPU hosts).
+        "tensorboardX>=2.6",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["objectax=objectax.launch.main:run"]},

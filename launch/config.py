@@ -1,0 +1,69 @@
+"""The run's typed, frozen configuration: which grid cell (Experiment) and how to train it.
+
+Defaults live once, here; gin files under gin/ override a few of them. Nothing in here
+imports TensorFlow or seqio.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+
+from objectax.data.registry import ConfigError
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """A point on the grid: (architecture, objective, size, corpus).
+
+  `sequence_length` is the per-example token budget, len(inputs) + len(targets): the
+  objective splits it exactly (full LM: all targets; span corruption with r=0.15, mu=3:
+  626 -> inputs 512 + targets 114, as Wang et al. 2022 use for every objective).
+  """
+  arch: str = "causal_decoder"
+  objective: str = "full_lm"
+  size: str = "tiny"
+  corpus: str = "pydocs"
+  sequence_length: int = 128
+  pack: bool = True
+
+  def __post_init__(self):
+    if self.sequence_length < 2:
+      raise ConfigError(f"Experiment.sequence_length={self.sequence_length} must be >= 2")
+
+  @property
+  def name(self) -> str:
+    """Grid coordinates; the same string names the gin experiment file and the workdir leaf."""
+    return f"{self.arch}_{self.objective}_{self.size}_{self.corpus}"
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Optimisation, evaluation, checkpointing and logging settings."""
+  steps: int = 300
+  batch_size: int = 16                 # global, in examples
+  learning_rate: float = 3e-3          # peak, after linear warmup; cosine decay to end_lr_fraction
+  warmup_steps: int = 30
+  end_lr_fraction: float = 0.1
+  weight_decay: float = 0.01           # AdamW, applied to matrices only (not norms)
+  adam_b1: float = 0.9
+  adam_b2: float = 0.95
+  clip_grad_norm: float = 1.0
+  z_loss: float = 1e-4                 # T5X / Wang et al. (reference P9)
+  seed: int = 0
+  eval_every: int = 100
+  eval_batches: int = 8
+  checkpoint_every: int = 100
+  keep_checkpoints: int = 3
+  log_every: int = 10
+  workdir: str = ""                    # "" = ./workdir/<experiment name>
+
+  def __post_init__(self):
+    for field in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints",
+                  "log_every", "eval_batches"):
+      if getattr(self, field) <= 0:
+        raise ConfigError(f"TrainConfig.{field}={getattr(self, field)} must be positive")
+    if self.warmup_steps < 0:
+      raise ConfigError(f"TrainConfig.warmup_steps={self.warmup_steps} must be >= 0")

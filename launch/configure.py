@@ -1,0 +1,163 @@
+"""Gin files and bindings -> bound config dataclasses, with one-line errors.
+
+Users write t5x-style flags: ``--gin_file=run/quickstart.gin --gin.Experiment.objective=span_corruption``.
+Gin files are looked up as given, then under the installed gin/ folder. A bare word on the
+right of a binding is taken as a string (gin itself would reject it), so
+``--gin.Experiment.objective=span_corruption`` needs no shell-quoted quotes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import typing
+
+import gin
+
+from objectax.data.registry import ConfigError
+
+
+def _gin_dir() -> str:
+  """The installed gin/ folder. It has no __init__.py on purpose: a regular package named
+  gin at the repository root would shadow gin-config for scripts run from there."""
+  import objectax.gin  # pylint: disable=g-import-not-at-top
+  for path in objectax.gin.__path__:
+    if os.path.isdir(os.path.join(path, "run")):
+      return os.path.abspath(path)
+  raise RuntimeError(f"objectax's gin/ folder was not installed (looked in {list(objectax.gin.__path__)})")
+
+
+GIN_DIR = _gin_dir()
+
+_BARE_WORD = re.compile(r"^[A-Za-z_][\w\-./]*$")
+_GIN_LITERALS = {"True", "False", "None"}
+
+
+def configurables() -> dict[str, type]:
+  """The gin-bound config classes, by name (importing them registers them with gin)."""
+  # pylint: disable=g-import-not-at-top
+  from objectax.data import sources, vocab
+  from objectax.launch import config, sharding
+  from objectax.models.config import ModelConfig
+  from objectax.objectives import registry as objective_registry
+  classes = [config.Experiment, config.TrainConfig, sharding.MeshConfig, ModelConfig,
+             vocab.VocabConfig, sources.LocalTextConfig, sources.TfdsConfig]
+  classes += [objective_registry.get(n).config_cls for n in objective_registry.OBJECTIVES.names()]
+  return {c.__name__: c for c in classes}
+
+
+def normalize_binding(binding: str) -> str:
+  """'A.b=word' -> "A.b='word'"; anything gin can already parse is left alone."""
+  if "=" not in binding:
+    raise ConfigError(f"gin binding {binding!r} has no '='; write --gin.Configurable.param=value")
+  key, value = (s.strip() for s in binding.split("=", 1))
+  if _BARE_WORD.match(value) and value not in _GIN_LITERALS:
+    value = repr(value)
+  return f"{key} = {value}"
+
+
+def axis_choices(folder: str) -> list[str]:
+  path = os.path.join(GIN_DIR, folder)
+  if not os.path.isdir(path):
+    return []
+  return sorted(f for f in os.listdir(path) if f.endswith(".gin"))
+
+
+def resolve_gin_file(name: str) -> str:
+  for candidate in (name, os.path.join(GIN_DIR, name)):
+    if os.path.isfile(candidate):
+      return os.path.abspath(candidate)
+  folder = os.path.dirname(name)
+  choices = axis_choices(folder) if folder else [f"run/{f}" for f in axis_choices("run")]
+  raise ConfigError(f"gin file {name!r} not found (searched . and {GIN_DIR}); valid choices"
+                    f"{' in ' + folder + '/' if folder else ''}: {', '.join(choices) or 'none'}")
+
+
+def _explain(error: Exception, classes: dict[str, type]) -> str:
+  text = " ".join(str(error).split())
+  m = re.search(r"Configurable '(\w+)' doesn't have a parameter named '(\w+)'", text)
+  if m and m.group(1) in classes:
+    fields = [f.name for f in dataclasses.fields(classes[m.group(1)])]
+    return (f"unknown gin binding {m.group(1)}.{m.group(2)}; valid parameters of "
+            f"{m.group(1)}: {', '.join(fields)}")
+  m = re.search(r"No configurable matching '([\w.]+)'", text)
+  if m:
+    return (f"unknown gin configurable {m.group(1)!r}; valid choices: "
+            f"{', '.join(sorted(classes))}")
+  return f"bad gin config: {text[:300]}"
+
+
+def parse(gin_files: list[str], bindings: list[str]) -> None:
+  """Clears gin, then parses files and bindings; raises ConfigError in one line."""
+  classes = configurables()
+  gin.clear_config()
+  gin.add_config_file_search_path(GIN_DIR)
+  files = [resolve_gin_file(f) for f in gin_files]
+  bindings = [normalize_binding(b) for b in bindings]
+  # gin logs "Path not found" for every include it first tries relative to the including
+  # file before its search path; those lines are noise, real failures raise.
+  root = logging.getLogger()
+  level = root.level
+  root.setLevel(logging.CRITICAL)
+  try:
+    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+  except Exception as e:  # ValueError, SyntaxError, OSError, tokenize.TokenError: one line
+    raise ConfigError(_explain(e, classes)) from None
+  finally:
+    root.setLevel(level)
+  check_types(classes)
+
+
+def _type_ok(value, hint) -> bool:
+  origin = typing.get_origin(hint)
+  if hint is float:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+  if hint is int:
+    return isinstance(value, int) and not isinstance(value, bool)
+  if hint in (str, bool):
+    return isinstance(value, hint)
+  if origin in (tuple, list):
+    return isinstance(value, (tuple, list))
+  return True
+
+
+def check_types(classes: dict[str, type]) -> None:
+  """Gin does not type-check: `TrainConfig.steps = 'ten'` would fail deep inside a loop."""
+  for name, cls in classes.items():
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+      try:
+        value = gin.query_parameter(f"{name}.{field.name}")
+      except ValueError:
+        continue  # not bound: the dataclass default applies
+      if type(value).__module__.startswith("gin"):
+        continue  # a @reference or %macro: gin resolves it
+      if not _type_ok(value, hints[field.name]):
+        raise ConfigError(f"gin binding {name}.{field.name} = {value!r} should be of type "
+                          f"{getattr(hints[field.name], '__name__', hints[field.name])}")
+
+
+def check_size(size: str) -> None:
+  sizes = [f[:-4] for f in axis_choices("size")]
+  if size not in sizes:
+    raise ConfigError(f"unknown size {size!r}; valid choices: {', '.join(sizes)} "
+                      f"(include size/<name>.gin)")
+
+
+def write_operative_config(workdir: str) -> str:
+  """Writes every bound and default value of the run's config classes to <workdir>/config.gin."""
+  lines = ["# Operative config of this run: every parameter, bound or default.", ""]
+  for name, cls in configurables().items():
+    try:
+      instance = cls()
+    except Exception:  # pylint: disable=broad-except
+      continue
+    for field in dataclasses.fields(cls):
+      lines.append(f"{name}.{field.name} = {getattr(instance, field.name)!r}")
+    lines.append("")
+  text = "\n".join(lines)
+  path = os.path.join(workdir, "config.gin")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(text)
+  return path
