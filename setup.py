@@ -24,7 +24,7 @@ setuptools.setup(
         # Ranges are open upward where it is safe: GPU hosts often carry a newer jax.
         "jax>=0.4.35",
         "flax>=0.10",
-        "optax>=0.2.3",
+        "optax>=0.2.5",
         "orbax-checkpoint>=0.11",
         "seqio>=0.0.19",
         "tensorflow>=2.16",

@@ -73,7 +73,7 @@ def make_train_step(model: nn.Module, arch: arch_registry.Architecture,
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, {"loss": loss, "z_loss": z_loss, "target_tokens": weight_sum,
-                       "grad_norm": optax.global_norm(grads),
+                       "grad_norm": optax.tree.norm(grads),
                        "learning_rate": schedule(state.step)}
 
   return train_step

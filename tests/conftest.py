@@ -22,3 +22,18 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if "slow" in item.keywords:
       item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def tfds_data_dir(tmp_path_factory):
+  """One TFDS data dir per test session, with the embedded corpus and vocabulary built.
+
+  Set as TFDS_DATA_DIR for the whole session (and inherited by subprocesses), so no test
+  reads or writes the user's ~/tensorflow_datasets.
+  """
+  from objectax.data import pydocs, vocab  # pylint: disable=g-import-not-at-top
+  path = str(tmp_path_factory.mktemp("tfds"))
+  os.environ["TFDS_DATA_DIR"] = path
+  pydocs.ensure_built(path)
+  vocab.train_sentencepiece(path)
+  return path
