@@ -89,6 +89,7 @@ def _token_stream(texts: Sequence[str], vocabulary: seqio.Vocabulary, eos: bool,
 
 
 def _examples(task: seqio.Task, lengths, n: int, split: str = "train", **kwargs) -> list:
+  """The first `n` examples of `split`, unshuffled, under a fixed seed (as numpy dicts)."""
   ds = task.get_dataset(lengths.feature_lengths(), split=split, shuffle=False, seed=SEED,
                         **kwargs)
   return list(ds.take(n).as_numpy_iterator())
@@ -277,6 +278,7 @@ LOCAL_VALIDATION = [
 
 
 def _local_decoded_docs(task, lengths, split, vocabulary) -> tuple[list[int], list[str]]:
+  """(all target ids of `split`, the text of each whole document among them)."""
   examples = _examples(task, lengths, 1000, split=split)
   assert examples and all(ex["targets"].shape == (lengths.targets,) for ex in examples)
   stream = np.concatenate([ex["targets"] for ex in examples]).tolist()
@@ -284,6 +286,7 @@ def _local_decoded_docs(task, lengths, split, vocabulary) -> tuple[list[int], li
 
 
 def _split_on_eos(ids: list[int]) -> list[list[int]]:
+  """[5, 6, 1, 7, 1, 8] -> [[5, 6], [7]]."""
   parts, current = [], []
   for tok in ids:
     if tok == EOS:
