@@ -115,3 +115,26 @@ def test_span_corruption_is_one_binding_and_loss_falls_on_targets_only(tfds_data
     return (l + z) / w
   g = np.abs(np.asarray(jax.grad(loss_of_logits)(logits))).sum(-1)
   assert np.all(g[weights == 0] == 0) and np.all(g[weights == 1] > 0)
+
+
+def test_same_losses_on_one_device_and_an_8_device_fsdp_mesh(tfds_data_dir, tmp_path):
+  """The mesh changes where arrays live, never what is computed."""
+  common = ["TrainConfig.steps=3", "TrainConfig.eval_every=3", "TrainConfig.checkpoint_every=3",
+            "Experiment.sequence_length=64", "TrainConfig.batch_size=8",
+            "TrainConfig.eval_batches=2", "TrainConfig.log_every=1"]
+  configure.parse(["run/quickstart.gin"], common)
+  one = train.train(str(tmp_path / "one"), quiet=True)
+  env = {**os.environ, "TFDS_DATA_DIR": tfds_data_dir,
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  cmd = [sys.executable, "-m", "objectax.launch.main", "train", f"--workdir={tmp_path / 'eight'}",
+         "--gin_file=run/quickstart.gin", "--gin_file=mesh/fsdp.gin",
+         *[f"--gin.{b}" for b in common]]
+  out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stdout + out.stderr
+  assert "mesh {'data': 1, 'fsdp': 8, 'tensor': 1} on 8 cpu device(s)" in out.stdout, out.stdout
+  rows = lambda d: [json.loads(l) for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+  for a, b in zip(rows("one"), rows("eight"), strict=True):
+    assert a["step"] == b["step"]
+    for key in ("loss", "eval_loss", "grad_norm"):
+      if key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=2e-5, err_msg=f"{key} step {a['step']}")
