@@ -122,6 +122,9 @@ def run(argv: list[str] | None = None) -> int:
   except ConfigError as e:
     print(f"objectax: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
     return 2
+  except FloatingPointError as e:  # diverged: the message names the checkpoint kept
+    print(f"objectax: error: {e}", file=sys.stderr)
+    return 1
   return 0 if summary["final_step"] > 0 else 1
 
 

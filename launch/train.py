@@ -236,40 +236,52 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   t_log, step_log = time.perf_counter(), start_step
   final_eval = None
 
-  def report(step: int, m: dict) -> None:
-    nonlocal t_log, step_log
+  def fetch(step: int, m: dict) -> dict:
+    """Host copy of a step's metrics; a NaN/Inf stops the run before that state is saved."""
     m = {k: float(v) for k, v in jax.device_get(m).items()}
     if not all(math.isfinite(v) for v in m.values()):
       raise FloatingPointError(
-          f"non-finite metrics at step {step}: {m}; the last checkpoint "
-          f"(step {ckpt.latest_step()}) in {ckpt.directory} is kept")
+          f"non-finite metrics at step {step} ({', '.join(f'{k}={v:.4g}' for k, v in m.items())});"
+          + (f" the last checkpoint, step {ckpt.latest_step()}, in {ckpt.directory} is kept"
+             if ckpt.latest_step() is not None else " no checkpoint had been saved yet"))
+    return m
+
+  def log(step: int, m: dict) -> None:
+    nonlocal t_log, step_log
     now = time.perf_counter()
     tps = (step - step_log) * tokens_per_batch / max(now - t_log, 1e-9)
     t_log, step_log = now, step
     writer.write(step, {**m, "tokens_per_second": tps})
     progress.update(step, m["loss"], tps)
 
-  with sharding.activate(mesh, cfg.mesh):
-    for step in range(start_step + 1, tc.steps + 1):
-      batch = input_pipeline.to_global(next(train_iter), batch_sharding)
-      state, step_metrics = train_step(state, batch, rng)
-      if pending is not None and itstime(pending[0], tc.log_every):
-        report(*pending)
-      pending = (step, step_metrics)
-      if itstime(step, tc.checkpoint_every):
-        ckpt.save(step, state, {"batches_consumed": step, "task": ti.task.name,
-                                "seed": tc.seed}, force=step == tc.steps)
-      if itstime(step, tc.eval_every):
-        report(*pending)
-        pending = None
-        final_eval = evaluate(state.params)
-        writer.write(step, {"eval_loss": final_eval})
-        progress.message(f"step {step} validation loss {final_eval:.4f}")
-    if pending is not None:
-      report(*pending)
-  progress.close()
-  ckpt.close()
-  writer.close()
+  try:
+    with sharding.activate(mesh, cfg.mesh):
+      for step in range(start_step + 1, tc.steps + 1):
+        batch = input_pipeline.to_global(next(train_iter), batch_sharding)
+        state, step_metrics = train_step(state, batch, rng)
+        # Step N-1's metrics are read only now, after step N is dispatched: no stall.
+        if pending is not None and itstime(pending[0], tc.log_every):
+          log(pending[0], fetch(*pending))
+        pending = (step, step_metrics)
+        if itstime(step, tc.checkpoint_every) or itstime(step, tc.eval_every):
+          # Before a state is saved or evaluated, its own metrics must be finite.
+          m = fetch(*pending)
+          if itstime(step, tc.log_every):
+            log(step, m)
+          pending = None
+          if itstime(step, tc.checkpoint_every):
+            ckpt.save(step, state, {"batches_consumed": step, "task": ti.task.name,
+                                    "seed": tc.seed}, force=step == tc.steps)
+          if itstime(step, tc.eval_every):
+            final_eval = evaluate(state.params)
+            writer.write(step, {"eval_loss": final_eval})
+            progress.message(f"step {step} validation loss {final_eval:.4f}")
+      if pending is not None:
+        log(pending[0], fetch(*pending))
+  finally:  # also on errors: finish in-flight checkpoint writes, flush the logs
+    progress.close()
+    ckpt.close()
+    writer.close()
   if final_eval is None:  # resumed at the final step: nothing trained, evaluate anyway
     final_eval = evaluate(state.params)
   summary = {

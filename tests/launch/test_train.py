@@ -138,3 +138,19 @@ def test_same_losses_on_one_device_and_an_8_device_fsdp_mesh(tfds_data_dir, tmp_
     for key in ("loss", "eval_loss", "grad_norm"):
       if key in a:
         np.testing.assert_allclose(a[key], b[key], rtol=2e-5, err_msg=f"{key} step {a['step']}")
+
+
+def test_divergence_stops_in_one_line_and_keeps_checkpoints(tfds_data_dir, tmp_path, capsys):
+  from objectax.launch import main  # pylint: disable=g-import-not-at-top
+  wd = tmp_path / "wd"
+  code = main.run(["train", f"--workdir={wd}", "--quiet", *[f"--gin.{b}" for b in FAST],
+                   "--gin.TrainConfig.steps=12", "--gin.TrainConfig.checkpoint_every=1",
+                   "--gin.TrainConfig.learning_rate=1e12", "--gin.TrainConfig.warmup_steps=0",
+                   "--gin.TrainConfig.clip_grad_norm=1e30"])
+  lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert code == 1
+  assert len(lines) == 1 and "non-finite metrics at step" in lines[0], lines
+  bad_step = int(lines[0].split("at step ")[1].split()[0])
+  saved = sorted(int(d) for d in os.listdir(wd / "checkpoints") if d.isdigit())
+  assert saved and max(saved) == bad_step - 1, (saved, bad_step)
+  assert all(d.isdigit() for d in os.listdir(wd / "checkpoints")), "a half-written checkpoint"
