@@ -1,5 +1,10 @@
 """Orbax checkpoints of the train state and the data position.
 
+Layout under the workdir: ``checkpoints/<step>/`` (Orbax: state and a small JSON with the
+data position) and ``data_iterators/<step>/process_<i>.*`` (each host's tf.data iterator
+state, written right after the Orbax save is started; a step whose iterator file is
+missing resumes by skipping batches instead).
+
 Periodic, asynchronous, keeping the last N. A checkpoint is written to a temporary
 directory and renamed when complete, so a run killed mid-save (even with `kill -9`) leaves
 the previous checkpoints intact; leftover temporaries are cleaned up on the next start.
@@ -7,9 +12,11 @@ A checkpoint that cannot be read is reported in one line and left where it is.
 """
 from __future__ import annotations
 
+import glob
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 from objectax.data.registry import ConfigError
@@ -17,8 +24,9 @@ from objectax.data.registry import ConfigError
 
 class Checkpointer:
 
-  def __init__(self, directory: str, *, every: int, keep: int):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, workdir: str, *, every: int, keep: int):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.iterator_directory = os.path.abspath(os.path.join(workdir, "data_iterators"))
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
@@ -50,11 +58,31 @@ class Checkpointer:
           f"older one") from e
     return restored.state, dict(restored.data)
 
-  def save(self, step: int, state: Any, data: dict, *, force: bool = False) -> bool:
-    return self.manager.save(step, args=ocp.args.Composite(
+  def iterator_path(self, step: int) -> str:
+    return os.path.join(self.iterator_directory, str(step), f"process_{jax.process_index()}")
+
+  def saved_iterator(self, step: int) -> str | None:
+    """This host's iterator state for `step`, if it was written completely."""
+    path = self.iterator_path(step)
+    return path if os.path.exists(path + ".index") else None
+
+  def save(self, step: int, state: Any, data: dict, *, stream=None, force: bool = False) -> bool:
+    """Starts an async save of `state` and `data`; writes the data iterator's state too."""
+    saved = self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data),
     ), force=force)
+    if saved and stream is not None:
+      stream.save(self.iterator_path(step))
+      self._prune_iterators(keep=set(self.manager.all_steps()) | {step})
+    return saved
+
+  def _prune_iterators(self, keep: set[int]) -> None:
+    """Removes this host's iterator files of steps whose Orbax checkpoint is gone."""
+    for path in glob.glob(os.path.join(self.iterator_directory, "*", f"process_{jax.process_index()}.*")):
+      step = os.path.basename(os.path.dirname(path))
+      if step.isdigit() and int(step) not in keep and int(step) < max(keep):
+        os.remove(path)
 
   def close(self) -> None:
     self.manager.wait_until_finished()

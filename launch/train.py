@@ -184,8 +184,7 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   spec = cfg.arch.batch_spec(lengths, tc.batch_size)
   with sharding.activate(mesh, cfg.mesh):
     abstract, state_shardings, init = _abstract_and_init(model, tx, spec, mesh, cfg.mesh, tc.seed)
-  ckpt = checkpoints.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                  every=tc.checkpoint_every, keep=tc.keep_checkpoints)
+  ckpt = checkpoints.Checkpointer(workdir, every=tc.checkpoint_every, keep=tc.keep_checkpoints)
   writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
   if ckpt.latest_step() is not None:
     state, data_position = ckpt.restore(abstract)
@@ -226,7 +225,10 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
     loss0 = next((r["eval_loss"] for r in history if r["step"] == 0 and "eval_loss" in r),
                  float("nan"))
 
-  train_iter = input_pipeline.train_batches(ti, tc.batch_size, tc.seed, start_position=start_step)
+  train_iter = input_pipeline.TrainStream(ti, tc.batch_size, tc.seed, start_position=start_step,
+                                          state_path=ckpt.saved_iterator(start_step))
+  if start_step and train_iter.restored_from is None:
+    say(f"no saved data iterator for step {start_step}: skipping {start_step} batches instead")
   tokens_per_batch = tc.batch_size * sum(s.shape[1] for k, s in spec.items()
                                          if k == cfg.arch.targets_key)
   rng = jax.random.key(tc.seed + 1)
@@ -271,7 +273,7 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
           pending = None
           if itstime(step, tc.checkpoint_every):
             ckpt.save(step, state, {"batches_consumed": step, "task": ti.task.name,
-                                    "seed": tc.seed}, force=step == tc.steps)
+                                    "seed": tc.seed}, stream=train_iter, force=step == tc.steps)
           if itstime(step, tc.eval_every):
             final_eval = evaluate(state.params)
             writer.write(step, {"eval_loss": final_eval})
@@ -288,6 +290,8 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
       "experiment": exp.name, "workdir": workdir, "start_step": start_step,
       "final_step": int(state.step), "step0_eval_loss": loss0, "final_eval_loss": final_eval,
       "wall_seconds": time.perf_counter() - t_start, "parameters": n_params,
+      "data_resume": ("none" if not start_step else
+                      "iterator_state" if train_iter.restored_from else "skip_batches"),
   }
   drop = (1 - final_eval / loss0) * 100 if loss0 == loss0 else float("nan")
   say(f"done: {exp.name} step {summary['final_step']} in {summary['wall_seconds']:.0f} s; "

@@ -33,6 +33,7 @@ def test_run_writes_outputs_and_resumes(tfds_data_dir, tmp_path):
   assert "TrainConfig.steps = 6" in (wd / "config.gin").read_text()
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd / "tensorboard"))
   assert sorted(os.listdir(wd / "checkpoints")) == ["3", "6"]
+  assert sorted(os.listdir(wd / "data_iterators")) == ["3", "6"]
   assert json.loads((wd / "summary.json").read_text())["final_step"] == 6
 
   # The same command again: resumes at the saved step, trains nothing more.
@@ -43,17 +44,24 @@ def test_run_writes_outputs_and_resumes(tfds_data_dir, tmp_path):
   assert again["step0_eval_loss"] == s["step0_eval_loss"]
 
 
-def test_resumed_run_equals_uninterrupted_run(tfds_data_dir, tmp_path):
+@pytest.mark.parametrize("data_resume", ["iterator_state", "skip_batches"])
+def test_resumed_run_equals_uninterrupted_run(tfds_data_dir, tmp_path, data_resume):
   """Drop the last checkpoint (a crash after step 4): the resumed run must land exactly where
-  the uninterrupted one did, which needs restored params, optimizer state and data position."""
+  the uninterrupted one did, which needs restored params, optimizer state and data position,
+  whether the data position comes from the saved iterator or from skipping batches."""
   common = ["TrainConfig.steps=8", "TrainConfig.checkpoint_every=4", "TrainConfig.eval_every=8"]
-  straight = _train(tmp_path / "a", *common)
+  straight = _train(tmp_path / "a", *common, "TrainConfig.keep_checkpoints=1")
+  # keep_checkpoints=1 pruned step 4, and this host's iterator state of step 4 with it.
+  assert os.listdir(tmp_path / "a" / "checkpoints") == ["8"]
+  assert os.listdir(tmp_path / "a" / "data_iterators" / "4") == []
   wd = tmp_path / "b"
   _train(wd, *common)
   import shutil  # pylint: disable=g-import-not-at-top
   shutil.rmtree(wd / "checkpoints" / "8")
+  shutil.rmtree(wd / "data_iterators" / ("8" if data_resume == "iterator_state" else ""))
   resumed = _train(wd, *common)
   assert resumed["start_step"] == 4 and resumed["final_step"] == 8
+  assert resumed["data_resume"] == data_resume
   np.testing.assert_allclose(resumed["final_eval_loss"], straight["final_eval_loss"], rtol=1e-6)
 
 
