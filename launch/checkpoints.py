@@ -24,13 +24,13 @@ from objectax.data.registry import ConfigError
 
 class Checkpointer:
 
-  def __init__(self, workdir: str, *, every: int, keep: int):
+  def __init__(self, workdir: str, *, keep: int):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.iterator_directory = os.path.abspath(os.path.join(workdir, "data_iterators"))
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            save_interval_steps=every,
+            save_interval_steps=1,  # the trainer's `itstime` is the one schedule
             max_to_keep=keep,
             create=True,
             cleanup_tmp_directories=True,
@@ -66,12 +66,12 @@ class Checkpointer:
     path = self.iterator_path(step)
     return path if os.path.exists(path + ".index") else None
 
-  def save(self, step: int, state: Any, data: dict, *, stream=None, force: bool = False) -> bool:
+  def save(self, step: int, state: Any, data: dict, *, stream=None) -> bool:
     """Starts an async save of `state` and `data`; writes the data iterator's state too."""
     saved = self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data),
-    ), force=force)
+    ), force=True)
     if saved and stream is not None:
       stream.save(self.iterator_path(step))
       self._prune_iterators(keep=set(self.manager.all_steps()) | {step})

@@ -88,13 +88,29 @@ def _explain(error: Exception, classes: dict[str, type]) -> str:
   return f"bad gin config: {text[:300]}"
 
 
-def parse(gin_files: list[str], bindings: list[str]) -> None:
-  """Clears gin, then parses files and bindings; raises ConfigError in one line."""
-  classes = configurables()
+_INCLUDE = re.compile(r"^\s*include\s+['\"]([^'\"]+)['\"]", re.MULTILINE)
+
+
+def _included_files(path: str, seen: set[str] | None = None) -> list[str]:
+  """`path` and every file it includes, recursively (gin's own lookup order)."""
+  seen = set() if seen is None else seen
+  if path in seen:
+    return []
+  seen.add(path)
+  out = [path]
+  with open(path, encoding="utf-8") as f:
+    text = f.read()
+  for name in _INCLUDE.findall(text):
+    for candidate in (os.path.join(os.path.dirname(path), name), os.path.join(GIN_DIR, name)):
+      if os.path.isfile(candidate):
+        out += _included_files(os.path.abspath(candidate), seen)
+        break
+  return out
+
+
+def _parse_gin(files: list[str], bindings: list[str], classes: dict[str, type]) -> None:
   gin.clear_config()
   gin.add_config_file_search_path(GIN_DIR)
-  files = [resolve_gin_file(f) for f in gin_files]
-  bindings = [normalize_binding(b) for b in bindings]
   # gin logs "Path not found" for every include it first tries relative to the including
   # file before its search path; those lines are noise, real failures raise.
   root = logging.getLogger()
@@ -106,6 +122,42 @@ def parse(gin_files: list[str], bindings: list[str]) -> None:
     raise ConfigError(_explain(e, classes)) from None
   finally:
     root.setLevel(level)
+
+
+def bound_or_default(cls: type, field: str):
+  try:
+    return gin.query_parameter(f"{cls.__name__}.{field}")
+  except ValueError:
+    return {f.name: f.default for f in dataclasses.fields(cls)}[field]
+
+
+def parse(gin_files: list[str], bindings: list[str]) -> None:
+  """Clears gin, then parses files and bindings; raises ConfigError in one line.
+
+  The size is one switch, `Experiment.size`: its file `gin/size/<size>.gin` is applied
+  first, so the experiment's files and the command line's bindings override it.
+  `--gin_file=size/small.gin` means `Experiment.size = 'small'`. Other files must not
+  include a size file (the name and the model would disagree).
+  """
+  from objectax.launch.config import Experiment  # pylint: disable=g-import-not-at-top
+  classes = configurables()
+  size_dir = os.path.join(GIN_DIR, "size")
+  files, size_bindings = [], []
+  for path in (resolve_gin_file(f) for f in gin_files):
+    if os.path.dirname(path) == size_dir:
+      size_bindings.append(f"Experiment.size = {os.path.basename(path)[:-4]!r}")
+      continue
+    nested = [p for p in _included_files(path)[1:] if os.path.dirname(p) == size_dir]
+    if nested:
+      raise ConfigError(f"{path} includes {os.path.relpath(nested[0], GIN_DIR)}; choose the size "
+                        f"with Experiment.size = '<name>' instead (valid: "
+                        f"{', '.join(f[:-4] for f in axis_choices('size'))})")
+    files.append(path)
+  bindings = size_bindings + [normalize_binding(b) for b in bindings]
+  _parse_gin(files, bindings, classes)  # first pass: which size?
+  size = bound_or_default(Experiment, "size")
+  check_size(size)
+  _parse_gin([os.path.join(size_dir, f"{size}.gin"), *files], bindings, classes)
   check_types(classes)
 
 
@@ -138,11 +190,11 @@ def check_types(classes: dict[str, type]) -> None:
                           f"{getattr(hints[field.name], '__name__', hints[field.name])}")
 
 
-def check_size(size: str) -> None:
+def check_size(size) -> None:
   sizes = [f[:-4] for f in axis_choices("size")]
   if size not in sizes:
     raise ConfigError(f"unknown size {size!r}; valid choices: {', '.join(sizes)} "
-                      f"(include size/<name>.gin)")
+                      f"(set Experiment.size)")
 
 
 def write_operative_config(workdir: str) -> str:

@@ -76,7 +76,8 @@ def _list() -> None:
   print("architectures:", ", ".join(arch_registry.ARCHITECTURES.names()))
   for name in objective_registry.OBJECTIVES.names():
     obj = objective_registry.get(name)
-    print(f"objective {name}: {obj.description} (architectures: {', '.join(obj.architectures)})")
+    runnable = [a for a in obj.architectures if a in arch_registry.ARCHITECTURES]
+    print(f"objective {name}: {obj.description} (architectures: {', '.join(runnable)})")
   print("corpora:", ", ".join(sources.CORPORA.names()))
   print("sizes:", ", ".join(f[:-4] for f in configure.axis_choices("size")))
   print("sharding rule presets:", ", ".join(sharding.RULE_PRESETS.names()))

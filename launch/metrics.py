@@ -54,6 +54,20 @@ class MetricsWriter:
     with open(self.path, encoding="utf-8") as f:
       return [json.loads(line) for line in f if line.strip()]
 
+  def truncate(self, after_step: int) -> list[dict]:
+    """Drops rows logged after `after_step` (steps a resumed run will log again); returns the rest.
+
+    TensorBoard keeps both copies of such steps; metrics.jsonl is the clean record.
+    """
+    rows = self.read()
+    kept = [r for r in rows if r["step"] <= after_step]
+    if self.enabled and len(kept) != len(rows):
+      tmp = self.path + ".tmp"
+      with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r) + "\n" for r in kept)
+      os.replace(tmp, self.path)
+    return kept
+
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()

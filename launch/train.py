@@ -1,91 +1,27 @@
 """Training, top to bottom: config -> data -> model -> state (fresh or restored) -> loop.
 
-`train_step(state, batch, rng) -> (state, metrics)` is pure, jitted once with explicit
-shardings, and never looks at the objective's name: the objective shaped the batch
-(which tokens exist, which carry loss weight), the architecture says which features are
-targets and weights, and the loss is the same weighted cross-entropy for everyone.
+The jitted pieces (state, optimizer, train/eval steps, sharded init) live in `step.py`;
+this module wires them to the data, the checkpoints and the user's terminal.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
 from typing import Any
 
-import flax
-import flax.linen as nn
-import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from objectax.data import vocab as vocab_lib
 from objectax.data.registry import ConfigError
 from objectax.launch import checkpoints, config, input_pipeline, metrics as metrics_lib, sharding
-from objectax.models import losses
+from objectax.launch import step as step_lib
 from objectax.models import registry as arch_registry
 from objectax.models.config import ModelConfig
 from objectax.objectives import registry as objective_registry
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-
-
-def learning_rate_schedule(tc: config.TrainConfig) -> optax.Schedule:
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=tc.learning_rate, warmup_steps=min(tc.warmup_steps, tc.steps - 1),
-      decay_steps=tc.steps, end_value=tc.learning_rate * tc.end_lr_fraction)
-
-
-def make_optimizer(tc: config.TrainConfig) -> optax.GradientTransformation:
-  decay_matrices_only = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  return optax.chain(
-      optax.clip_by_global_norm(tc.clip_grad_norm),
-      optax.adamw(learning_rate_schedule(tc), b1=tc.adam_b1, b2=tc.adam_b2,
-                  weight_decay=tc.weight_decay, mask=decay_matrices_only),
-  )
-
-
-def make_train_step(model: nn.Module, arch: arch_registry.Architecture,
-                    tx: optax.GradientTransformation, tc: config.TrainConfig):
-  schedule = learning_rate_schedule(tc)
-
-  def train_step(state: TrainState, batch: dict, rng: jax.Array):
-    rng = jax.random.fold_in(rng, state.step)
-
-    def loss_fn(params):
-      logits_BLV = model.apply({"params": params}, batch, deterministic=False,
-                               rngs={"dropout": rng})
-      loss_sum, z_sum, weight_sum = losses.weighted_cross_entropy(
-          logits_BLV, batch[arch.targets_key], batch[arch.weights_key], tc.z_loss)
-      denom = jnp.maximum(weight_sum, 1.0)  # per-token mean over the global batch (P9)
-      return (loss_sum + z_sum) / denom, (loss_sum / denom, z_sum / denom, weight_sum)
-
-    (_, (loss, z_loss, weight_sum)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    return new_state, {"loss": loss, "z_loss": z_loss, "target_tokens": weight_sum,
-                       "grad_norm": optax.tree.norm(grads),
-                       "learning_rate": schedule(state.step)}
-
-  return train_step
-
-
-def make_eval_step(model: nn.Module, arch: arch_registry.Architecture):
-  def eval_step(params, batch):
-    logits_BLV = model.apply({"params": params}, batch, deterministic=True)
-    loss_sum, _, weight_sum = losses.weighted_cross_entropy(
-        logits_BLV, batch[arch.targets_key], batch[arch.weights_key], 0.0)
-    return loss_sum, weight_sum
-  return eval_step
 
 
 def resolve_workdir(exp: config.Experiment, tc: config.TrainConfig, workdir: str | None) -> str:
@@ -93,7 +29,7 @@ def resolve_workdir(exp: config.Experiment, tc: config.TrainConfig, workdir: str
   path = os.path.abspath(workdir or tc.workdir or os.path.join("workdir", exp.name))
   try:
     os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, ".write_probe")
+    probe = os.path.join(path, f".write_probe_{jax.process_index()}")
     with open(probe, "w") as f:
       f.write("ok")
     os.remove(probe)
@@ -121,35 +57,9 @@ def resolve_config() -> Resolved:
   objective = objective_registry.get(exp.objective)
   arch = arch_registry.get(exp.arch)
   objective_registry.check_architecture(objective, exp.arch)
-  from objectax.launch import configure  # pylint: disable=g-import-not-at-top
-  configure.check_size(exp.size)
   return Resolved(exp=exp, train=config.TrainConfig(), mesh=sharding.MeshConfig(),
                   model=ModelConfig(), vocab=vocab_lib.VocabConfig(), objective=objective,
                   objective_cfg=objective.config_cls(), arch=arch)
-
-
-def _unbox(tree: Any) -> Any:
-  """Drops the logical-axis boxes (their names already went into the shardings)."""
-  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
-  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree,
-                      is_leaf=is_box)
-
-
-def _abstract_and_init(model, tx, spec, mesh, mesh_cfg, seed):
-  """Builds the state directly in its sharded layout (no host round-trip of parameters)."""
-  def init_fn(rng):
-    dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in spec.items()}
-    params = model.init({"params": rng, "dropout": rng}, dummy, deterministic=True)["params"]
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-
-  rng = jax.random.key(seed)
-  abstract_boxed = jax.eval_shape(init_fn, rng)
-  state_shardings = sharding.logical_shardings(abstract_boxed, mesh, mesh_cfg)
-  abstract = jax.tree.map(
-      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-      _unbox(abstract_boxed), state_shardings)
-  init = jax.jit(lambda r: _unbox(init_fn(r)), out_shardings=state_shardings)
-  return abstract, state_shardings, lambda: init(rng)
 
 
 def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
@@ -160,37 +70,44 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   workdir = resolve_workdir(exp, tc, workdir)
   mesh = sharding.make_mesh(cfg.mesh)
   sharding.check_batch_size(tc.batch_size, mesh)
-  say = (lambda *a: None) if quiet else (lambda msg: print(f"objectax: {msg}", flush=True))
+  chief = jax.process_index() == 0  # one host prints and writes the shared files
+  say = (lambda *a: None) if quiet or not chief else (
+      lambda msg: print(f"objectax: {msg}", flush=True))
   say(f"experiment {exp.name} -> {workdir}")
 
   # Data first: it validates lengths and corpus, and fixes the vocabulary size.
   ti = input_pipeline.build_task_input(exp, cfg.objective_cfg, cfg.vocab, cfg.arch)
-  model_cfg = cfg.model
-  if model_cfg.vocab_size == 0:
-    model_cfg = model_cfg.with_vocab_size(ti.vocabulary.vocab_size)
-  elif model_cfg.vocab_size < ti.vocabulary.vocab_size:
-    raise ConfigError(f"ModelConfig.vocab_size={model_cfg.vocab_size} is smaller than the "
-                      f"vocabulary ({ti.vocabulary.vocab_size}); use 0 to follow the vocabulary")
+  model_cfg = cfg.model.with_vocab_size(ti.vocabulary.vocab_size)
   lengths = dict(ti.task_feature_lengths)
   say(f"task {ti.task.name}: lengths {lengths}, vocabulary {ti.vocabulary.vocab_size}, "
       f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s)")
 
-  from objectax.launch import configure  # pylint: disable=g-import-not-at-top
-  configure.write_operative_config(workdir)
+  if chief:
+    from objectax.launch import configure  # pylint: disable=g-import-not-at-top
+    say(f"operative config: {configure.write_operative_config(workdir)}")
 
   # Model and state, laid out on the mesh from the start.
   model = cfg.arch.make_model(model_cfg)
-  tx = make_optimizer(tc)
-  spec = cfg.arch.batch_spec(lengths, tc.batch_size)
+  tx = step_lib.make_optimizer(tc)
+  spec = cfg.arch.batch_spec(lengths, tc.batch_size, pack=exp.pack)
   with sharding.activate(mesh, cfg.mesh):
-    abstract, state_shardings, init = _abstract_and_init(model, tx, spec, mesh, cfg.mesh, tc.seed)
-  ckpt = checkpoints.Checkpointer(workdir, every=tc.checkpoint_every, keep=tc.keep_checkpoints)
-  writer = metrics_lib.MetricsWriter(workdir, enabled=jax.process_index() == 0)
+    abstract, state_shardings, init = step_lib.abstract_and_init(model, tx, spec, mesh, cfg.mesh, tc.seed)
+  ckpt = checkpoints.Checkpointer(workdir, keep=tc.keep_checkpoints)
+  writer = metrics_lib.MetricsWriter(workdir, enabled=chief)
+  # What the data position means: a checkpoint only resumes the same stream.
+  stream_id = {"task": ti.task.name, "seed": tc.seed, "batch_size": tc.batch_size,
+               "process_count": jax.process_count(), "lengths": lengths}
   if ckpt.latest_step() is not None:
     state, data_position = ckpt.restore(abstract)
     start_step = int(state.step)
+    for key, value in stream_id.items():
+      if key in data_position and data_position[key] != value:
+        raise ConfigError(
+            f"checkpoint step {start_step} in {ckpt.directory} was written with data {key}="
+            f"{data_position[key]!r} but this run has {value!r}; restore that setting or use "
+            f"another workdir")
     say(f"resuming from checkpoint step {start_step} (data position "
-        f"{data_position.get('batches_consumed')} batches)")
+        f"{data_position['batches_consumed']} batches)")
   else:
     with sharding.activate(mesh, cfg.mesh):
       state = init()
@@ -201,10 +118,10 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   batch_sharding = sharding.batch_sharding(mesh)
   batch_shardings = {k: batch_sharding for k in spec}
   with sharding.activate(mesh, cfg.mesh):
-    train_step = jax.jit(make_train_step(model, cfg.arch, tx, tc),
+    train_step = jax.jit(step_lib.make_train_step(model, cfg.arch, tx, tc),
                          in_shardings=(state_shardings, batch_shardings, None),
                          out_shardings=(state_shardings, None), donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(model, cfg.arch),
+    eval_step = jax.jit(step_lib.make_eval_step(model, cfg.arch),
                         in_shardings=(state_shardings.params, batch_shardings))
 
   eval_set = [input_pipeline.to_global(b, batch_sharding)
@@ -216,7 +133,7 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
     loss_sum, weight_sum = (float(sum(np.asarray(s[i]) for s in sums)) for i in (0, 1))
     return loss_sum / max(weight_sum, 1.0)
 
-  history = writer.read()
+  history = writer.truncate(after_step=start_step if start_step else -1)
   if start_step == 0:
     loss0 = evaluate(state.params)
     writer.write(0, {"eval_loss": loss0})
@@ -225,8 +142,13 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
     loss0 = next((r["eval_loss"] for r in history if r["step"] == 0 and "eval_loss" in r),
                  float("nan"))
 
-  train_iter = input_pipeline.TrainStream(ti, tc.batch_size, tc.seed, start_position=start_step,
-                                          state_path=ckpt.saved_iterator(start_step))
+  try:
+    train_iter = input_pipeline.TrainStream(ti, tc.batch_size, tc.seed, start_position=start_step,
+                                            state_path=ckpt.saved_iterator(start_step))
+  except Exception as e:  # TF reports a bad iterator file in many ways; all mean the same
+    raise ConfigError(f"the data iterator state {ckpt.saved_iterator(start_step)} could not be "
+                      f"restored ({type(e).__name__}); delete that file to resume by skipping "
+                      f"{start_step} batches instead") from e
   if start_step and train_iter.restored_from is None:
     say(f"no saved data iterator for step {start_step}: skipping {start_step} batches instead")
   tokens_per_batch = tc.batch_size * sum(s.shape[1] for k, s in spec.items()
@@ -272,8 +194,7 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
             log(step, m)
           pending = None
           if itstime(step, tc.checkpoint_every):
-            ckpt.save(step, state, {"batches_consumed": step, "task": ti.task.name,
-                                    "seed": tc.seed}, stream=train_iter, force=step == tc.steps)
+            ckpt.save(step, state, {"batches_consumed": step, **stream_id}, stream=train_iter)
           if itstime(step, tc.eval_every):
             final_eval = evaluate(state.params)
             writer.write(step, {"eval_loss": final_eval})
@@ -296,7 +217,7 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   drop = (1 - final_eval / loss0) * 100 if loss0 == loss0 else float("nan")
   say(f"done: {exp.name} step {summary['final_step']} in {summary['wall_seconds']:.0f} s; "
       f"validation loss {loss0:.4f} -> {final_eval:.4f} ({drop:+.1f}% drop); workdir {workdir}")
-  with open(os.path.join(workdir, "summary.json"), "w") as f:
-    import json  # pylint: disable=g-import-not-at-top
-    json.dump(summary, f, indent=1)
+  if chief:
+    with open(os.path.join(workdir, "summary.json"), "w") as f:
+      json.dump(summary, f, indent=1)
   return summary

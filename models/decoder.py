@@ -12,6 +12,8 @@ Features (B, L) int32, packed example from seqio's PrefixLMFeatureConverter docs
   decoder_positions        [0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 5, 6, 0]
   decoder_segment_ids      [1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 0]
   decoder_causal_attention [1, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 0, 0]
+Unpacked (pack=False), seqio emits no decoder_segment_ids / decoder_positions: each row is
+one example from position 0, padded at the end (the model then masks by targets > 0).
 
 This module imports seqio only inside `feature_converter`, so GPU hosts without
 TensorFlow/seqio can build, benchmark and train the model on `synthetic_batch` data.
@@ -25,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from objectax.data.registry import ConfigError
+from objectax.models import config as config_lib
 from objectax.models import layers
 from objectax.models import masks
 from objectax.models.config import ModelConfig
@@ -49,8 +51,7 @@ class Model(nn.Module):
 
   def setup(self):
     cfg = self.config
-    if cfg.vocab_size <= 0:
-      raise ConfigError("ModelConfig.vocab_size is 0; call config.with_vocab_size(n) first")
+    config_lib._require_vocab(cfg)  # pylint: disable=protected-access
     self.embed = layers.Embed(cfg)
     self.embed_dropout = nn.Dropout(rate=cfg.dropout_rate)
     self.blocks = [layers.Block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
@@ -120,15 +121,19 @@ def model_lengths(task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
                      + int(task_feature_lengths["targets"])}
 
 
-def batch_spec(task_feature_lengths: Mapping[str, int],
-               batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes of every feature DecoderFeatureConverter(pack=True) emits, all int32 (B, L).
+def batch_spec(task_feature_lengths: Mapping[str, int], batch_size: int, *,
+               pack: bool = True) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of exactly the features `feature_converter(pack)` emits, all int32 (B, L).
 
-  decoder_causal_attention only when the task has "inputs" (prefix-LM data).
+  Always decoder_target_tokens, decoder_input_tokens and decoder_loss_weights;
+  decoder_segment_ids and decoder_positions only when packed; decoder_causal_attention
+  only when the task has "inputs" (prefix-LM data). The trainer builds its jit
+  in_shardings from these keys, so an extra key breaks an unpacked run.
   """
   shape = (batch_size, model_lengths(task_feature_lengths)["decoder"])
-  names = ["decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights",
-           "decoder_segment_ids", "decoder_positions"]
+  names = [TARGETS_KEY, "decoder_input_tokens", WEIGHTS_KEY]
+  if pack:
+    names += ["decoder_segment_ids", "decoder_positions"]
   if "inputs" in task_feature_lengths:
     names.append("decoder_causal_attention")
   return {name: jax.ShapeDtypeStruct(shape, jnp.int32) for name in names}
@@ -136,22 +141,26 @@ def batch_spec(task_feature_lengths: Mapping[str, int],
 
 def synthetic_batch(spec: Mapping[str, jax.ShapeDtypeStruct], vocab_size: int,
                     rng: Union[np.random.Generator, int, None] = None) -> dict[str, np.ndarray]:
-  """A packed batch with the structure seqio would produce, from random tokens.
+  """A batch with the structure seqio would produce for `spec`, from random tokens.
 
-  Each row holds 1-3 examples (random lengths, each ending in EOS id 1, token ids in
-  [2, vocab_size)), then up to L/8 padding. With decoder_causal_attention in `spec`, each
-  example is split at a random point into inputs and targets: loss weights 1 on the
-  targets only, causal attention 1 on the inputs plus one position. Used to init models
-  and to benchmark without seqio.
+  Packed (decoder_segment_ids in `spec`): each row holds 1-3 examples (random lengths),
+  then up to L/8 padding. Unpacked: one example per row starting at position 0, then up
+  to L/2 padding (unpacked rows are rarely full). Each example ends in EOS id 1, other
+  token ids are in [2, vocab_size); padding has target 0 and loss weight 0. With
+  decoder_causal_attention in `spec`, each example is split at a random point into inputs
+  and targets: loss weights 1 on the targets only, causal attention 1 on the inputs plus
+  one position. Used to init models and to benchmark without seqio.
   """
   rng = np.random.default_rng(rng)
   first = next(iter(spec.values()))
   batch_size, length = first.shape
   prefix_lm = "decoder_causal_attention" in spec
+  packed = "decoder_segment_ids" in spec
   out = {name: np.zeros((batch_size, length), np.int32) for name in spec}
+  max_padding = length // 8 if packed else length // 2
   for b in range(batch_size):
-    used = length - int(rng.integers(0, max(1, length // 8)))
-    num_examples = int(min(rng.integers(1, 4), max(1, used // 2)))
+    used = length - int(rng.integers(0, max(1, max_padding)))
+    num_examples = int(min(rng.integers(1, 4), max(1, used // 2))) if packed else 1
     cuts = np.sort(rng.choice(np.arange(1, used), num_examples - 1, replace=False)) \
         if num_examples > 1 else np.zeros(0, np.int64)
     bounds = [0, *cuts.tolist(), used]
@@ -160,6 +169,10 @@ def synthetic_batch(spec: Mapping[str, jax.ShapeDtypeStruct], vocab_size: int,
       tokens = rng.integers(2, max(3, vocab_size), n).astype(np.int32)
       tokens[-1] = 1  # EOS
       _fill_example(out, b, start, end, segment, tokens, rng, prefix_lm)
+    if not packed and used < length:
+      # seqio shifts the whole padded row right, so the EOS lands in the first padding
+      # slot of decoder_input_tokens (its target and weight stay 0).
+      out["decoder_input_tokens"][b, used] = 1
   return {name: out[name] for name in spec}
 
 

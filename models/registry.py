@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Protocol
 
 import flax.linen as nn
 import jax
@@ -19,6 +19,18 @@ import numpy as np
 from objectax.data.registry import Registry
 from objectax.models import decoder
 from objectax.models.config import ModelConfig
+
+
+class BatchSpecFn(Protocol):
+  """(task feature lengths, batch size, *, pack) -> {feature: ShapeDtypeStruct}.
+
+  Must list exactly the features `feature_converter(pack)` emits: the trainer builds its
+  jit in_shardings from these keys.
+  """
+
+  def __call__(self, task_feature_lengths: Mapping[str, int], batch_size: int, *,
+               pack: bool = True) -> dict[str, jax.ShapeDtypeStruct]:
+    ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,8 +44,11 @@ class Architecture:
       deterministic=...)` returns float32 logits.
     feature_converter: pack -> seqio FeatureConverter (imports seqio lazily).
     model_lengths: task feature lengths -> model lengths, e.g. {"decoder": 626}.
-    batch_spec: (task feature lengths, batch size) -> {feature: ShapeDtypeStruct}.
-    synthetic_batch: (spec, vocab size, rng) -> numpy batch with plausible values.
+    batch_spec: (task feature lengths, batch size, *, pack=True) -> {feature:
+      ShapeDtypeStruct}, exactly the features `feature_converter(pack)` emits (pass the
+      same `pack` to both).
+    synthetic_batch: (spec, vocab size, rng) -> numpy batch with plausible values, packed
+      or not as the spec's keys say.
     targets_key: feature holding the target ids for the loss.
     weights_key: feature holding the per-position loss weights.
   """
@@ -43,7 +58,7 @@ class Architecture:
   make_model: Callable[[ModelConfig], nn.Module]
   feature_converter: Callable[[bool], Any]
   model_lengths: Callable[[Mapping[str, int]], dict[str, int]]
-  batch_spec: Callable[[Mapping[str, int], int], dict[str, jax.ShapeDtypeStruct]]
+  batch_spec: BatchSpecFn
   synthetic_batch: Callable[..., dict[str, np.ndarray]]
   targets_key: str
   weights_key: str

@@ -37,8 +37,8 @@ def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]]
   """Tokenized documents {"targets": int32[L]} -> {"targets": int32[sequence_length["targets"]]}."""
   del cfg  # No hyper-parameters.
   if not sequence_length or not sequence_length.get("targets"):
-    raise ConfigError("full_lm needs sequence_length['targets'] (run it after the cache "
-                      f"placeholder, with lengths from TaskLengths); got {sequence_length}")
+    raise ConfigError("full_lm needs sequence_length['targets'] (pass the objective's "
+                      f"lengths(...).feature_lengths() to get_dataset); got {sequence_length}")
   eos_id = stream.eos_id_or_none(output_features["targets"], "targets")
   return stream.concat_and_split(ds, int(sequence_length["targets"]), "targets", eos_id)
 

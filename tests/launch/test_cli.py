@@ -73,3 +73,23 @@ def test_bare_words_become_strings():
   assert configure.normalize_binding("TrainConfig.steps=10") == "TrainConfig.steps = 10"
   assert configure.normalize_binding("TrainConfig.z_loss=1e-4") == "TrainConfig.z_loss = 1e-4"
   assert configure.normalize_binding("Experiment.pack=False") == "Experiment.pack = False"
+
+
+def test_size_is_one_switch(tmp_path):
+  """Experiment.size picks gin/size/<size>.gin; --gin_file=size/X.gin means the same."""
+  import gin  # pylint: disable=g-import-not-at-top
+  from objectax.launch import configure  # pylint: disable=g-import-not-at-top
+  from objectax.models.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  configure.parse(["run/quickstart.gin"], [])
+  tiny = ModelConfig()
+  configure.parse(["run/quickstart.gin"], ["Experiment.size=small"])
+  small = ModelConfig()
+  configure.parse(["run/quickstart.gin", "size/small.gin"], [])
+  assert ModelConfig() == small and small.d_model > tiny.d_model
+  configure.parse(["run/quickstart.gin"], ["Experiment.size=small", "ModelConfig.num_layers=3"])
+  assert ModelConfig().num_layers == 3 and ModelConfig().d_model == small.d_model
+  nested = tmp_path / "exp.gin"
+  nested.write_text("include 'size/small.gin'\n")
+  with pytest.raises(configure.ConfigError, match="choose the size with Experiment.size"):
+    configure.parse([str(nested)], [])
+  gin.clear_config()

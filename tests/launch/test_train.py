@@ -62,6 +62,9 @@ def test_resumed_run_equals_uninterrupted_run(tfds_data_dir, tmp_path, data_resu
   resumed = _train(wd, *common)
   assert resumed["start_step"] == 4 and resumed["final_step"] == 8
   assert resumed["data_resume"] == data_resume
+  logged = [json.loads(l)["step"] for l in (wd / "metrics.jsonl").read_text().splitlines()
+            if "loss" in json.loads(l)]
+  assert logged == list(range(1, 9)), logged  # steps 5-8 once, though trained twice
   np.testing.assert_allclose(resumed["final_eval_loss"], straight["final_eval_loss"], rtol=1e-6)
 
 
@@ -162,3 +165,22 @@ def test_divergence_stops_in_one_line_and_keeps_checkpoints(tfds_data_dir, tmp_p
   saved = sorted(int(d) for d in os.listdir(wd / "checkpoints") if d.isdigit())
   assert saved and max(saved) == bad_step - 1, (saved, bad_step)
   assert all(d.isdigit() for d in os.listdir(wd / "checkpoints")), "a half-written checkpoint"
+
+
+def test_resume_refuses_a_different_data_stream(tfds_data_dir, tmp_path, capsys):
+  from objectax.launch import main  # pylint: disable=g-import-not-at-top
+  wd = tmp_path / "wd"
+  _train(wd, "TrainConfig.steps=2", "TrainConfig.checkpoint_every=2", "TrainConfig.eval_every=2")
+  before = sorted(os.listdir(wd / "checkpoints"))
+  code = main.run(["train", f"--workdir={wd}", "--quiet", *[f"--gin.{b}" for b in FAST],
+                   "--gin.TrainConfig.steps=4", "--gin.TrainConfig.batch_size=8"])
+  lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert code == 2 and len(lines) == 1, lines
+  assert "was written with data batch_size=4 but this run has 8" in lines[0], lines[0]
+  assert sorted(os.listdir(wd / "checkpoints")) == before
+
+
+def test_unpacked_batches_train(tfds_data_dir, tmp_path):
+  s = _train(tmp_path / "wd", "Experiment.pack=False", "TrainConfig.steps=2",
+             "TrainConfig.eval_every=2", "TrainConfig.checkpoint_every=2")
+  assert s["final_step"] == 2 and np.isfinite(s["final_eval_loss"])

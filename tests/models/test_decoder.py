@@ -160,6 +160,11 @@ def test_batch_spec_and_synthetic_batch():
   spec = decoder.batch_spec({"inputs": 20, "targets": 12}, 4)
   assert set(spec) == set(lm) | {"decoder_causal_attention"}
   assert all(s.shape == (4, 32) and s.dtype == jnp.int32 for s in spec.values())
+  base = {"decoder_target_tokens", "decoder_input_tokens", "decoder_loss_weights"}
+  assert set(decoder.batch_spec({"targets": 32}, 4, pack=False)) == base
+  assert set(decoder.batch_spec({"inputs": 20, "targets": 12}, 4, pack=False)) == (
+      base | {"decoder_causal_attention"})
+  assert set(lm) == base | {"decoder_segment_ids", "decoder_positions"}
   batch = decoder.synthetic_batch(spec, 100, 0)
   for b in range(4):
     seg, pos = batch["decoder_segment_ids"][b], batch["decoder_positions"][b]
@@ -178,19 +183,75 @@ def test_batch_spec_and_synthetic_batch():
   assert batch["decoder_target_tokens"].max() < 100
 
 
-def test_feature_converter_emits_batch_spec():
+def _check_unpacked_layout(batch):
+  """Asserts seqio's unpacked decoder layout: one example per row from 0, padding after."""
+  assert "decoder_segment_ids" not in batch and "decoder_positions" not in batch
+  for b in range(batch["decoder_target_tokens"].shape[0]):
+    targets = batch["decoder_target_tokens"][b]
+    weights = batch["decoder_loss_weights"][b]
+    real = targets > 0
+    n = int(real.sum())
+    assert real[0] and np.all(real[:n]) and not real[n:].any()  # padding only at the end
+    assert targets[n - 1] == 1  # the example ends in EOS
+    # The whole row is shifted right by one (BOS = 0), padding included.
+    np.testing.assert_array_equal(batch["decoder_input_tokens"][b],
+                                  np.r_[0, targets[:-1]])
+    assert np.all(weights[~real] == 0) and weights[n - 1] == 1
+    assert np.all(np.diff(weights[:n]) >= 0)  # inputs (weight 0) come before targets
+    if "decoder_causal_attention" in batch:
+      causal = batch["decoder_causal_attention"][b]
+      num_prefix = int(causal.sum())
+      assert np.all(causal[:num_prefix] == 1)  # inputs plus one position, then 0
+      assert np.sum((causal == 1) & (weights == 1)) == 1
+    else:
+      assert np.all(weights[:n] == 1)
+
+
+@pytest.mark.parametrize("pack", [True, False])
+@pytest.mark.parametrize("lengths", [{"targets": 6}, {"inputs": 6, "targets": 4}])
+def test_feature_converter_emits_batch_spec(pack, lengths):
   seqio = pytest.importorskip("seqio")
   tf = pytest.importorskip("tensorflow")
   tf.config.set_visible_devices([], "GPU")
-  ds = tf.data.Dataset.from_tensors({"inputs": tf.constant([5, 6, 1], tf.int32),
-                                     "targets": tf.constant([7, 1], tf.int32)}).repeat(3)
-  lengths = {"inputs": 6, "targets": 4}
-  converter = decoder.feature_converter(pack=True)
+  example = {"targets": tf.constant([7, 1], tf.int32)}
+  if "inputs" in lengths:
+    example["inputs"] = tf.constant([5, 6, 1], tf.int32)
+  ds = tf.data.Dataset.from_tensors(example).repeat(8)  # >= 2 rows even when packed
+  converter = decoder.feature_converter(pack=pack)
   assert isinstance(converter, seqio.DecoderFeatureConverter)
-  out = next(iter(converter(ds, lengths).as_numpy_iterator()))
-  spec = decoder.batch_spec(lengths, 1)
+  out = next(iter(converter(ds, lengths).batch(2).as_numpy_iterator()))
+  spec = decoder.batch_spec(lengths, 2, pack=pack)
   assert set(out) == set(spec)
-  assert all(out[k].shape == spec[k].shape[1:] for k in spec)
+  assert all(out[k].shape == spec[k].shape and out[k].dtype == spec[k].dtype for k in spec)
+  if not pack:  # the synthetic batch imitates exactly this layout
+    _check_unpacked_layout(out)
+
+
+@pytest.mark.parametrize("arch,lengths", [("causal_decoder", {"targets": 12}),
+                                         ("prefix_decoder", {"inputs": 6, "targets": 6})])
+def test_model_on_unpacked_synthetic_batch(arch, lengths):
+  spec = decoder.batch_spec(lengths, 3, pack=False)
+  assert set(spec) == set(decoder.batch_spec(lengths, 3)) - {"decoder_segment_ids",
+                                                             "decoder_positions"}
+  batch = decoder.synthetic_batch(spec, CONFIG.vocab_size, 1)
+  assert set(batch) == set(spec)
+  _check_unpacked_layout(batch)
+  real = batch["decoder_target_tokens"] > 0
+  assert (~real).any()  # some rows are padded
+  model = registry.get(arch).make_model(CONFIG)
+  params = decoder.init_params(model, spec, jax.random.key(0))
+  logits = np.asarray(model.apply({"params": params}, batch))
+  assert logits.shape == (3, 12, CONFIG.vocab_size) and np.isfinite(logits).all()
+  # Same as the batch packed with one segment per row: the model infers segments from
+  # targets > 0 and positions from the row index when they are absent.
+  packed = dict(batch, decoder_segment_ids=real.astype(np.int32),
+                decoder_positions=np.where(real, np.arange(12), 0).astype(np.int32))
+  np.testing.assert_allclose(np.asarray(model.apply({"params": params}, packed))[real],
+                             logits[real], atol=1e-5)
+  # Real tokens never attend to padding: changing it leaves their logits unchanged.
+  noisy = dict(batch, decoder_input_tokens=np.where(real, batch["decoder_input_tokens"], 42))
+  np.testing.assert_allclose(np.asarray(model.apply({"params": params}, noisy))[real],
+                             logits[real], atol=1e-5)
 
 
 def test_imports_without_tensorflow_or_seqio():

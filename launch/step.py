@@ -1,0 +1,106 @@
+"""The pure, jitted pieces of training: state, optimizer, train and eval steps, sharded init.
+
+Free of TensorFlow and seqio, so GPU hosts that carry only jax/flax/optax/gin can build,
+initialise and benchmark the exact step the trainer runs, on synthetic batches
+(`Architecture.batch_spec` / `synthetic_batch`).
+
+`train_step(state, batch, rng) -> (state, metrics)` never looks at the objective's name:
+the objective shaped the batch (which tokens exist, which carry loss weight), the
+architecture says which features are targets and weights, and the loss is the same
+weighted cross-entropy for everyone.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from objectax.launch import config, sharding
+from objectax.models import losses
+from objectax.models import registry as arch_registry
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def learning_rate_schedule(tc: config.TrainConfig) -> optax.Schedule:
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=tc.learning_rate, warmup_steps=min(tc.warmup_steps, tc.steps - 1),
+      decay_steps=tc.steps, end_value=tc.learning_rate * tc.end_lr_fraction)
+
+
+def make_optimizer(tc: config.TrainConfig) -> optax.GradientTransformation:
+  decay_matrices_only = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  return optax.chain(
+      optax.clip_by_global_norm(tc.clip_grad_norm),
+      optax.adamw(learning_rate_schedule(tc), b1=tc.adam_b1, b2=tc.adam_b2,
+                  weight_decay=tc.weight_decay, mask=decay_matrices_only),
+  )
+
+
+def make_train_step(model: nn.Module, arch: arch_registry.Architecture,
+                    tx: optax.GradientTransformation, tc: config.TrainConfig):
+  schedule = learning_rate_schedule(tc)
+
+  def train_step(state: TrainState, batch: dict, rng: jax.Array):
+    rng = jax.random.fold_in(rng, state.step)
+
+    def loss_fn(params):
+      logits_BLV = model.apply({"params": params}, batch, deterministic=False,
+                               rngs={"dropout": rng})
+      loss_sum, z_sum, weight_sum = losses.weighted_cross_entropy(
+          logits_BLV, batch[arch.targets_key], batch[arch.weights_key], tc.z_loss)
+      denom = jnp.maximum(weight_sum, 1.0)  # per-token mean over the global batch (P9)
+      return (loss_sum + z_sum) / denom, (loss_sum / denom, z_sum / denom, weight_sum)
+
+    (_, (loss, z_loss, weight_sum)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, {"loss": loss, "z_loss": z_loss, "target_tokens": weight_sum,
+                       "grad_norm": optax.tree.norm(grads),
+                       "learning_rate": schedule(state.step)}
+
+  return train_step
+
+
+def make_eval_step(model: nn.Module, arch: arch_registry.Architecture):
+  def eval_step(params, batch):
+    logits_BLV = model.apply({"params": params}, batch, deterministic=True)
+    loss_sum, _, weight_sum = losses.weighted_cross_entropy(
+        logits_BLV, batch[arch.targets_key], batch[arch.weights_key], 0.0)
+    return loss_sum, weight_sum
+  return eval_step
+
+
+def unbox(tree: Any) -> Any:
+  """Drops the logical-axis boxes (their names already went into the shardings)."""
+  is_box = lambda x: isinstance(x, nn.meta.AxisMetadata)
+  return jax.tree.map(lambda x: x.unbox(apply_constraint=False) if is_box(x) else x, tree,
+                      is_leaf=is_box)
+
+
+def abstract_and_init(model, tx, spec, mesh, mesh_cfg, seed):
+  """Builds the state directly in its sharded layout (no host round-trip of parameters)."""
+  def init_fn(rng):
+    dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in spec.items()}
+    params = model.init({"params": rng, "dropout": rng}, dummy, deterministic=True)["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+  rng = jax.random.key(seed)
+  abstract_boxed = jax.eval_shape(init_fn, rng)
+  state_shardings = sharding.logical_shardings(abstract_boxed, mesh, mesh_cfg)
+  abstract = jax.tree.map(
+      lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+      unbox(abstract_boxed), state_shardings)
+  init = jax.jit(lambda r: unbox(init_fn(r)), out_shardings=state_shardings)
+  return abstract, state_shardings, lambda: init(rng)
