@@ -60,9 +60,12 @@ VERSION = "1.0.0"
 TFDS_NAME = f"objectax_pydocs/{CONFIG_NAME}:{VERSION}"
 
 
-def is_validation(key: str) -> bool:
-  """The split rule shared by every corpus without its own split: sha1(key) mod 20 == 0."""
-  digest = hashlib.sha1(key.encode("utf-8")).digest()
+def is_validation(key: str | bytes) -> bool:
+  """The split rule shared by every corpus without its own split: sha1(key) mod 20 == 0.
+
+  `key` is text or its UTF-8 bytes (as tf.data yields it); both give the same answer.
+  """
+  digest = hashlib.sha1(key.encode("utf-8") if isinstance(key, str) else key).digest()
   return int.from_bytes(digest[:8], "big") % VALIDATION_MODULUS == 0
 
 
@@ -219,19 +222,29 @@ def is_built(data_dir: str | None = None) -> bool:
 
 
 @contextlib.contextmanager
-def _build_lock(data_dir: str) -> Iterator[None]:
-  """An exclusive advisory lock, so racing processes build once (local data dirs only)."""
-  if "://" in data_dir:  # gs:// and friends: no flock; TFDS's rename still guards the result
+def file_lock(data_dir: str, name: str) -> Iterator[None]:
+  """An exclusive advisory lock `name`, so racing processes (one per GPU) do a job once.
+
+  The lock file is <data_dir>/objectax_pydocs/.<name>.lock. flock locks belong to an open
+  file, so two threads of one process exclude each other too. Remote dirs (gs://) have no
+  flock: there the lock is a no-op and the caller's atomic rename must guard the result.
+  """
+  if "://" in data_dir:
     yield
     return
   lock_dir = os.path.join(data_dir, "objectax_pydocs")
   os.makedirs(lock_dir, exist_ok=True)
-  with open(os.path.join(lock_dir, f".{CONFIG_NAME}.lock"), "w") as f:
+  with open(os.path.join(lock_dir, f".{name}.lock"), "w") as f:
     fcntl.flock(f, fcntl.LOCK_EX)
     try:
       yield
     finally:
       fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build_lock(data_dir: str) -> contextlib.AbstractContextManager[None]:
+  """The lock of the corpus build (TFDS's rename still guards the result on remote dirs)."""
+  return file_lock(data_dir, CONFIG_NAME)
 
 
 @contextlib.contextmanager
@@ -246,8 +259,8 @@ def _quiet_tfds() -> Iterator[None]:
     tfds.display_progress_bar(was_active)
 
 
-def _hide_gpus_from_tensorflow() -> None:
-  """TF grabs all GPU memory on first use; the input pipeline needs none of it."""
+def keep_tensorflow_off_accelerators() -> None:
+  """Hides GPUs from TensorFlow: TF would grab the GPU memory JAX needs (input needs none)."""
   try:
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")
@@ -267,7 +280,7 @@ def ensure_built(data_dir: str | None = None) -> str:
   data_dir = resolve_data_dir(data_dir)
   if is_built(data_dir):
     return data_dir
-  _hide_gpus_from_tensorflow()
+  keep_tensorflow_off_accelerators()
   with _build_lock(data_dir):
     if is_built(data_dir):
       return data_dir

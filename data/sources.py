@@ -20,6 +20,7 @@ from typing import Callable, Mapping, Optional
 
 from etils import epath
 import gin
+import numpy as np
 import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
@@ -150,47 +151,109 @@ def _check_jsonl(path: str, text_key: str) -> None:
         return
 
 
-def _local_dataset(split: str, shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
-  """The documents of `split` as {"text": string}, read lazily with tf.data ops.
+# Lines handled per tf.data function call: a per-line map or filter costs 8-25 us a call
+# (measured on 2 CPU cores), far more than its work. On batches, 100k .txt lines of 5-60
+# words read in 0.2 s, 0.4 s with the sha1 split, 0.7 s as .jsonl with the split; one
+# call per line (py_function or not) took 24-41 s.
+_LINES_PER_BATCH = 256
 
-  Built from TextLineDataset rather than from_generator so that the iterator position
-  can be checkpointed with the training state (a generator's cannot).
+
+def _documents(lines_N: tf.Tensor, is_jsonl: bool, text_key: str,
+               keep_validation: Optional[bool]) -> dict[str, tf.Tensor]:
+  """The documents among a batch of lines: blank lines dropped, .jsonl records parsed,
+  and (keep_validation not None) only one side of the split kept."""
+  texts_M = tf.boolean_mask(lines_N, tf.strings.length(tf.strings.strip(lines_N)) > 0)
+  if is_jsonl:
+    # tf.io.decode_json_example reads only tf.Example-shaped JSON: records need Python.
+    def parse(t):
+      return np.array([json.loads(line)[text_key] for line in t.numpy()], dtype=object)
+    texts_M = tf.ensure_shape(tf.py_function(parse, [texts_M], tf.string), [None])
+  if keep_validation is not None:
+    # pydocs' rule, sha1(text) mod 20 == 0. TF has no sha1 op, and its native hashes
+    # (farmhash, SipHash) would move documents across the split; sha1 itself is ~1 us.
+    def held_out(t):
+      return np.array([pydocs.is_validation(text) for text in t.numpy()], dtype=bool)
+    is_val_M = tf.ensure_shape(tf.py_function(held_out, [texts_M], tf.bool), [None])
+    texts_M = tf.boolean_mask(texts_M, tf.equal(is_val_M, keep_validation))
+  return {"text": texts_M}
+
+
+def _read_files(files: list[str], text_key: str,
+                keep_validation: Optional[bool]) -> tf.data.Dataset:
+  """The documents of `files` as {"text": string}, file after file, each in line order.
+
+  .txt lines need no Python; .jsonl records and the hash split do (a batch per call).
   """
-  cfg = LocalTextConfig()  # read now, so gin bindings parsed after import apply
-  files, keep_validation = _split_files(cfg, split)
-  if shuffle_files:
-    random.Random(seed).shuffle(files)
-  text_key = cfg.text_key
-
-  def parse(line: tf.Tensor, is_jsonl: tf.Tensor) -> tf.Tensor:
-    def _py(line_t, is_jsonl_t):
-      text = line_t.numpy().decode("utf-8")
-      return json.loads(text)[text_key] if bool(is_jsonl_t.numpy()) else text
-    return tf.ensure_shape(tf.py_function(_py, [line, is_jsonl], tf.string), [])
-
-  def held_out(text: tf.Tensor) -> tf.Tensor:
-    def _py(text_t):
-      return pydocs.is_validation(text_t.numpy().decode("utf-8"))
-    return tf.ensure_shape(tf.py_function(_py, [text], tf.bool), [])
+  def read(path: tf.Tensor, is_jsonl: bool) -> tf.data.Dataset:
+    return tf.data.TextLineDataset(path).batch(_LINES_PER_BATCH).map(
+        lambda lines_N: _documents(lines_N, is_jsonl, text_key, keep_validation))
 
   is_jsonl = [f.endswith(".jsonl") for f in files]
-  ds = tf.data.Dataset.from_tensor_slices((files, is_jsonl))
-  ds = ds.flat_map(
-      lambda f, j: tf.data.TextLineDataset(f).map(lambda line: (line, j)))
-  ds = ds.filter(lambda line, j: tf.strings.length(tf.strings.strip(line)) > 0)
-  ds = ds.map(parse)
-  if keep_validation is not None:
-    ds = ds.filter(lambda text: tf.equal(held_out(text), keep_validation))
-  ds = ds.map(lambda text: {"text": text})
-  # The py_functions are pure (same line in, same text out), so the iterator may be
-  # checkpointed without their "state"; the default policy would refuse to save it.
-  options = tf.data.Options()
-  options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
-  return ds.with_options(options)
+  files_ds = tf.data.Dataset.from_tensor_slices((files, is_jsonl))
+  if all(is_jsonl) or not any(is_jsonl):  # one reader, fixed when the graph is built
+    batches = files_ds.flat_map(lambda f, _: read(f, is_jsonl[0]))
+  else:
+    batches = files_ds.flat_map(
+        lambda f, j: tf.cond(j, lambda: read(f, True), lambda: read(f, False)))
+  return batches.unbatch()
+
+
+class LocalTextSource(seqio.DataSource):
+  """Local text files as a file-sharded `seqio.DataSource` (splits "train", "validation").
+
+  `LocalTextConfig` is read when shards are listed or a dataset is built, never at
+  construction, so gin bindings parsed later apply. Files are read in sorted order (a
+  seeded shuffle of them when `shuffle`), each file in turn, so the tf.data iterator
+  position can be checkpointed with the training state. With `shard_info` and at least
+  as many files as shards, each shard (host) reads its own files; with fewer files, each
+  reads all of them and keeps every num_shards-th document.
+  """
+
+  def __init__(self):
+    super().__init__(splits=SPLITS)
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return False
+
+  def list_shards(self, split: str) -> list[str]:
+    return _split_files(LocalTextConfig(), split)[0]
+
+  def __repr__(self) -> str:
+    return f"{type(self).__name__}({LocalTextConfig()!r})"
+
+  def get_dataset(
+      self,
+      split: str = "train",
+      shuffle: bool = True,
+      seed: Optional[int] = None,
+      shard_info: Optional[seqio.ShardInfo] = None,
+      *,
+      sequence_length: Optional[Mapping[str, int]] = None,  # unused, as in seqio
+      use_cached: bool = False,  # unused
+      num_epochs: Optional[int] = 1,  # unused
+  ) -> tf.data.Dataset:
+    """The documents of `split` as {"text": string}."""
+    del sequence_length, use_cached, num_epochs
+    cfg = LocalTextConfig()
+    files, keep_validation = _split_files(cfg, split)
+    by_file = shard_info is not None and len(files) >= shard_info.num_shards
+    if by_file:  # before the shuffle, so that shards partition the same sorted list
+      files = files[shard_info.index::shard_info.num_shards]
+    if shuffle:
+      random.Random(seed).shuffle(files)
+    ds = _read_files(files, cfg.text_key, keep_validation)
+    if shard_info is not None and not by_file:
+      ds = ds.shard(shard_info.num_shards, shard_info.index)
+    # The py_functions are pure (same lines in, same values out), so the iterator may be
+    # checkpointed without their "state"; the default policy would refuse to save it.
+    options = tf.data.Options()
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    return ds.with_options(options)
 
 
 def _make_local_source() -> seqio.DataSource:
-  return seqio.FunctionDataSource(dataset_fn=_local_dataset, splits=SPLITS)
+  return LocalTextSource()
 
 
 def _prepare_local() -> None:

@@ -108,12 +108,23 @@ def train_sentencepiece_on_texts(texts: Iterable[str], vocab_size: int, path: st
 def train_sentencepiece(data_dir: str | None = None, vocab_size: int = 8000) -> str:
   """The path of a unigram model trained on the embedded corpus's TRAIN split (cached).
 
-  Builds the corpus if needed; trains only when the cached model is missing.
+  Builds the corpus if needed; trains only when the cached model is missing. Processes
+  that race (one per GPU on a host) serialize on a lock file: one trains, the others wait
+  and reuse its model. On remote dirs (no lock) each may train; the atomic write keeps the
+  file whole, and training is deterministic, so they write the same bytes.
   """
   data_dir = pydocs.ensure_built(data_dir)
   path = spm_model_path(data_dir, vocab_size)
   if epath.Path(path).exists():
     return path
+  with pydocs.file_lock(data_dir, f"{pydocs.CONFIG_NAME}.spm_unigram_{vocab_size}"):
+    if epath.Path(path).exists():  # another process trained it while we waited
+      return path
+    return _train_on_corpus(data_dir, vocab_size, path)
+
+
+def _train_on_corpus(data_dir: str, vocab_size: int, path: str) -> str:
+  """Trains on the embedded corpus's train split, read from its TFDS files."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   builder = tfds.builder(pydocs.TFDS_NAME, data_dir=data_dir)
   examples = tfds.as_numpy(builder.as_dataset(split="train", shuffle_files=False))

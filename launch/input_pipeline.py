@@ -16,9 +16,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from objectax.data import sources, tasks
+from objectax.data import pydocs, sources, tasks
 from objectax.data import vocab as vocab_lib
-from objectax.data.registry import ConfigError
 from objectax.objectives import registry as objective_registry
 
 Batch = Mapping[str, np.ndarray]
@@ -33,18 +32,13 @@ class TaskInput:
   vocabulary: seqio.Vocabulary
 
 
-def keep_tensorflow_off_accelerators() -> None:
-  """TF would otherwise grab the GPU's memory before JAX gets it (DESIGN.md, measured)."""
-  tf.config.set_visible_devices([], "GPU")
-
-
 def build_task_input(exp, objective_cfg, vocab_cfg: vocab_lib.VocabConfig, architecture) -> TaskInput:
   """Resolves lengths, prepares the corpus and vocabulary, and registers the task.
 
   Everything here that can fail on bad config (unknown corpus, missing TFDS data, lengths
   too short) fails before any model is built or compiled.
   """
-  keep_tensorflow_off_accelerators()
+  pydocs.keep_tensorflow_off_accelerators()
   obj = objective_registry.get(exp.objective)
   lengths = obj.lengths(objective_cfg, exp.sequence_length)
   corpus = sources.get_corpus(exp.corpus)
@@ -61,8 +55,6 @@ def build_task_input(exp, objective_cfg, vocab_cfg: vocab_lib.VocabConfig, archi
 
 def _host_dataset(ti: TaskInput, split: str, global_batch_size: int, *, shuffle: bool,
                   seed: int) -> tf.data.Dataset:
-  if global_batch_size % jax.process_count():
-    raise ConfigError(f"batch size {global_batch_size} must divide over {jax.process_count()} hosts")
   ds = seqio.get_dataset(
       ti.task.name,
       task_feature_lengths=ti.task_feature_lengths,
@@ -106,12 +98,6 @@ class TrainStream:
 
   def save(self, path: str) -> None:
     tf.train.Checkpoint(iterator=self._iterator).write(path)
-
-
-def train_batches(ti: TaskInput, global_batch_size: int, seed: int,
-                  start_position: int = 0) -> TrainStream:
-  """The training stream from the start, or fast-forwarded by skipping `start_position` batches."""
-  return TrainStream(ti, global_batch_size, seed, start_position=start_position)
 
 
 def eval_batches(ti: TaskInput, global_batch_size: int, num_batches: int) -> list[Batch]:

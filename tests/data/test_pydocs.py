@@ -3,10 +3,13 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 
 import gin
 import pytest
 import seqio
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from objectax.data import pydocs
@@ -155,3 +158,50 @@ def test_racing_processes_both_succeed(tmp_path):
   leftovers = os.listdir(os.path.dirname(pydocs.dataset_dir(data_dir)))
   assert leftovers == [pydocs.VERSION]  # the loser's incomplete.* directory is gone
   assert len(_read(data_dir, "validation")) > 5
+
+
+def test_is_validation_reads_text_or_its_bytes():
+  keys = [f"stdlib/m{i}.py" for i in range(200)] + ["naïve café"]
+  assert [pydocs.is_validation(k) for k in keys] == [
+      pydocs.is_validation(k.encode("utf-8")) for k in keys]
+  assert 0 < sum(pydocs.is_validation(k) for k in keys) < 30  # ~5% of 201
+
+
+def test_file_lock_excludes_the_same_name_only(tmp_path):
+  events = []
+
+  def hold(barrier, name, tag):
+    barrier.wait()
+    with pydocs.file_lock(str(tmp_path), name):
+      events.append(f"+{tag}")
+      time.sleep(0.3)
+      events.append(f"-{tag}")
+
+  def run(name_a, name_b):
+    events.clear()
+    barrier = threading.Barrier(2)
+    threads = [threading.Thread(target=hold, args=(barrier, n, t))
+               for n, t in ((name_a, "a"), (name_b, "b"))]
+    for t in threads:
+      t.start()
+    for t in threads:
+      t.join(timeout=30)
+    return [e[0] for e in events]
+
+  assert run("x", "x") == ["+", "-", "+", "-"]  # one waited for the other
+  assert run("x", "y") == ["+", "+", "-", "-"]  # other names don't wait
+  assert os.path.exists(tmp_path / "objectax_pydocs" / ".x.lock")
+
+
+def test_keep_tensorflow_off_accelerators_tolerates_initialized_tf(monkeypatch):
+  pydocs.keep_tensorflow_off_accelerators()
+  assert tf.config.get_visible_devices("GPU") == []
+  calls = []
+
+  def too_late(devices, device_type):
+    calls.append((devices, device_type))
+    raise RuntimeError("Visible devices cannot be modified after being initialized")
+
+  monkeypatch.setattr(tf.config, "set_visible_devices", too_late)
+  pydocs.keep_tensorflow_off_accelerators()  # no error: whoever initialized TF decided
+  assert calls == [([], "GPU")]

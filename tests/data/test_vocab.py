@@ -1,5 +1,8 @@
 """Vocabularies: a deterministic SentencePiece model with T5 ids, mode tokens and sentinels."""
+import contextlib
 import os
+import threading
+import time
 
 import gin
 import pytest
@@ -138,3 +141,43 @@ def test_gin_selects_the_kind():
     assert isinstance(v, seqio.ByteVocabulary) and v.vocab_size == 3 + 256 + 7
   finally:
     gin.clear_config()
+
+
+def _race_to_train(monkeypatch, data_dir):
+  """Two workers (threads: flock excludes open files, not processes) want the same model.
+
+  Returns how many trained. Building the corpus is stubbed out; training is a fake that
+  takes long enough for the second worker to find no model yet.
+  """
+  monkeypatch.setattr(pydocs, "ensure_built", pydocs.resolve_data_dir)
+  calls = []
+
+  def fake_train(data_dir, vocab_size, path):
+    calls.append(path)
+    time.sleep(0.5)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+      f.write(b"model")
+    return path
+
+  monkeypatch.setattr(vocab, "_train_on_corpus", fake_train)
+  barrier, results = threading.Barrier(2), []
+
+  def worker():
+    barrier.wait()
+    results.append(vocab.train_sentencepiece(data_dir, 700))
+
+  threads = [threading.Thread(target=worker) for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join(timeout=60)
+  assert results == [vocab.spm_model_path(data_dir, 700)] * 2
+  return len(calls)
+
+
+def test_racing_workers_train_once(monkeypatch, tmp_path):
+  assert _race_to_train(monkeypatch, str(tmp_path / "locked")) == 1
+  # Without the lock both train: the race above is real, and the lock is what stops it.
+  monkeypatch.setattr(pydocs, "file_lock", lambda *a: contextlib.nullcontext())
+  assert _race_to_train(monkeypatch, str(tmp_path / "unlocked")) == 2

@@ -106,7 +106,7 @@ def test_span_corruption_is_one_binding_and_loss_falls_on_targets_only(tfds_data
   cfg = train.resolve_config()
   ti = input_pipeline.build_task_input(cfg.exp, cfg.objective_cfg, cfg.vocab, cfg.arch)
   lengths = ti.task_feature_lengths
-  batch = next(input_pipeline.train_batches(ti, 4, seed=0))
+  batch = next(input_pipeline.TrainStream(ti, 4, seed=0))
   assert lengths["inputs"] + lengths["targets"] == 64
   weights = batch["decoder_loss_weights"]
   causal = batch["decoder_causal_attention"]
