@@ -216,7 +216,7 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   }
   drop = (1 - final_eval / loss0) * 100 if loss0 == loss0 else float("nan")
   say(f"done: {exp.name} step {summary['final_step']} in {summary['wall_seconds']:.0f} s; "
-      f"validation loss {loss0:.4f} -> {final_eval:.4f} ({drop:+.1f}% drop); workdir {workdir}")
+      f"validation loss {loss0:.4f} -> {final_eval:.4f} ({drop:.1f}% below step 0); workdir {workdir}")
   if chief:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=1)
