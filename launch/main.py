@@ -1,6 +1,8 @@
 """The `objectax` command line. Parses flags only; the work happens in the modules it calls.
 
   objectax train [--gin_file=FILE ...] [--gin.Configurable.param=VALUE ...] [--workdir=DIR]
+  objectax objectives
+  objectax inspect OBJECTIVE [--text TEXT] [--seed N] [gin flags]
   objectax list
 
 `objectax train` with no flags runs gin/run/quickstart.gin (causal decoder, full LM, tiny
@@ -64,7 +66,36 @@ def _parser() -> argparse.ArgumentParser:
   sub.add_parser("list", help="list the registered architectures, objectives, corpora, sizes "
                               "and gin files",
                  description="List every name a gin config may use.")
+  sub.add_parser("objectives", help="list every objective with a one-line description and the "
+                                    "architectures it supports",
+                 description="List every objective, its description and its architectures.")
+  insp = sub.add_parser(
+      "inspect", help="show one real example of an objective as text, loss positions marked",
+      description="Show one example of OBJECTIVE as text, through the same preprocessor and "
+                  "feature converter as training: inputs and targets with sentinels and mode "
+                  "tokens visible, and the model stream with its loss-weighted stretches in ⟦ ⟧. "
+                  "Gin flags apply as for train (e.g. --gin.Experiment.arch=prefix_decoder, "
+                  "--gin.SpanCorruptionConfig.noise_density=0.5).",
+      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  insp.add_argument("objective", help="an objective name (see `objectax objectives`)")
+  insp.add_argument("--text", default=None,
+                    help="text to corrupt (repeated until it fills one example); default: "
+                         "a document of the embedded corpus's validation split")
+  insp.add_argument("--seed", type=int, default=0, help="seed of the example (default 0)")
   return parser
+
+
+def _objectives() -> None:
+  # pylint: disable=g-import-not-at-top
+  from objectax.models import registry as arch_registry
+  from objectax.objectives import registry as objective_registry
+  names = objective_registry.OBJECTIVES.names()
+  width = max(map(len, names))
+  for name in names:
+    obj = objective_registry.get(name)
+    archs = [a if a in arch_registry.ARCHITECTURES else f"{a} (not built yet)"
+             for a in obj.architectures]
+    print(f"{name:<{width}}  {obj.description}  [{', '.join(archs)}]")
 
 
 def _list() -> None:
@@ -117,7 +148,15 @@ def run(argv: list[str] | None = None) -> int:
     if args.command == "list":
       _list()
       return 0
+    if args.command == "objectives":
+      _objectives()
+      return 0
     from objectax.launch import configure, train
+    if args.command == "inspect":
+      from objectax.launch import inspect_example
+      configure.parse(files or [QUICKSTART], [*bindings, f"Experiment.objective={args.objective}"])
+      print(inspect_example.inspect(train.resolve_config(), seed=args.seed, text=args.text))
+      return 0
     configure.parse(files or [QUICKSTART], bindings)
     summary = train.train(args.workdir, quiet=args.quiet)
   except ConfigError as e:
