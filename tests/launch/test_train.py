@@ -95,25 +95,36 @@ def test_kill_9_mid_run_resumes_from_last_checkpoint(tfds_data_dir, tmp_path):
   assert json.loads((wd / "summary.json").read_text())["final_step"] == 60
 
 
-def test_span_corruption_is_one_binding_and_loss_falls_on_targets_only(tfds_data_dir, tmp_path):
-  s = _train(tmp_path / "wd", "Experiment.objective=span_corruption", "TrainConfig.steps=2",
+from objectax.objectives import registry as objective_registry  # pylint: disable=g-import-not-at-top,g-bad-import-order
+
+CAUSAL_DECODER_OBJECTIVES = [n for n in objective_registry.OBJECTIVES.names()
+                             if "causal_decoder" in objective_registry.get(n).architectures]
+
+
+@pytest.mark.parametrize("objective", CAUSAL_DECODER_OBJECTIVES)
+def test_objective_is_one_binding_and_loss_falls_on_targets_only(objective, tfds_data_dir,
+                                                                 tmp_path):
+  """Every objective the causal decoder supports trains on it; an objective with inputs runs
+  as concat(inputs, targets) with loss weight exactly on the target part."""
+  s = _train(tmp_path / "wd", f"Experiment.objective={objective}", "TrainConfig.steps=2",
              "TrainConfig.eval_every=2", "TrainConfig.checkpoint_every=2")
-  assert s["experiment"] == "causal_decoder_span_corruption_tiny_pydocs"
+  assert s["experiment"] == f"causal_decoder_{objective}_tiny_pydocs"
   assert s["final_step"] == 2 and np.isfinite(s["final_eval_loss"])
 
-  # The batches the causal decoder trains on: inputs then targets in one stream, loss weight
-  # exactly on the target part (sentinels, span tokens, EOS).
+  # The batches the causal decoder trains on, straight from the training pipeline.
   cfg = train.resolve_config()
   ti = input_pipeline.build_task_input(cfg.exp, cfg.objective_cfg, cfg.vocab, cfg.arch)
   lengths = ti.task_feature_lengths
   batch = next(input_pipeline.TrainStream(ti, 4, seed=0))
-  assert lengths["inputs"] + lengths["targets"] == 64
+  n_inputs = lengths.get("inputs", 0)
+  assert n_inputs + lengths["targets"] <= 64
   weights = batch["decoder_loss_weights"]
-  causal = batch["decoder_causal_attention"]
   expected = np.zeros_like(weights)
-  expected[:, lengths["inputs"]:] = 1
+  expected[:, n_inputs:n_inputs + lengths["targets"]] = 1
   np.testing.assert_array_equal(weights, expected)  # nothing padded: every row is exact
-  np.testing.assert_array_equal(causal[:, :lengths["inputs"] + 1], 1)  # inputs + 1 (seqio)
+  if n_inputs:
+    causal = batch["decoder_causal_attention"]
+    np.testing.assert_array_equal(causal[:, :n_inputs + 1], 1)  # inputs + 1 (seqio)
 
   # Gradients of the training loss reach the logits only at target positions.
   from objectax.models import losses  # pylint: disable=g-import-not-at-top
