@@ -109,3 +109,6 @@ def check_architecture(objective: Objective, arch_name: str) -> None:
 # pylint: disable=g-import-not-at-top,g-bad-import-order,unused-import,wrong-import-position
 from objectax.objectives import full_lm
 from objectax.objectives import span_corruption
+from objectax.objectives import mass
+from objectax.objectives import deshuffle
+from objectax.objectives import fim
