@@ -3,6 +3,7 @@
   objectax train [--gin_file=FILE ...] [--gin.Configurable.param=VALUE ...] [--workdir=DIR]
   objectax objectives
   objectax inspect OBJECTIVE [--text TEXT] [--seed N] [gin flags]
+  objectax bench data [--budget N] [--seconds S] [--objective NAME ...]
   objectax list
 
 `objectax train` with no flags runs gin/run/quickstart.gin (causal decoder, full LM, tiny
@@ -77,6 +78,16 @@ def _parser() -> argparse.ArgumentParser:
                   "Gin flags apply as for train (e.g. --gin.Experiment.arch=prefix_decoder, "
                   "--gin.SpanCorruptionConfig.noise_density=0.5).",
       epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  bench = sub.add_parser("bench", help="benchmarks: `objectax bench data` times every objective's "
+                                       "preprocessor",
+                         description="Benchmarks that print figures.")
+  bench.add_argument("what", choices=["data"], help="data: source tokens/s and examples/s of "
+                     "each objective's preprocessor on the embedded corpus")
+  bench.add_argument("--budget", type=int, default=626,
+                     help="per-example token budget (default 626, Wang et al. 2022)")
+  bench.add_argument("--seconds", type=float, default=3.0, help="time per objective")
+  bench.add_argument("--objective", action="append", default=None,
+                     help="only this objective (repeatable); default: all")
   insp.add_argument("objective", help="an objective name (see `objectax objectives`)")
   insp.add_argument("--text", default=None,
                     help="text to corrupt (repeated until it fills one example); default: "
@@ -150,6 +161,14 @@ def run(argv: list[str] | None = None) -> int:
       return 0
     if args.command == "objectives":
       _objectives()
+      return 0
+    if args.command == "bench":
+      from objectax.launch import bench_data
+      if args.objective:
+        from objectax.objectives import registry as objective_registry
+        for name in args.objective:
+          objective_registry.get(name)  # one-line error for a typo
+      bench_data.run(args.budget, args.seconds, args.objective)
       return 0
     from objectax.launch import configure, train
     if args.command == "inspect":
