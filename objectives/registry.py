@@ -112,3 +112,4 @@ from objectax.objectives import span_corruption
 from objectax.objectives import mass
 from objectax.objectives import deshuffle
 from objectax.objectives import fim
+from objectax.objectives import iid_denoising
