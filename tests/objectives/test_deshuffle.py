@@ -10,8 +10,8 @@ import tensorflow as tf
 from objectax.data.registry import ConfigError
 from objectax.objectives import deshuffle
 from objectax.objectives import registry
-from objectax.objectives import stream
 from objectax.objectives.deshuffle import DeshuffleConfig, PartialDeshuffleConfig
+import objective_testing as ot  # pylint: disable=g-bad-import-order
 
 tf.config.set_visible_devices([], "GPU")
 
@@ -32,18 +32,11 @@ CASES = {
 
 
 def _features(inputs_eos=True, targets_eos=True, vocab=VOCAB):
-  return {"inputs": seqio.Feature(vocab, add_eos=inputs_eos),
-          "targets": seqio.Feature(vocab, add_eos=targets_eos)}
+  return ot.features(vocab, inputs_eos=inputs_eos, targets_eos=targets_eos)
 
 
 def _random_docs(num_tokens, seed=0):
-  rng = np.random.default_rng(seed)
-  docs, total = [], 0
-  while total < num_tokens:
-    doc = rng.integers(3, 500, size=rng.integers(0, 200)).astype(np.int32)
-    docs.append(doc)
-    total += len(doc)
-  return docs
+  return ot.random_docs(num_tokens, seed, min_len=0, max_len=200)
 
 
 def _distinct_docs(num_tokens):
@@ -52,22 +45,16 @@ def _distinct_docs(num_tokens):
   return np.split(ids, np.arange(150, num_tokens, 150))
 
 
-def _dataset(docs):
-  return tf.data.Dataset.from_generator(
-      lambda: ({"targets": d} for d in docs),
-      output_signature={"targets": tf.TensorSpec([None], tf.int32)})
+_dataset = ot.docs_dataset
 
 
 def _run(obj, cfg, docs, seed, sequence_length=None, features=None):
   sequence_length = sequence_length or obj.lengths(cfg, BUDGET).feature_lengths()
-  with seqio.utils.map_seed_manager(seed):
-    ds = obj.preprocess(_dataset(docs), sequence_length, features or _features(), cfg)
-  return list(ds.as_numpy_iterator())
+  return ot.run(obj, cfg, docs, seed, sequence_length, features or _features())
 
 
 def _raw_chunks(docs, raw=RAW):
-  ds = stream.concat_and_split(_dataset(docs), raw)
-  return [ex["targets"] for ex in ds.as_numpy_iterator()]
+  return ot.raw_chunks(docs, raw)
 
 
 @pytest.fixture(scope="module", params=sorted(CASES))

@@ -18,6 +18,7 @@ from objectax.data.registry import ConfigError
 from objectax.objectives import fim
 from objectax.objectives import registry
 from objectax.objectives.fim import FimConfig
+import objective_testing as ot  # pylint: disable=g-bad-import-order
 
 tf.config.set_visible_devices([], "GPU")
 
@@ -34,24 +35,15 @@ SIGMAS = 4.0
 
 
 def _features(add_eos=True, vocab=VOCAB):
-  return {"targets": seqio.Feature(vocab, add_eos=add_eos)}
+  return ot.features(vocab, names=("targets",), targets_eos=add_eos)
 
 
 def _random_docs(num_tokens, seed=0):
   """Documents of 0 to 99 random byte ids (empty ones included) totalling >= num_tokens."""
-  rng = np.random.default_rng(seed)
-  docs, total = [], 0
-  while total < num_tokens:
-    doc = rng.integers(3, FIRST_EXTRA_ID, size=rng.integers(0, 100)).astype(np.int32)
-    docs.append(doc)
-    total += len(doc)
-  return docs
+  return ot.random_docs(num_tokens, seed, high=FIRST_EXTRA_ID, min_len=0, max_len=100)
 
 
-def _dataset(docs):
-  return tf.data.Dataset.from_generator(
-      lambda: ({"targets": d} for d in docs),
-      output_signature={"targets": tf.TensorSpec([None], tf.int32)})
+_dataset = ot.docs_dataset
 
 
 def _stream(docs, eos=True):

@@ -12,8 +12,8 @@ import tensorflow as tf
 from objectax.data.registry import ConfigError
 from objectax.objectives import iid_denoising
 from objectax.objectives import registry
-from objectax.objectives import stream
 from objectax.objectives.iid_denoising import IidDenoisingConfig
+import objective_testing as ot  # pylint: disable=g-bad-import-order
 
 tf.config.set_visible_devices([], "GPU")
 
@@ -39,20 +39,14 @@ def _random_docs(num_tokens, seed=0):
   return docs
 
 
-def _dataset(docs):
-  return tf.data.Dataset.from_generator(
-      lambda: ({"targets": d} for d in docs),
-      output_signature={"targets": tf.TensorSpec([None], tf.int32)})
+_dataset = ot.docs_dataset
 
 
 def _run(obj, cfg, docs, seed, lengths, features=FEATURES):
-  with seqio.utils.map_seed_manager(seed):
-    ds = obj.preprocess(_dataset(docs), lengths.feature_lengths(), features, cfg)
-  return list(ds.as_numpy_iterator())
+  return ot.run(obj, cfg, docs, seed, lengths.feature_lengths(), features)
 
 
-def _raw_chunks(docs, raw):
-  return [ex["targets"] for ex in stream.concat_and_split(_dataset(docs), raw).as_numpy_iterator()]
+_raw_chunks = ot.raw_chunks
 
 
 @functools.lru_cache(maxsize=None)

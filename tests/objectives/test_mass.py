@@ -1,6 +1,5 @@
 """MASS: exact lengths, reconstruction, one contiguous fragment, uniform starts, seeding, loss."""
 import collections
-import functools
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from objectax.models import decoder
 from objectax.objectives import mass
 from objectax.objectives import registry
 from objectax.objectives.mass import MassConfig
+import objective_testing as ot  # pylint: disable=g-bad-import-order
 
 tf.config.set_visible_devices([], "GPU")
 
@@ -34,31 +34,19 @@ CHI2_CRITICAL_16DOF_P001 = 39.252
 
 
 def _features(inputs_eos=True, targets_eos=True, vocab=VOCAB):
-  return {"inputs": seqio.Feature(vocab, add_eos=inputs_eos),
-          "targets": seqio.Feature(vocab, add_eos=targets_eos)}
+  return ot.features(vocab, inputs_eos=inputs_eos, targets_eos=targets_eos)
 
 
 def _random_docs(num_tokens, seed=0):
   """Documents of 1-299 byte ids (3..258), never the mask id, totalling >= num_tokens."""
-  rng = np.random.default_rng(seed)
-  docs, total = [], 0
-  while total < num_tokens:
-    doc = rng.integers(3, FIRST_EXTRA, size=rng.integers(1, 300)).astype(np.int32)
-    docs.append(doc)
-    total += len(doc)
-  return docs
+  return ot.random_docs(num_tokens, seed, high=FIRST_EXTRA)
 
 
-def _dataset(docs):
-  return tf.data.Dataset.from_generator(
-      lambda: ({"targets": d} for d in docs),
-      output_signature={"targets": tf.TensorSpec([None], tf.int32)})
+_dataset = ot.docs_dataset
 
 
 def _mass(docs, seed, sequence_length, cfg=CFG, features=None):
-  with seqio.utils.map_seed_manager(seed):
-    ds = OBJ.preprocess(_dataset(docs), sequence_length, features or _features(), cfg)
-  return list(ds.as_numpy_iterator())
+  return ot.run(OBJ, cfg, docs, seed, sequence_length, features or _features())
 
 
 def _raw_chunks(docs, raw):
@@ -241,18 +229,10 @@ def test_deterministic_for_a_seed_and_different_for_another():
 
 def test_in_a_seqio_task_with_seed():
   docs = _random_docs(20 * 32, seed=4)
-  source = seqio.FunctionDataSource(
-      lambda split, shuffle_files, seed=None: _dataset(docs), splits=["train"])
-  task = seqio.Task("objectax_test_mass", source, output_features=_features(),
-                    preprocessors=[functools.partial(OBJ.preprocess, cfg=CFG)])
+  task = ot.task_over_docs("objectax_test_mass", OBJ, CFG, docs, _features())
   lengths = OBJ.lengths(CFG, BUDGET)
-
-  def run(seed):
-    ds = task.get_dataset(lengths.feature_lengths(), split="train", shuffle=False, seed=seed)
-    return [(ex["inputs"].tolist(), ex["targets"].tolist()) for ex in ds.as_numpy_iterator()]
-
-  first = run(5)
-  assert first == run(5) and first != run(6)
+  first = ot.task_pairs(task, lengths, 5)
+  assert first == ot.task_pairs(task, lengths, 5) and first != ot.task_pairs(task, lengths, 6)
   raws = _raw_chunks(docs, lengths.raw)
   assert len(first) == len(raws)
   for (inputs, targets), raw in zip(first, raws):

@@ -1,6 +1,5 @@
 """Span corruption: exact lengths, reconstruction, sentinels, statistics and seeding."""
 import collections
-import functools
 import math
 
 import numpy as np
@@ -12,8 +11,8 @@ from objectax.data.registry import ConfigError
 from objectax.objectives import lengths as span_lengths
 from objectax.objectives import registry
 from objectax.objectives import span_corruption
-from objectax.objectives import stream
 from objectax.objectives.span_corruption import SpanCorruptionConfig
+import objective_testing as ot  # pylint: disable=g-bad-import-order
 
 tf.config.set_visible_devices([], "GPU")
 
@@ -27,35 +26,21 @@ BUDGET = 150  # -> raw 134, inputs 122, targets 28: 20 noise tokens in 7 spans.
 
 
 def _features(inputs_eos=True, targets_eos=True, vocab=VOCAB):
-  return {"inputs": seqio.Feature(vocab, add_eos=inputs_eos),
-          "targets": seqio.Feature(vocab, add_eos=targets_eos)}
+  return ot.features(vocab, inputs_eos=inputs_eos, targets_eos=targets_eos)
 
 
 def _random_docs(num_tokens, seed=0):
-  rng = np.random.default_rng(seed)
-  docs, total = [], 0
-  while total < num_tokens:
-    doc = rng.integers(3, FIRST_SENTINEL, size=rng.integers(1, 300)).astype(np.int32)
-    docs.append(doc)
-    total += len(doc)
-  return docs
+  return ot.random_docs(num_tokens, seed, high=FIRST_SENTINEL)
 
 
-def _dataset(docs):
-  return tf.data.Dataset.from_generator(
-      lambda: ({"targets": d} for d in docs),
-      output_signature={"targets": tf.TensorSpec([None], tf.int32)})
+_dataset = ot.docs_dataset
 
 
 def _corrupt(docs, seed, sequence_length, cfg=CFG, features=None):
-  with seqio.utils.map_seed_manager(seed):
-    ds = OBJ.preprocess(_dataset(docs), sequence_length, features or _features(), cfg)
-  return list(ds.as_numpy_iterator())
+  return ot.run(OBJ, cfg, docs, seed, sequence_length, features or _features())
 
 
-def _raw_chunks(docs, raw):
-  ds = stream.concat_and_split(_dataset(docs), raw)
-  return [ex["targets"] for ex in ds.as_numpy_iterator()]
+_raw_chunks = ot.raw_chunks
 
 
 def merge(inputs, targets, eos_id=EOS, first_sentinel=FIRST_SENTINEL):
@@ -192,18 +177,10 @@ def test_deterministic_for_a_seed_and_different_for_another():
 
 def test_in_a_seqio_task_with_seed():
   docs = _random_docs(20 * 134, seed=4)
-  source = seqio.FunctionDataSource(
-      lambda split, shuffle_files, seed=None: _dataset(docs), splits=["train"])
-  task = seqio.Task("objectax_test_span_corruption", source, output_features=_features(),
-                    preprocessors=[functools.partial(OBJ.preprocess, cfg=CFG)])
+  task = ot.task_over_docs("objectax_test_span_corruption", OBJ, CFG, docs, _features())
   lengths = OBJ.lengths(CFG, BUDGET)
-
-  def run(seed):
-    ds = task.get_dataset(lengths.feature_lengths(), split="train", shuffle=False, seed=seed)
-    return [(ex["inputs"].tolist(), ex["targets"].tolist()) for ex in ds.as_numpy_iterator()]
-
-  first = run(5)
-  assert first == run(5) and first != run(6)
+  first = ot.task_pairs(task, lengths, 5)
+  assert first == ot.task_pairs(task, lengths, 5) and first != ot.task_pairs(task, lengths, 6)
   raws = _raw_chunks(docs, lengths.raw)
   assert len(first) == len(raws)
   for (inputs, targets), raw in zip(first, raws):
