@@ -26,10 +26,11 @@ Batch = Mapping[str, np.ndarray]
 @dataclasses.dataclass(frozen=True)
 class TaskInput:
   """What the trainer needs to know about its data."""
-  task: seqio.Task
+  task: seqio.Task | seqio.Mixture
   task_feature_lengths: Mapping[str, int]
-  feature_converter: seqio.FeatureConverter
+  feature_converter: seqio.FeatureConverter | None  # None: no architecture (inspect only)
   vocabulary: seqio.Vocabulary
+  lengths: objective_registry.TaskLengths
 
 
 def build_task_input(exp, objective_cfg, vocab_cfg: vocab_lib.VocabConfig, architecture) -> TaskInput:
@@ -44,12 +45,15 @@ def build_task_input(exp, objective_cfg, vocab_cfg: vocab_lib.VocabConfig, archi
   corpus = sources.get_corpus(exp.corpus)
   corpus.prepare()
   vocabulary = vocab_lib.get_vocabulary(vocab_cfg)
-  task = tasks.get_task(exp.corpus, exp.objective, objective_cfg, vocabulary)
+  task = tasks.get_task(exp.corpus, exp.objective, objective_cfg, vocabulary,
+                        exp.sequence_length)
   return TaskInput(
       task=task,
       task_feature_lengths=lengths.feature_lengths(),
-      feature_converter=architecture.feature_converter(exp.pack),
+      feature_converter=(architecture.feature_converter(exp.pack, lengths.concat)
+                         if architecture is not None else None),
       vocabulary=vocabulary,
+      lengths=lengths,
   )
 
 

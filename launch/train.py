@@ -89,7 +89,8 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   # Model and state, laid out on the mesh from the start.
   model = cfg.arch.make_model(model_cfg)
   tx = step_lib.make_optimizer(tc)
-  spec = cfg.arch.batch_spec(lengths, tc.batch_size, pack=exp.pack)
+  spec = cfg.arch.batch_spec(lengths, tc.batch_size, pack=exp.pack,
+                            concat_length=ti.lengths.concat)
   with sharding.activate(mesh, cfg.mesh):
     abstract, state_shardings, init = step_lib.abstract_and_init(model, tx, spec, mesh, cfg.mesh, tc.seed)
   ckpt = checkpoints.Checkpointer(workdir, keep=tc.keep_checkpoints)

@@ -20,6 +20,7 @@ TensorFlow/seqio can build, benchmark and train the model on `synthetic_batch` d
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Mapping, Union
 
 import flax.linen as nn
@@ -104,33 +105,70 @@ def _segment_ids(batch: Mapping[str, jax.Array]) -> jax.Array:
   return (targets_BL > 0).astype(jnp.int32)
 
 
-def feature_converter(pack: bool = True) -> Any:
+def feature_converter(pack: bool = True, concat_length: int = 0) -> Any:
   """seqio's decoder converter: LM without "inputs", prefix LM with them.
 
   loss_on_targets_only=True puts weight only on the "targets" part (inputs get 0), for
-  both the causal and the prefix decoder. seqio is imported here, not at module level.
+  both the causal and the prefix decoder. With `concat_length` > 0 (an objective whose
+  split varies while len(inputs) + len(targets) stays at most concat_length, such as
+  Wang et al.'s prefix LM: TaskLengths.concat), rows are concat_length long instead of
+  the sum of the task's per-feature upper bounds. seqio is imported here, not at module
+  level.
   """
   import seqio  # pylint: disable=g-import-not-at-top
 
+  if concat_length:
+    return _fixed_row_converter_cls()(concat_length, loss_on_targets_only=True, pack=pack)
   return seqio.DecoderFeatureConverter(loss_on_targets_only=True, pack=pack)
 
 
-def model_lengths(task_feature_lengths: Mapping[str, int]) -> dict[str, int]:
-  """One stream of inputs + targets, e.g. {"inputs": 512, "targets": 114} -> 626."""
-  return {"decoder": int(task_feature_lengths.get("inputs", 0))
-                     + int(task_feature_lengths["targets"])}
+@functools.cache
+def _fixed_row_converter_cls() -> type:
+  """seqio's PrefixLM converter with the row length fixed (defined lazily: seqio)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+
+  class FixedRowPrefixLMFeatureConverter(seqio.PrefixLMFeatureConverter):
+    """Rows of `concat_length`, whatever the per-feature bounds of the task are.
+
+    seqio sizes a prefix-LM row as inputs + targets of the task lengths; for a prefix LM
+    whose split is uniform in [1, L) those bounds are L - 1 each, which would double the
+    row. The per-feature bounds still validate the task's output (seqio's check 2).
+    """
+
+    def __init__(self, concat_length: int, **kwargs):
+      self._concat_length = int(concat_length)
+      super().__init__(**kwargs)
+
+    def _concat_task_feature_lengths(self, task_feature_lengths):
+      del task_feature_lengths
+      return super()._concat_task_feature_lengths({"targets": self._concat_length})
+
+    def get_model_feature_lengths(self, task_feature_lengths):
+      del task_feature_lengths
+      return super().get_model_feature_lengths({"targets": self._concat_length})
+
+  return FixedRowPrefixLMFeatureConverter
+
+
+def model_lengths(task_feature_lengths: Mapping[str, int], concat_length: int = 0) -> dict[str, int]:
+  """One stream of inputs + targets, e.g. {"inputs": 512, "targets": 114} -> 626.
+
+  `concat_length` > 0 overrides the sum (TaskLengths.concat, see `feature_converter`).
+  """
+  return {"decoder": int(concat_length) or (int(task_feature_lengths.get("inputs", 0))
+                                              + int(task_feature_lengths["targets"]))}
 
 
 def batch_spec(task_feature_lengths: Mapping[str, int], batch_size: int, *,
-               pack: bool = True) -> dict[str, jax.ShapeDtypeStruct]:
-  """Shapes of exactly the features `feature_converter(pack)` emits, all int32 (B, L).
+               pack: bool = True, concat_length: int = 0) -> dict[str, jax.ShapeDtypeStruct]:
+  """Shapes of exactly the features `feature_converter(pack, concat_length)` emits, int32 (B, L).
 
   Always decoder_target_tokens, decoder_input_tokens and decoder_loss_weights;
   decoder_segment_ids and decoder_positions only when packed; decoder_causal_attention
   only when the task has "inputs" (prefix-LM data). The trainer builds its jit
   in_shardings from these keys, so an extra key breaks an unpacked run.
   """
-  shape = (batch_size, model_lengths(task_feature_lengths)["decoder"])
+  shape = (batch_size, model_lengths(task_feature_lengths, concat_length)["decoder"])
   names = [TARGETS_KEY, "decoder_input_tokens", WEIGHTS_KEY]
   if pack:
     names += ["decoder_segment_ids", "decoder_positions"]

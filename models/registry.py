@@ -29,7 +29,7 @@ class BatchSpecFn(Protocol):
   """
 
   def __call__(self, task_feature_lengths: Mapping[str, int], batch_size: int, *,
-               pack: bool = True) -> dict[str, jax.ShapeDtypeStruct]:
+               pack: bool = True, concat_length: int = 0) -> dict[str, jax.ShapeDtypeStruct]:
     ...
 
 
@@ -42,11 +42,15 @@ class Architecture:
     description: one line for listings and logs.
     make_model: ModelConfig -> Linen module whose `apply(params, batch,
       deterministic=...)` returns float32 logits.
-    feature_converter: pack -> seqio FeatureConverter (imports seqio lazily).
-    model_lengths: task feature lengths -> model lengths, e.g. {"decoder": 626}.
-    batch_spec: (task feature lengths, batch size, *, pack=True) -> {feature:
-      ShapeDtypeStruct}, exactly the features `feature_converter(pack)` emits (pass the
-      same `pack` to both).
+    feature_converter: (pack, concat_length=0) -> seqio FeatureConverter (imports seqio
+      lazily). concat_length is the objective's TaskLengths.concat: architectures that
+      concatenate inputs and targets size their rows by it when it is > 0; others may
+      ignore it.
+    model_lengths: (task feature lengths, concat_length=0) -> model lengths, e.g.
+      {"decoder": 626}.
+    batch_spec: (task feature lengths, batch size, *, pack=True, concat_length=0) ->
+      {feature: ShapeDtypeStruct}, exactly the features `feature_converter(pack,
+      concat_length)` emits (pass the same `pack` and `concat_length` to both).
     synthetic_batch: (spec, vocab size, rng) -> numpy batch with plausible values, packed
       or not as the spec's keys say.
     targets_key: feature holding the target ids for the loss.
@@ -56,8 +60,8 @@ class Architecture:
   name: str
   description: str
   make_model: Callable[[ModelConfig], nn.Module]
-  feature_converter: Callable[[bool], Any]
-  model_lengths: Callable[[Mapping[str, int]], dict[str, int]]
+  feature_converter: Callable[..., Any]
+  model_lengths: Callable[..., dict[str, int]]
   batch_spec: BatchSpecFn
   synthetic_batch: Callable[..., dict[str, np.ndarray]]
   targets_key: str

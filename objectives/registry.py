@@ -15,7 +15,7 @@ never look at the architecture, but each declares which architectures it makes s
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Any, Callable, Optional
 
 from objectax.data.registry import ConfigError, Registry
 
@@ -25,16 +25,35 @@ ARCHITECTURES = ("causal_decoder", "prefix_decoder", "encoder_decoder", "encoder
 
 @dataclasses.dataclass(frozen=True)
 class TaskLengths:
-  """Exact per-example lengths of an objective; nothing is padded by accident.
+  """Per-example lengths of an objective; nothing is padded or truncated by accident.
+
+  Most objectives emit every example at exactly (inputs, targets). Three kinds of
+  objective need more, and say so with the optional fields:
+  - the split between inputs and targets varies but their sum does not (Wang et al.'s
+    prefix LM: 626 tokens split uniformly in [1, 626)): `inputs` and `targets` are then
+    upper bounds for the seqio task and `concat` is the decoder row length, so a
+    concatenating architecture lays each example out in exactly `concat` positions;
+  - the objective itself implies variable lengths (T5's unconcatenated prefix LM pads
+    document tails; a Poisson number of BART spans): `exact=False`, the lengths are
+    upper bounds the objective guarantees, and the padding is part of its definition;
+  - inputs and targets are position-aligned (BERT MLM on the encoder-only model):
+    `aligned=True`, and the model sees `targets` tokens, not inputs + targets.
 
   Attributes:
-    raw: raw (pre-objective) tokens consumed per example.
+    raw: raw (pre-objective) tokens consumed per example (at most, when not exact).
     inputs: inputs length, 0 when the objective emits targets only.
     targets: targets length.
+    concat: when > 0, len(inputs) + len(targets) of every example is at most this (and
+      exactly this when `exact`); 0 means inputs + targets.
+    exact: every example fills its layout exactly (no padding).
+    aligned: inputs and targets are aligned position by position (encoder-only).
   """
   raw: int
   inputs: int
   targets: int
+  concat: int = 0
+  exact: bool = True
+  aligned: bool = False
 
   def feature_lengths(self) -> dict[str, int]:
     """The seqio `sequence_length`: {"targets": t}, or {"inputs": i, "targets": t}."""
@@ -44,8 +63,10 @@ class TaskLengths:
 
   @property
   def budget(self) -> int:
-    """Tokens the model sees per example: len(inputs) + len(targets)."""
-    return self.inputs + self.targets
+    """Tokens the model sees per example (at most, when not exact)."""
+    if self.aligned:
+      return self.targets
+    return self.concat or self.inputs + self.targets
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,21 +84,51 @@ class Objective:
       per-example token budget len(inputs) + len(targets) (626 for every objective on
       the decoder-only models of Wang et al. 2022).
     description: one line for listings.
+    mixture: for a mixture of objectives (UL2) instead of `preprocess`:
+      mixture(cfg, sequence_length, vocabulary) -> list[MixtureComponent]; data/ registers
+      one seqio Task per component and a seqio Mixture over them. `lengths` then gives
+      bounds that hold for every component.
   """
   name: str
   config_cls: type
-  preprocess: Callable
+  preprocess: Optional[Callable]
   features: tuple[str, ...]
   architectures: tuple[str, ...]
   lengths: Callable
   description: str
+  mixture: Optional[Callable] = None
 
   def __post_init__(self):
+    if (self.preprocess is None) == (self.mixture is None):
+      raise ValueError(f"objective {self.name!r}: give exactly one of preprocess or mixture")
     unknown = [a for a in self.architectures if a not in ARCHITECTURES]
     if unknown:
       raise ValueError(f"objective {self.name!r}: unknown architectures {unknown}")
     if self.features not in (("targets",), ("inputs", "targets")):
       raise ValueError(f"objective {self.name!r}: bad features {self.features}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureComponent:
+  """One task of a mixture objective: an objective, its settings, its share, its prefix.
+
+  Attributes:
+    name: short name, the suffix of the component's task name (`{corpus}_{objective}_{name}`).
+    objective: the registered objective that makes its examples.
+    cfg: that objective's config.
+    lengths: that objective's exact lengths for the component's own budget.
+    rate: mixing rate (seqio normalizes the rates of a mixture).
+    inputs_prefix: ids prepended to every example's inputs (UL2's mode token).
+    shard: (index, count): the component reads documents index, index + count, ... of the
+      source (UL2 applies each denoiser to its own shard of the data), or None for all.
+  """
+  name: str
+  objective: "Objective"
+  cfg: Any
+  lengths: TaskLengths
+  rate: float
+  inputs_prefix: tuple[int, ...] = ()
+  shard: Optional[tuple[int, int]] = None
 
 
 OBJECTIVES = Registry[Objective]("objective")

@@ -39,12 +39,18 @@ class SpanCorruptionConfig:
   Attributes:
     noise_density: fraction r of raw tokens corrupted, in (0, 1).
     mean_noise_span_length: mean span length mu >= 1 (T5 Table 7 compares 2, 3, 5, 10).
+    min_noise_spans: the fewest spans a chunk may have (2: one span is a suffix blank,
+      pitfall P6); UL2's mu=64 X-denoisers set 1, as T5's code allows.
   """
   noise_density: float = 0.15
   mean_noise_span_length: float = 3.0
+  min_noise_spans: int = span_lengths.MIN_NOISE_SPANS
 
   def __post_init__(self):
     span_lengths.check_span_params(self.noise_density, self.mean_noise_span_length)
+    if self.min_noise_spans not in (1, 2):
+      raise ConfigError(f"SpanCorruptionConfig.min_noise_spans must be 1 or 2, got "
+                        f"{self.min_noise_spans!r}")
 
 
 def _random_partition(num_items: int, num_parts: int, seed) -> tf.Tensor:
@@ -143,8 +149,9 @@ def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]]
   raw = span_lengths.exact_raw_length(
       int(sequence_length["inputs"]) + (inputs_eos is None),
       int(sequence_length["targets"]) + (targets_eos is None),
-      cfg.noise_density, cfg.mean_noise_span_length)
-  counts = span_lengths.span_counts(raw, cfg.noise_density, cfg.mean_noise_span_length)
+      cfg.noise_density, cfg.mean_noise_span_length, cfg.min_noise_spans)
+  counts = span_lengths.span_counts(raw, cfg.noise_density, cfg.mean_noise_span_length,
+                                    cfg.min_noise_spans)
   vocab_size = _check_vocabulary(output_features, counts.num_spans).vocab_size
   inputs_length = counts.inputs - (inputs_eos is None)
   targets_length = counts.targets - (targets_eos is None)
@@ -168,7 +175,7 @@ def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]]
 def lengths(cfg: SpanCorruptionConfig, sequence_length: int) -> registry.TaskLengths:
   """Largest exact inputs within the budget: lengths(cfg, 626) == TaskLengths(568, 512, 114)."""
   inputs, targets, raw = span_lengths.span_corruption_lengths_for_budget(
-      sequence_length, cfg.noise_density, cfg.mean_noise_span_length)
+      sequence_length, cfg.noise_density, cfg.mean_noise_span_length, cfg.min_noise_spans)
   return registry.TaskLengths(raw=raw, inputs=inputs, targets=targets)
 
 
