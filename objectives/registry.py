@@ -164,3 +164,4 @@ from objectax.objectives import mass
 from objectax.objectives import deshuffle
 from objectax.objectives import fim
 from objectax.objectives import iid_denoising
+from objectax.objectives import prefix_lm
