@@ -166,3 +166,4 @@ from objectax.objectives import fim
 from objectax.objectives import iid_denoising
 from objectax.objectives import prefix_lm
 from objectax.objectives import bert_mlm
+from objectax.objectives import bart
