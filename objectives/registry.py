@@ -167,3 +167,4 @@ from objectax.objectives import iid_denoising
 from objectax.objectives import prefix_lm
 from objectax.objectives import bert_mlm
 from objectax.objectives import bart
+from objectax.objectives import pegasus
