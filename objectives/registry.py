@@ -168,3 +168,4 @@ from objectax.objectives import prefix_lm
 from objectax.objectives import bert_mlm
 from objectax.objectives import bart
 from objectax.objectives import pegasus
+from objectax.objectives import ul2

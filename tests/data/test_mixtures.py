@@ -1,0 +1,150 @@
+"""UL2's mixture of denoisers as a registered seqio Mixture on the embedded corpus.
+
+The mixture's stream is checked to be exactly an interleaving of its seven component
+tasks' own streams (each rebuilt here with the same seed): every mixture example is
+attributed to the component whose next unconsumed example it equals. That gives each
+denoiser's realized share and proves that nothing was changed on the way through seqio.
+"""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+import seqio
+
+from objectax.data import tasks
+from objectax.data import vocab as vocab_lib
+from objectax.data.registry import ConfigError
+from objectax.objectives import registry as objective_registry
+from objectax.objectives.ul2 import DEFAULT_DENOISERS, Ul2Config
+
+BUDGET = 128
+SEED = 5
+MODE_OF = {name: mode for name, mode, _, _ in DEFAULT_DENOISERS}
+
+
+@pytest.fixture(scope="module")
+def vocabulary(tfds_data_dir) -> seqio.Vocabulary:
+  return vocab_lib.get_vocabulary(vocab_lib.VocabConfig(), data_dir=tfds_data_dir)
+
+
+def _examples(provider, lengths, num, seed=SEED):
+  ds = provider.get_dataset(lengths.feature_lengths(), split="train", shuffle=True, seed=seed,
+                            num_epochs=None)
+  return [(tuple(ex["inputs"].tolist()), tuple(ex["targets"].tolist()))
+          for ex in ds.take(num).as_numpy_iterator()]
+
+
+def _attribute(mixture, lengths, num):
+  """Component name of each of the first `num` mixture examples (interleaving check)."""
+  mixed = _examples(mixture, lengths, num)
+  counts = collections.Counter()
+  streams = {}
+  for task in mixture.tasks:
+    name = task.name.rsplit("_", 1)[1]
+    # A component can supply at most all mixture examples; read what the rates make likely.
+    streams[name] = iter(_examples(task, lengths, num))
+  heads = {name: next(it) for name, it in streams.items()}
+  names = []
+  for ex in mixed:
+    owners = [name for name, head in heads.items() if head == ex]
+    assert owners, "a mixture example that is no component's next example"
+    owner = owners[0]
+    names.append(owner)
+    counts[owner] += 1
+    heads[owner] = next(streams[owner])
+  return names, mixed
+
+
+def test_ul2_lengths_fill_one_budget():
+  obj = objective_registry.get("ul2")
+  cfg = Ul2Config()
+  for budget in (64, 128, 626):
+    lengths = obj.lengths(cfg, budget)
+    assert lengths.concat == budget and not lengths.exact
+    for name, mode, mu, r in cfg.denoisers:
+      if mu:
+        sc = objective_registry.get("span_corruption")
+        sub = sc.lengths(sc.config_cls(noise_density=r, mean_noise_span_length=mu,
+                                       min_noise_spans=1), budget - 1)
+        # The component fills the budget up to span corruption's own rounding.
+        assert budget - 3 <= sub.budget + 1 <= budget, (name, sub)
+        assert sub.inputs + 1 <= lengths.inputs and sub.targets <= lengths.targets
+  assert obj.lengths(cfg, 626).inputs == 625  # the S-denoiser's longest prefix + [S2S]
+
+
+def test_ul2_mixture_shares_and_mode_tokens(vocabulary):
+  """10,000 examples: each denoiser within 2 points of 1/7; every example starts with its mode."""
+  obj = objective_registry.get("ul2")
+  cfg = Ul2Config()
+  lengths = obj.lengths(cfg, BUDGET)
+  mixture = tasks.get_task("pydocs", "ul2", cfg, vocabulary, BUDGET)
+  assert isinstance(mixture, seqio.Mixture) and len(mixture.tasks) == 7
+  names, mixed = _attribute(mixture, lengths, 10_000)
+  shares = {n: c / len(names) for n, c in collections.Counter(names).items()}
+  assert set(shares) == set(MODE_OF)
+  for name, share in shares.items():
+    # seqio samples i.i.d. with the rates: the standard error of a 1/7 share over 10k
+    # examples is 0.35 points, so the issue's 2 points is about 6 standard errors.
+    assert abs(share - 1 / 7) < 0.02, shares
+  mode_ids = {m: vocab_lib.mode_token_ids(vocabulary, m) for m in vocab_lib.MODE_TOKENS}
+  assert all(len(ids) == 1 for ids in mode_ids.values())  # single pieces in our vocabulary
+  all_modes = {ids[0] for ids in mode_ids.values()}
+  for name, (inputs, targets) in zip(names, mixed):
+    assert inputs[0] == mode_ids[MODE_OF[name]][0]
+    assert not all_modes & set(inputs[1:]) and not all_modes & set(targets)
+    assert len(inputs) <= lengths.inputs and len(targets) <= lengths.targets
+    assert len(inputs) + len(targets) <= BUDGET
+    if name == "s":  # Wang et al.'s prefix LM fills the budget exactly
+      assert len(inputs) + len(targets) == BUDGET
+  # Span-corruption denoisers: noise density visible in the targets length.
+  lengths_by = collections.defaultdict(set)
+  for name, (inputs, targets) in zip(names, mixed):
+    lengths_by[name].add((len(inputs), len(targets)))
+  for name in ("r1", "r2", "x1", "x2", "x3", "x4"):
+    assert len(lengths_by[name]) == 1, (name, lengths_by[name])  # exact lengths
+  (i_r1, t_r1), = lengths_by["r1"]
+  (i_x1, t_x1), = lengths_by["x1"]
+  assert t_r1 < i_r1 / 3 and abs(t_x1 - i_x1) <= 2  # r=0.15 vs r=0.5
+
+
+def test_ul2_rates_are_configurable(vocabulary):
+  cfg = Ul2Config(rates=(4.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0))
+  lengths = objective_registry.get("ul2").lengths(cfg, BUDGET)
+  mixture = tasks.get_task("pydocs", "ul2", cfg, vocabulary, BUDGET)
+  names, _ = _attribute(mixture, lengths, 2000)
+  share = names.count("r1") / len(names)
+  # Expected 0.4; binomial standard error over 2,000 is 1.1 points: allow 4 of them.
+  assert abs(share - 0.4) < 0.045
+
+
+def test_ul2_denoisers_read_disjoint_documents(vocabulary):
+  """With shard_documents (the default) each denoiser reads its own documents."""
+  obj = objective_registry.get("ul2")
+  comps = obj.mixture(Ul2Config(), BUDGET, vocabulary)
+  assert [c.shard for c in comps] == [(i, 7) for i in range(7)]
+  assert [c.shard for c in obj.mixture(Ul2Config(shard_documents=False), BUDGET,
+                                       vocabulary)] == [None] * 7
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(rates=(1.0,) * 6), "one positive rate per denoiser"),
+    (dict(denoisers=(("r", "[XYZ]", 3, 0.15),), rates=(1.0,)), "valid choices: [NLU]"),
+    (dict(s_objective="full_lm"), "valid choices: prefix_lm, t5_prefix_lm"),
+    (dict(denoisers=(("a", "[NLU]", 3, 0.15), ("a", "[NLG]", 3, 0.5)), rates=(1, 1)),
+     "unique"),
+])
+def test_ul2_config_errors(kwargs, message):
+  with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+    Ul2Config(**kwargs)
+
+
+def test_ul2_mode_token_longer_than_reserved():
+  byte_vocab = seqio.ByteVocabulary(extra_ids=100)
+  with pytest.raises(ConfigError, match="mode_token_length=5"):
+    objective_registry.get("ul2").mixture(Ul2Config(), BUDGET, byte_vocab)
+  comps = objective_registry.get("ul2").mixture(Ul2Config(mode_token_length=5), BUDGET,
+                                                  byte_vocab)
+  assert all(len(c.inputs_prefix) == 5 for c in comps)
+  assert np.all([c.lengths.budget + 5 <= BUDGET for c in comps])
