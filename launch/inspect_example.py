@@ -7,13 +7,23 @@ wrapped in ⟦ ⟧, so one glance shows what the objective asks the model to pre
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import numpy as np
 import seqio
 import tensorflow as tf
 
 from objectax.data import pydocs
+from objectax.data import vocab as vocab_lib
 from objectax.launch import input_pipeline
+from objectax.launch import config
+from objectax.launch import sharding
 from objectax.launch.train import Resolved
+from objectax.models import registry as arch_registry
+from objectax.models.config import ModelConfig
+from objectax.objectives import registry as objective_registry
+from objectax.objectives import mixture as mixture_lib
 
 EOS_ID = 1
 
@@ -53,39 +63,87 @@ def render_stream(vocabulary: seqio.Vocabulary, tokens: np.ndarray, weights: np.
   return " ".join(t for t in out if t)
 
 
-def one_example(cfg: Resolved, ti: input_pipeline.TaskInput, *, seed: int,
-                text: str | None) -> dict[str, np.ndarray]:
-  """The objective's first example from `text` (repeated as needed) or the validation split."""
-  lengths = ti.task_feature_lengths
+def one_example(provider, preprocess, output_features, sequence_length, vocabulary, *,
+                seed: int, text: str | None) -> dict[str, np.ndarray]:
+  """The first example of `provider` (a seqio Task or Mixture) on the validation split, or
+  of `preprocess` over `text` (repeated as needed)."""
   if text is None:
-    ds = ti.task.get_dataset(sequence_length=lengths, split="validation", shuffle=True,
-                             seed=seed, num_epochs=None)
+    ds = provider.get_dataset(sequence_length=sequence_length, split="validation",
+                              shuffle=True, seed=seed, num_epochs=None)
   else:
-    vocabulary = ti.vocabulary
     ds = tf.data.Dataset.from_tensors({"targets": tf.constant(text)}).repeat()
     ds = ds.map(lambda ex: {"targets": vocabulary.encode_tf(ex["targets"])})
     with seqio.utils.map_seed_manager(seed):
-      ds = cfg.objective.preprocess(ds, lengths, ti.task.output_features, cfg=cfg.objective_cfg)
+      ds = preprocess(ds, sequence_length, output_features)
   return next(ds.take(1).as_numpy_iterator())
 
 
-def inspect(cfg: Resolved, *, seed: int = 0, text: str | None = None) -> str:
-  """A few lines describing one example of the configured objective on its architecture."""
-  pydocs.keep_tensorflow_off_accelerators()
-  ti = input_pipeline.build_task_input(cfg.exp, cfg.objective_cfg, cfg.vocab, cfg.arch)
-  example = one_example(cfg, ti, seed=seed, text=text)
-  converted = next(cfg.arch.feature_converter(False)(
+def _render(cfg: Resolved, ti: input_pipeline.TaskInput, example, features) -> list[str]:
+  """The example's features as text, then the architecture's stream with ⟦loss⟧ marked."""
+  if cfg.arch is None:  # no registered architecture runs it yet: aligned (encoder-only) view
+    vocabulary = ti.vocabulary
+    weights = np.asarray(example["targets"]) > 0
+    return [f"{'targets':>8}: {_token_text(vocabulary, list(example['targets']))}",
+            f"    loss: {int(weights.sum())} of {len(weights)} positions carry loss (targets > 0),"
+            " marked ⟦ ⟧ on the inputs:",
+            f"  inputs: {render_stream(vocabulary, np.asarray(example['inputs']), weights)}"]
+  converted = next(cfg.arch.feature_converter(False, ti.lengths.concat)(
       tf.data.Dataset.from_tensors(example), ti.task_feature_lengths).as_numpy_iterator())
   tokens = converted[cfg.arch.targets_key]
   weights = converted[cfg.arch.weights_key]
   vocabulary = ti.vocabulary
-  lengths = dict(ti.task_feature_lengths)
-  lines = [f"objective {cfg.exp.objective} {cfg.objective_cfg} on {cfg.exp.arch}, token budget "
-           f"{cfg.exp.sequence_length} -> {lengths}, seed {seed}"]
-  for feature in cfg.objective.features:
-    lines.append(f"{feature:>8}: {_token_text(vocabulary, list(example[feature]))}")
+  lines = [f"{feature:>8}: {_token_text(vocabulary, list(example[feature]))}"
+           for feature in features]
   real = tokens != 0
   lines.append(f"    loss: {int((weights > 0).sum())} of {int(real.sum())} positions of the "
-               f"{cfg.exp.arch} stream carry loss, marked ⟦ ⟧:")
+               f"{cfg.arch.name} stream carry loss, marked ⟦ ⟧:")
   lines.append(f"  stream: {render_stream(vocabulary, tokens[real], weights[real])}")
+  return lines
+
+
+def resolve_config() -> Resolved:
+  """train.resolve_config, except that an architecture the objective cannot run is replaced.
+
+  `objectax inspect bert_mlm` should show BERT's example, not fail because the default
+  architecture is the causal decoder: the first supported architecture that is built is
+  used instead, and with none (encoder-only objectives before that model exists) the
+  example is shown in its aligned layout (`arch` None). The header names what was used.
+  """
+  exp = config.Experiment()
+  objective = objective_registry.get(exp.objective)
+  arch = arch_registry.get(exp.arch)  # an unknown name still fails in one line
+  if exp.arch not in objective.architectures:
+    built = [a for a in objective.architectures if a in arch_registry.ARCHITECTURES.names()]
+    arch = arch_registry.get(built[0]) if built else None
+    exp = dataclasses.replace(exp, arch=built[0]) if built else exp
+  return Resolved(exp=exp, train=config.TrainConfig(), mesh=sharding.MeshConfig(),
+                  model=ModelConfig(), vocab=vocab_lib.VocabConfig(), objective=objective,
+                  objective_cfg=objective.config_cls(), arch=arch)
+
+
+def inspect(cfg: Resolved, *, seed: int = 0, text: str | None = None) -> str:
+  """A few lines describing one example of the configured objective on its architecture.
+
+  For a mixture objective (UL2) it shows one example of every component, each headed by
+  its name, objective, settings and share of the mixture.
+  """
+  pydocs.keep_tensorflow_off_accelerators()
+  ti = input_pipeline.build_task_input(cfg.exp, cfg.objective_cfg, cfg.vocab, cfg.arch)
+  lengths = dict(ti.task_feature_lengths)
+  obj = cfg.objective
+  arch_name = cfg.arch.name if cfg.arch is not None else "its aligned (encoder-only) layout"
+  lines = [f"objective {cfg.exp.objective} {cfg.objective_cfg} on {arch_name}, token budget "
+           f"{cfg.exp.sequence_length} -> {lengths}, seed {seed}"]
+  if obj.mixture is None:
+    example = one_example(ti.task, functools.partial(obj.preprocess, cfg=cfg.objective_cfg),
+                          ti.task.output_features, lengths, ti.vocabulary, seed=seed, text=text)
+    return "\n".join(lines + _render(cfg, ti, example, obj.features))
+  components = obj.mixture(cfg.objective_cfg, cfg.exp.sequence_length, ti.vocabulary)
+  total = sum(c.rate for c in components)
+  for c in components:
+    task = seqio.get_mixture_or_task(f"{ti.task.name}_{c.name}")  # Mixture.tasks is sorted
+    example = one_example(task, functools.partial(mixture_lib.preprocess_component, component=c),
+                          task.output_features, lengths, ti.vocabulary, seed=seed, text=text)
+    lines.append(f"--- {c.name}: {c.objective.name} {c.cfg}, share {c.rate / total:.1%}")
+    lines += _render(cfg, ti, example, obj.features)
   return "\n".join(lines)

@@ -174,7 +174,8 @@ def run(argv: list[str] | None = None) -> int:
     if args.command == "inspect":
       from objectax.launch import inspect_example
       configure.parse(files or [QUICKSTART], [*bindings, f"Experiment.objective={args.objective}"])
-      print(inspect_example.inspect(train.resolve_config(), seed=args.seed, text=args.text))
+      print(inspect_example.inspect(inspect_example.resolve_config(), seed=args.seed,
+                                    text=args.text))
       return 0
     configure.parse(files or [QUICKSTART], bindings)
     summary = train.train(args.workdir, quiet=args.quiet)

@@ -44,3 +44,33 @@ def test_inspect_full_lm_puts_loss_everywhere_and_seeds_differ(tfds_data_dir, ca
     stream = out.strip().splitlines()[-1]
     assert stream.count("⟦") == 1 and stream.split("stream: ", 1)[1].startswith("⟦")
   assert outs[0] != outs[1]
+
+
+def test_inspect_ul2_shows_every_denoiser_with_its_mode_token(tfds_data_dir, capsys):
+  assert main.run(["inspect", "ul2", "--gin.Experiment.sequence_length=48",
+                   "--gin.Experiment.arch=prefix_decoder"]) == 0
+  out = capsys.readouterr().out
+  blocks = out.split("\n--- ")[1:]
+  from objectax.objectives.ul2 import DEFAULT_DENOISERS  # pylint: disable=g-import-not-at-top
+  assert [b.split(":", 1)[0] for b in blocks] == [d[0] for d in DEFAULT_DENOISERS]
+  for block, (name, mode, mu, _) in zip(blocks, DEFAULT_DENOISERS):
+    head, inputs, targets, loss, stream = block.strip().splitlines()
+    assert ("prefix_lm" if not mu else "span_corruption") in head and "share 14.3%" in head
+    assert inputs.strip().startswith(f"inputs: {mode}")  # the mode token leads every example
+    assert stream.strip().startswith(f"stream: {mode}") and stream.count("⟦") == 1
+    if mu:  # span corruption: sentinels on both sides
+      assert "<extra_id_0>" in inputs and "<extra_id_0>" in targets
+  n_loss, n_all = map(int, re.search(r"(\d+) of (\d+) positions", blocks[-1]).groups())
+  assert n_all == 48 and 0 < n_loss < 48  # the S-denoiser fills the budget exactly
+
+
+def test_inspect_bert_mlm_marks_the_selected_positions(tfds_data_dir, capsys):
+  text = "The quick brown fox jumps over the lazy dog. It was not amused at all."
+  assert main.run(["inspect", "bert_mlm", "--text", text, "--gin.Experiment.sequence_length=40",
+                   "--seed", "3"]) == 0
+  out = capsys.readouterr().out.strip().splitlines()
+  assert "aligned (encoder-only) layout" in out[0]
+  n_loss = int(re.search(r"(\d+) of 40 positions", out[2]).group(1))
+  # 15% of the non-EOS positions; the repeated text puts one EOS per copy in the chunk.
+  assert n_loss in {round(0.15 * (40 - k)) for k in range(1, 5)}, out
+  assert 1 <= out[3].count("⟦") <= n_loss  # adjacent selected positions share a bracket

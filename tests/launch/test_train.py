@@ -116,15 +116,32 @@ def test_objective_is_one_binding_and_loss_falls_on_targets_only(objective, tfds
   ti = input_pipeline.build_task_input(cfg.exp, cfg.objective_cfg, cfg.vocab, cfg.arch)
   lengths = ti.task_feature_lengths
   batch = next(input_pipeline.TrainStream(ti, 4, seed=0))
-  n_inputs = lengths.get("inputs", 0)
-  assert n_inputs + lengths["targets"] <= 64
   weights = batch["decoder_loss_weights"]
-  expected = np.zeros_like(weights)
-  expected[:, n_inputs:n_inputs + lengths["targets"]] = 1
-  np.testing.assert_array_equal(weights, expected)  # nothing padded: every row is exact
-  if n_inputs:
-    causal = batch["decoder_causal_attention"]
-    np.testing.assert_array_equal(causal[:, :n_inputs + 1], 1)  # inputs + 1 (seqio)
+  if ti.lengths.exact and not ti.lengths.concat:
+    # Fixed lengths: every row is one example laid out identically, nothing padded.
+    n_inputs = lengths.get("inputs", 0)
+    assert n_inputs + lengths["targets"] <= 64
+    expected = np.zeros_like(weights)
+    expected[:, n_inputs:n_inputs + lengths["targets"]] = 1
+    np.testing.assert_array_equal(weights, expected)
+    if n_inputs:
+      causal = batch["decoder_causal_attention"]
+      np.testing.assert_array_equal(causal[:, :n_inputs + 1], 1)  # inputs + 1 (seqio)
+  else:
+    # Varying split (prefix LMs, BART, PEGASUS, UL2): each packed example is inputs then
+    # targets, loss exactly on its targets, bidirectional region = its inputs + 1.
+    assert batch["decoder_target_tokens"].shape[1] == ti.lengths.budget <= 64
+    segments = batch.get("decoder_segment_ids", (batch["decoder_target_tokens"] > 0).astype(int))
+    for row in range(weights.shape[0]):
+      for seg in set(segments[row].tolist()) - {0}:
+        w = weights[row][segments[row] == seg]
+        n_in = int(np.argmax(w > 0)) if w.any() else len(w)
+        assert w.any() and np.all(w[:n_in] == 0) and np.all(w[n_in:] == 1), w
+        if "decoder_causal_attention" in batch:
+          c = batch["decoder_causal_attention"][row][segments[row] == seg]
+          np.testing.assert_array_equal(c, np.arange(len(c)) < n_in + 1)
+    if ti.lengths.exact:  # Wang et al.'s prefix LM: every row is one whole example
+      assert np.all(batch["decoder_target_tokens"] > 0)
 
   # Gradients of the training loss reach the logits only at target positions.
   from objectax.models import losses  # pylint: disable=g-import-not-at-top
@@ -195,3 +212,19 @@ def test_unpacked_batches_train(tfds_data_dir, tmp_path):
   s = _train(tmp_path / "wd", "Experiment.pack=False", "TrainConfig.steps=2",
              "TrainConfig.eval_every=2", "TrainConfig.checkpoint_every=2")
   assert s["final_step"] == 2 and np.isfinite(s["final_eval_loss"])
+
+
+def test_objectives_the_causal_decoder_cannot_run_are_rejected_naming_their_architectures(
+    capsys):
+  """BERT MLM needs the encoder-only model: one line, before anything is built."""
+  from objectax.launch import main  # pylint: disable=g-import-not-at-top
+  rejected = [n for n in objective_registry.OBJECTIVES.names()
+              if "causal_decoder" not in objective_registry.get(n).architectures]
+  assert "bert_mlm" in rejected
+  for name in rejected:
+    code = main.run(["train", "--gin.Experiment.objective=" + name, "--quiet"])
+    err = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    archs = ", ".join(objective_registry.get(name).architectures)
+    assert code == 2 and len(err) == 1, err
+    assert (f"objective {name!r} does not support architecture 'causal_decoder'; "
+            f"it supports: {archs}") in err[0]
