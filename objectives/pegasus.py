@@ -332,7 +332,7 @@ def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]]
 
   # Only "targets" travels on (a chunk is not a document, so other features do not apply).
   docs = ds.map(lambda ex: {"targets": ex["targets"]}) if len(ds.element_spec) > 1 else ds
-  return gsg(docs.ragged_batch(_DOCS_PER_STEP)).unbatch()
+  return stream.dense_examples(gsg(docs.ragged_batch(_DOCS_PER_STEP)).unbatch())
 
 
 def lengths(cfg: PegasusConfig, sequence_length: int) -> registry.TaskLengths:

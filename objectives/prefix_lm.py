@@ -130,12 +130,6 @@ def _document_batches(ds: tf.data.Dataset) -> tf.data.Dataset:
       num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _dense_examples(ds: tf.data.Dataset) -> tf.data.Dataset:
-  """Unbatched ragged rows carry a RaggedTensorSpec; a map makes them plain int32[None]."""
-  return ds.map(lambda ex: {k: tf.ensure_shape(v, [None]) for k, v in ex.items()},
-                num_parallel_calls=tf.data.AUTOTUNE)
-
-
 # ------------------------------------------------------------------ Wang et al. prefix LM
 
 
@@ -201,7 +195,7 @@ def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]]
     inputs, targets = split_pieces(pieces_KB, split_K)
     return {"inputs": inputs, "targets": targets}
 
-  return _dense_examples(split(pieces.batch(_PIECES_PER_STEP)).unbatch())
+  return stream.dense_examples(split(pieces.batch(_PIECES_PER_STEP)).unbatch())
 
 
 def lengths(cfg: PrefixLMConfig, sequence_length: int) -> registry.TaskLengths:
@@ -313,7 +307,7 @@ def t5_preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, in
     return {"inputs": _append_eos_if(inputs, inputs_eos),
             "targets": _append_eos_if(targets, targets_eos)}
 
-  return _dense_examples(split(_document_batches(ds)).unbatch())
+  return stream.dense_examples(split(_document_batches(ds)).unbatch())
 
 
 def t5_lengths(cfg: T5PrefixLMConfig, sequence_length: int) -> registry.TaskLengths:

@@ -74,3 +74,13 @@ def concat_and_split(ds: tf.data.Dataset, chunk_length: int, feature: str = "tar
   chunks = chunk_token_stream(tokens_ds, chunk_length)
   return chunks.map(lambda c: {feature: tf.ensure_shape(c, [chunk_length])},
                     num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def dense_examples(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """Unbatched ragged rows carry a RaggedTensorSpec; a map makes them plain int32[None].
+
+  seqio's converters and `padded_batch` expect plain tensors, so an objective that builds
+  examples in ragged batches ends with this.
+  """
+  return ds.map(lambda ex: {k: tf.ensure_shape(v, [None]) for k, v in ex.items()},
+                num_parallel_calls=tf.data.AUTOTUNE)
