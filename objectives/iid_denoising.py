@@ -9,11 +9,16 @@ each chunk gets a noise mask, both features are encoded, and EOS ends both. Code
               with random_fraction p each noise token is instead, with probability p, a random
               token (T5 `noise_token_to_random_token_or_sentinel`; no "keep" case, P1)
            r  each noise token -> a random token
+           g  each noise token -> a token gathered from a uniformly random position of the
+              same chunk (T5 `noise_token_to_gathered_token`)
+           p  the noise tokens permuted among the noise positions (T5 `permute_noise_tokens`)
            s  each noise span -> one shared sentinel <extra_id_0>
            u  each noise span -> a unique sentinel, counting down from vocab_size - 1
            d  noise tokens dropped
   targets  f  the full raw chunk
            u  each non-noise span -> a unique sentinel (T5 "replace corrupted spans")
+           s  each non-noise span -> the shared sentinel <extra_id_0> (T5
+              `nonnoise_span_to_sentinel`)
            d  non-noise tokens dropped: the noise tokens only (T5 "drop corrupted tokens")
 
 Registered objectives (each its own gin-configurable config class, shared code below):
@@ -69,8 +74,8 @@ from objectax.data.registry import ConfigError
 from objectax.objectives import registry
 from objectax.objectives import stream
 
-INPUTS_ENCODINGS = ("m", "r", "s", "u", "d")
-TARGETS_ENCODINGS = ("f", "u", "d")
+INPUTS_ENCODINGS = ("m", "r", "g", "p", "s", "u", "d")
+TARGETS_ENCODINGS = ("f", "u", "s", "d")
 NUM_RESERVED_TOKENS = 3  # PAD 0, EOS 1, UNK 2: never drawn as random tokens (as T5).
 
 
@@ -81,8 +86,8 @@ class IidDenoisingConfig:
 
   Attributes:
     noise_density: fraction r of raw tokens corrupted, in (0, 1) (T5 §3.3.3 sweeps 10-50%).
-    inputs_encoding: one of m, r, s, u, d (module docstring).
-    targets_encoding: one of f, u, d.
+    inputs_encoding: one of m, r, g, p, s, u, d (module docstring).
+    targets_encoding: one of f, u, s, d.
     random_fraction: with inputs "m", the probability that a noise token becomes a random
       token instead of the mask id (0.1 for T5's BERT-style, §3.3.1); 0 otherwise.
   """
@@ -112,7 +117,7 @@ class IidDenoisingConfig:
   @property
   def span_mode(self) -> bool:
     """Whether an encoding works per span, so the span count must be fixed."""
-    return self.inputs_encoding in ("s", "u") or self.targets_encoding == "u"
+    return self.inputs_encoding in ("s", "u") or self.targets_encoding in ("s", "u")
 
   @property
   def gin_name(self) -> str:
@@ -168,11 +173,12 @@ def counts(cfg: IidDenoisingConfig, raw: int) -> IidCounts:
   """Counts for a raw chunk, e.g. counts(IidReplaceSpansConfig(), 134): 20 noise in 17 runs."""
   n = int(round(raw * cfg.noise_density))
   spans = max(1, int(round(n * (raw - n + 1) / raw))) if cfg.span_mode and raw else 0
-  inputs = {"m": raw, "r": raw, "s": raw - n + spans, "u": raw - n + spans,
-            "d": raw - n}[cfg.inputs_encoding]
-  targets = {"f": raw, "u": n + spans + 1, "d": n}[cfg.targets_encoding]
-  sentinels = max({"m": 1, "r": 0, "s": 1, "u": spans, "d": 0}[cfg.inputs_encoding],
-                  spans + 1 if cfg.targets_encoding == "u" else 0)
+  inputs = {"m": raw, "r": raw, "g": raw, "p": raw, "s": raw - n + spans,
+            "u": raw - n + spans, "d": raw - n}[cfg.inputs_encoding]
+  # Span mode keeps the chunk's ends non-noise, so there are spans + 1 non-noise runs.
+  targets = {"f": raw, "u": n + spans + 1, "s": n + spans + 1, "d": n}[cfg.targets_encoding]
+  sentinels = max({"m": 1, "r": 0, "g": 0, "p": 0, "s": 1, "u": spans, "d": 0}[cfg.inputs_encoding],
+                  {"u": spans + 1, "s": 1}.get(cfg.targets_encoding, 0))
   valid = n >= 1 and raw - n >= 1
   if cfg.span_mode:  # S runs of noise need S noise tokens and S + 1 non-noise gaps.
     valid = valid and n >= spans and raw - n >= spans + 1
@@ -306,6 +312,14 @@ def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]]
       return tf.where(noise_L, mask_L, tokens_L)
     if enc == "r":
       return tf.where(noise_L, random_tokens([raw], seeds[3]), tokens_L)
+    if enc == "g":
+      from_L = tf.random.stateless_uniform([raw], seed=seeds[3], maxval=raw, dtype=tf.int32)
+      return tf.where(noise_L, tf.gather(tokens_L, from_L), tokens_L)
+    if enc == "p":
+      at_N = tf.where(noise_L)  # int64[n, 1], the noise positions in order
+      order_N = tf.argsort(tf.random.stateless_uniform([c.num_noise], seed=seeds[2]))
+      return tf.tensor_scatter_nd_update(tokens_L, at_N,
+                                         tf.gather(tf.gather_nd(tokens_L, at_N), order_N))
     if enc in ("s", "u"):
       return span_to_sentinel(tokens_L, noise_L, vocab_size, unique=enc == "u")
     return tf.boolean_mask(tokens_L, ~noise_L)
@@ -313,8 +327,8 @@ def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]]
   def encode_targets(tokens_L, noise_L):
     if cfg.targets_encoding == "f":
       return tokens_L
-    if cfg.targets_encoding == "u":
-      return span_to_sentinel(tokens_L, ~noise_L, vocab_size, unique=True)
+    if cfg.targets_encoding in ("s", "u"):
+      return span_to_sentinel(tokens_L, ~noise_L, vocab_size, unique=cfg.targets_encoding == "u")
     return tf.boolean_mask(tokens_L, noise_L)
 
   def maybe_eos(tokens, eos_id):

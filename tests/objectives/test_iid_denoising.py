@@ -168,7 +168,7 @@ def test_drop_tokens_splits_the_chunk_into_two_subsequences():
 
 
 @pytest.mark.parametrize("inputs_encoding,targets_encoding",
-                         list(itertools.product("mrsud", "fud")))
+                         list(itertools.product("mrgpsud", "fusd")))
 def test_every_encoding_pair_is_exact(inputs_encoding, targets_encoding):
   cfg = IidDenoisingConfig(noise_density=0.25, inputs_encoding=inputs_encoding,
                            targets_encoding=targets_encoding)
@@ -179,6 +179,9 @@ def test_every_encoding_pair_is_exact(inputs_encoding, targets_encoding):
   examples = _run(obj, cfg, docs, 3, lengths)
   raws = _raw_chunks(docs, lengths.raw)
   assert len(examples) == len(raws) >= 39
+  if inputs_encoding in "rgp":  # the corruption really changes most noise positions
+    changed = sum(int((ex["inputs"][:-1] != raw).sum()) for ex, raw in zip(examples, raws))
+    assert changed > 0.8 * c.num_noise * len(raws), (changed, c.num_noise, len(raws))
   for ex, raw in zip(examples, raws):
     inputs, targets = ex["inputs"][:-1], ex["targets"][:-1]
     assert len(inputs) + 1 == lengths.inputs and len(targets) + 1 == lengths.targets
@@ -191,6 +194,13 @@ def test_every_encoding_pair_is_exact(inputs_encoding, targets_encoding):
       assert sentinels == list(range(MASK, MASK - c.num_spans, -1))
     elif inputs_encoding == "r":
       assert not sentinels and (inputs != raw).sum() <= c.num_noise
+    elif inputs_encoding == "g":  # replacements come from the chunk itself
+      changed = inputs != raw
+      assert not sentinels and changed.sum() <= c.num_noise
+      assert set(inputs[changed].tolist()) <= set(raw.tolist())
+    elif inputs_encoding == "p":  # a permutation of the noise tokens among their positions
+      assert not sentinels and (inputs != raw).sum() <= c.num_noise
+      assert sorted(inputs.tolist()) == sorted(raw.tolist())
     else:
       assert not sentinels and _is_subsequence(inputs, raw)
     if targets_encoding == "f":
@@ -199,6 +209,17 @@ def test_every_encoding_pair_is_exact(inputs_encoding, targets_encoding):
       if inputs_encoding == "u":
         np.testing.assert_array_equal(merge_unique(ex["inputs"], ex["targets"]), raw)
       assert (targets >= FIRST_SENTINEL).sum() == c.num_spans + 1
+    elif targets_encoding == "s":  # noise runs between shared sentinels, in order
+      assert targets[0] == MASK and targets[-1] == MASK
+      assert (targets == MASK).sum() == c.num_spans + 1
+      runs = [list(g) for is_s, g in itertools.groupby(targets.tolist(), lambda t: t == MASK)
+              if not is_s]
+      assert len(runs) == c.num_spans and sum(map(len, runs)) == c.num_noise
+      if inputs_encoding == "u":  # unique-sentinel inputs + shared-sentinel targets -> raw
+        merged = []
+        for t in inputs.tolist():
+          merged += runs[MASK - t] if t >= FIRST_SENTINEL else [t]
+        assert merged == raw.tolist()
     else:
       assert len(targets) == c.num_noise and _is_subsequence(targets, raw)
 
