@@ -336,17 +336,8 @@ def infill(tokens_BR: tf.Tensor, num_noise: int, max_span_count: int, cfg: BartC
 
 
 def _vocabulary(output_features: Mapping[str, seqio.Feature], cfg: BartConfig):
-  if "inputs" not in output_features:
-    raise ConfigError("bart emits 'inputs' and 'targets', but the task's output_features "
-                      f"are {sorted(output_features)}")
-  vocab = output_features["targets"].vocabulary
-  if output_features["inputs"].vocabulary != vocab:
-    raise ConfigError("bart builds inputs and targets from one token stream, so both "
-                      "features need the same vocabulary")
-  if cfg.mask_ratio > 0 and getattr(vocab, "extra_ids", 0) < 1:
-    raise ConfigError(f"bart masks with <extra_id_0> but the vocabulary {vocab} has "
-                      "extra_ids=0; use a vocabulary with extra ids (T5 reserves 100)")
-  return vocab
+  return stream.pair_vocabulary(output_features, "bart", 1 if cfg.mask_ratio > 0 else 0,
+                                "its mask token <extra_id_0>")
 
 
 def _append_eos_if(tokens_BL: tf.Tensor, eos_id: Optional[int]) -> tf.Tensor:

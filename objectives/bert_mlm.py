@@ -168,17 +168,8 @@ def select_positions(candidate_KL: tf.Tensor, num_selected_K: tf.Tensor, max_sel
 
 
 def _vocabulary(output_features: Mapping[str, seqio.Feature]) -> seqio.Vocabulary:
-  if "inputs" not in output_features:
-    raise ConfigError("bert_mlm emits 'inputs' and 'targets', but the task's output_features "
-                      f"are {sorted(output_features)}")
-  vocab = output_features["targets"].vocabulary
-  if output_features["inputs"].vocabulary != vocab:
-    raise ConfigError("bert_mlm aligns inputs and targets of one token stream, so both "
-                      "features need the same vocabulary")
-  if vocab.extra_ids < 1:
-    raise ConfigError(f"bert_mlm needs one extra id for its mask token <extra_id_0>, but the "
-                      f"vocabulary {vocab} has extra_ids={vocab.extra_ids}")
-  return vocab
+  return stream.pair_vocabulary(output_features, "bert_mlm", 1,
+                                "its mask token <extra_id_0>")
 
 
 def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]],

@@ -167,12 +167,7 @@ def _preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]
                 output_features: Mapping[str, seqio.Feature], shuffle_fraction: float,
                 name: str) -> tf.data.Dataset:
   """Documents {"targets": int32[L]} -> {"inputs": int32[raw(+1)], "targets": int32[raw(+1)]}."""
-  if "inputs" not in output_features:
-    raise ConfigError(f"{name} emits 'inputs' and 'targets', but the task's output_features "
-                      f"are {sorted(output_features)}")
-  if output_features["inputs"].vocabulary != output_features["targets"].vocabulary:
-    raise ConfigError(f"{name} builds inputs and targets from one token stream, so both "
-                      "features need the same vocabulary")
+  stream.pair_vocabulary(output_features, name)
   inputs_eos = stream.eos_id_or_none(output_features["inputs"], "inputs")
   targets_eos = stream.eos_id_or_none(output_features["targets"], "targets")
   raw = _raw_from_sequence_length(name, sequence_length, inputs_eos, targets_eos)

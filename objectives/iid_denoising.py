@@ -263,17 +263,8 @@ def span_to_sentinel(tokens_L: tf.Tensor, span_L: tf.Tensor, vocab_size: int,
 
 def _vocabulary(output_features: Mapping[str, seqio.Feature], cfg: IidDenoisingConfig,
                 sentinels: int) -> seqio.Vocabulary:
-  if "inputs" not in output_features:
-    raise ConfigError(f"{cfg.gin_name} emits 'inputs' and 'targets', but the task's "
-                      f"output_features are {sorted(output_features)}")
-  vocab = output_features["targets"].vocabulary
-  if output_features["inputs"].vocabulary != vocab:
-    raise ConfigError(f"{cfg.gin_name} builds inputs and targets from one token stream, so "
-                      "both features need the same vocabulary")
-  if vocab.extra_ids < sentinels:
-    raise ConfigError(f"{cfg.gin_name} needs {sentinels} sentinel/mask ids per example but "
-                      f"the vocabulary {vocab} has extra_ids={vocab.extra_ids}")
-  return vocab
+  return stream.pair_vocabulary(output_features, cfg.gin_name, sentinels,
+                                "sentinel/mask ids per example")
 
 
 def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]],

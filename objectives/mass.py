@@ -144,18 +144,8 @@ def mask_id_of(vocab: seqio.Vocabulary) -> int:
 
 def _check_vocabulary(output_features: Mapping[str, seqio.Feature]) -> seqio.Vocabulary:
   """The (shared) vocabulary, checked to reserve the mask id."""
-  if "inputs" not in output_features:
-    raise ConfigError("mass emits 'inputs' and 'targets', but the task's output_features "
-                      f"are {sorted(output_features)}")
-  vocab = output_features["targets"].vocabulary
-  if output_features["inputs"].vocabulary != vocab:
-    raise ConfigError("mass builds inputs and targets from one token stream, so both "
-                      "features need the same vocabulary")
-  if not vocab.extra_ids:
-    raise ConfigError(f"mass uses <extra_id_0> (vocab_size - 1) as its mask id but the "
-                      f"vocabulary {vocab} has extra_ids={vocab.extra_ids}; use a vocabulary "
-                      "with extra_ids>=1 (T5 reserves 100)")
-  return vocab
+  return stream.pair_vocabulary(output_features, "mass", 1,
+                                "<extra_id_0> = vocab_size - 1 is its mask id")
 
 
 def mask_fragment(tokens_R: tf.Tensor, start: tf.Tensor, fragment: int,

@@ -285,17 +285,8 @@ def _gap_sentences(chunks: tf.RaggedTensor, seeds, cfg: PegasusConfig,
 
 
 def _check_vocabulary(output_features: Mapping[str, seqio.Feature]) -> seqio.Vocabulary:
-  if "inputs" not in output_features:
-    raise ConfigError("pegasus_gsg emits 'inputs' and 'targets', but the task's "
-                      f"output_features are {sorted(output_features)}")
-  vocab = output_features["targets"].vocabulary
-  if output_features["inputs"].vocabulary != vocab:
-    raise ConfigError("pegasus_gsg builds inputs and targets from one document, so both "
-                      "features need the same vocabulary")
-  if getattr(vocab, "extra_ids", 0) < 1:
-    raise ConfigError(f"pegasus_gsg masks sentences with <extra_id_0> but the vocabulary "
-                      f"{vocab} has no extra ids; use one with extra_ids >= 1 (T5 uses 100)")
-  return vocab
+  return stream.pair_vocabulary(output_features, "pegasus_gsg", 1,
+                                "its sentence mask <extra_id_0>")
 
 
 def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]],

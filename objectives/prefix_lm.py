@@ -92,12 +92,7 @@ _DOCS_PER_STEP = 64
 
 def _check_pair_features(name: str, output_features: Mapping[str, seqio.Feature]) -> None:
   """ConfigError unless the task has an inputs feature with the targets' vocabulary."""
-  if "inputs" not in output_features:
-    raise ConfigError(f"{name} emits 'inputs' and 'targets', but the task's output_features "
-                      f"are {sorted(output_features)}")
-  if output_features["inputs"].vocabulary != output_features["targets"].vocabulary:
-    raise ConfigError(f"{name} splits one token stream into inputs and targets, so both "
-                      "features need the same vocabulary")
+  stream.pair_vocabulary(output_features, name)
 
 
 def _equal_bounds(name: str, sequence_length: Optional[Mapping[str, int]]) -> int:

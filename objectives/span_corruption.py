@@ -112,20 +112,10 @@ def _append_eos_if(tokens: tf.Tensor, eos_id: Optional[int]) -> tf.Tensor:
 def _check_vocabulary(output_features: Mapping[str, seqio.Feature],
                       num_spans: int) -> seqio.Vocabulary:
   """The (shared) vocabulary, checked to hold a sentinel for every span."""
-  if "inputs" not in output_features:
-    raise ConfigError("span_corruption emits 'inputs' and 'targets', but the task's "
-                      f"output_features are {sorted(output_features)}")
-  vocab = output_features["targets"].vocabulary
-  if output_features["inputs"].vocabulary != vocab:
-    raise ConfigError("span_corruption builds inputs and targets from one token stream, so "
-                      "both features need the same vocabulary")
-  if vocab.extra_ids < num_spans:
-    raise ConfigError(
-        f"span_corruption needs {num_spans} sentinel ids per example but the vocabulary "
-        f"{vocab} has extra_ids={vocab.extra_ids}; use a vocabulary with extra_ids>="
-        f"{num_spans} (T5 reserves 100), or fewer spans (shorter inputs or a longer "
-        "mean_noise_span_length)")
-  return vocab
+  return stream.pair_vocabulary(
+      output_features, "span_corruption", num_spans,
+      f"one sentinel per noise span; or use fewer spans: shorter inputs or a longer "
+      f"mean_noise_span_length")
 
 
 def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]],

@@ -10,7 +10,7 @@ dropped, never padded. Example with chunk length 4 and EOS id 1:
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Mapping, Optional
 
 import seqio
 import tensorflow as tf
@@ -27,6 +27,29 @@ def eos_id_or_none(feature: seqio.Feature, name: str) -> Optional[int]:
     raise ConfigError(f"feature {name!r} has add_eos=True but its vocabulary "
                       f"{feature.vocabulary} has no eos_id")
   return int(eos_id)
+
+
+def pair_vocabulary(output_features: Mapping[str, seqio.Feature], name: str,
+                    extra_ids: int = 0, use: str = "sentinels") -> seqio.Vocabulary:
+  """The one vocabulary of an objective that emits inputs and targets, checked.
+
+  ConfigError, in one line, unless the task has an "inputs" feature, both features share a
+  vocabulary (the objective builds both from one token stream), and that vocabulary
+  reserves at least `extra_ids` extra ids (for its `use`: mask id or sentinels).
+  """
+  if "inputs" not in output_features:
+    raise ConfigError(f"{name} emits 'inputs' and 'targets', but the task's output_features "
+                      f"are {sorted(output_features)}")
+  vocab = output_features["targets"].vocabulary
+  if output_features["inputs"].vocabulary != vocab:
+    raise ConfigError(f"{name} builds inputs and targets from one token stream, so both "
+                      "features need the same vocabulary")
+  if (getattr(vocab, "extra_ids", 0) or 0) < extra_ids:
+    raise ConfigError(
+        f"{name} needs {extra_ids} extra ids ({use}) but the vocabulary {vocab} has "
+        f"extra_ids={getattr(vocab, 'extra_ids', 0)}; use a vocabulary with extra_ids>="
+        f"{extra_ids} (T5 reserves 100)")
+  return vocab
 
 
 def append_eos(tokens_L: tf.Tensor, eos_id: int) -> tf.Tensor:

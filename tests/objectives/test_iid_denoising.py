@@ -287,7 +287,7 @@ def test_config_errors():
     obj.preprocess(ds, {"inputs": 122, "targets": 30}, FEATURES, cfg)
   with pytest.raises(ConfigError, match="sequence_length"):
     obj.preprocess(ds, {"targets": 28}, FEATURES, cfg)
-  with pytest.raises(ConfigError, match="needs 64 sentinel"):
+  with pytest.raises(ConfigError, match="needs 64 extra ids"):
     obj.preprocess(ds, {"inputs": 486, "targets": 139},
                    {k: seqio.Feature(seqio.ByteVocabulary(extra_ids=20))
                     for k in ("inputs", "targets")}, cfg)

@@ -378,7 +378,7 @@ def test_config_errors():
     OBJ.preprocess(ds, {"targets": 32}, _features(), CFG)
   with pytest.raises(ConfigError, match="minimum token budget is 6"):
     OBJ.preprocess(ds, {"inputs": 64, "targets": 1}, _features(), CFG)
-  with pytest.raises(ConfigError, match="no extra ids"):
+  with pytest.raises(ConfigError, match="extra_ids=0"):
     vocab = seqio.PassThroughVocabulary(1000, eos_id=1)
     OBJ.preprocess(ds, LENGTHS.feature_lengths(), ot.features(vocab), CFG)
   with pytest.raises(ConfigError, match="same vocabulary"):

@@ -216,7 +216,7 @@ def test_config_errors():
   with pytest.raises(ConfigError, match="extra_ids=0"):
     OBJ.preprocess(ds, {"inputs": 122, "targets": 28},
                    _features(vocab=seqio.PassThroughVocabulary(1000, eos_id=1)), CFG)
-  with pytest.raises(ConfigError, match="needs 28 sentinel ids"):
+  with pytest.raises(ConfigError, match="needs 28 extra ids"):
     OBJ.preprocess(ds, {"inputs": 512, "targets": 114},
                    _features(vocab=seqio.ByteVocabulary(extra_ids=20)), CFG)
   with pytest.raises(ConfigError, match="same vocabulary"):
