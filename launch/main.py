@@ -4,6 +4,7 @@
   objectax objectives
   objectax inspect OBJECTIVE [--text TEXT] [--seed N] [gin flags]
   objectax bench data [--budget N] [--seconds S] [--objective NAME ...]
+  objectax info [--devices N] [gin flags]
   objectax list
 
 `objectax train` with no flags runs gin/run/quickstart.gin (causal decoder, full LM, tiny
@@ -64,6 +65,15 @@ def _parser() -> argparse.ArgumentParser:
                      help="where checkpoints, metrics.jsonl, tensorboard/ and config.gin go "
                           "(default: TrainConfig.workdir, else ./workdir/<experiment name>)")
   train.add_argument("--quiet", action="store_true", help="no progress output")
+  info = sub.add_parser(
+      "info", help="parameters, training FLOPs per token and bytes per device of the "
+                   "configured model on its mesh, without needing those devices",
+      description="Print the configured model's parameter count, training FLOPs per token, "
+                  "and per-device bytes of parameters and optimizer state on the configured "
+                  "mesh (abstract evaluation: no devices, no data). Gin flags as for train.",
+      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  info.add_argument("--devices", type=int, default=None,
+                    help="number of devices the mesh spans (default: this host's)")
   sub.add_parser("list", help="list the registered architectures, objectives, corpora, sizes "
                               "and gin files",
                  description="List every name a gin config may use.")
@@ -171,6 +181,11 @@ def run(argv: list[str] | None = None) -> int:
       bench_data.run(args.budget, args.seconds, args.objective)
       return 0
     from objectax.launch import configure, train
+    if args.command == "info":
+      from objectax.launch import info as info_lib
+      configure.parse(files or [QUICKSTART], bindings)
+      print(info_lib.render(info_lib.compute(args.devices)))
+      return 0
     if args.command == "inspect":
       from objectax.launch import inspect_example
       configure.parse(files or [QUICKSTART], [*bindings, f"Experiment.objective={args.objective}"])

@@ -89,13 +89,22 @@ def unbox(tree: Any) -> Any:
                       is_leaf=is_box)
 
 
-def abstract_and_init(model, tx, spec, mesh, mesh_cfg, seed):
-  """Builds the state directly in its sharded layout (no host round-trip of parameters)."""
+def _init_fn(model, tx, spec):
   def init_fn(rng):
     dummy = {k: jnp.zeros(s.shape, s.dtype) for k, s in spec.items()}
     params = model.init({"params": rng, "dropout": rng}, dummy, deterministic=True)["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+  return init_fn
 
+
+def abstract_state(model, tx, spec, seed: int = 0) -> TrainState:
+  """Shapes and dtypes of the whole train state, logical axis boxes kept; no device work."""
+  return jax.eval_shape(_init_fn(model, tx, spec), jax.random.key(seed))
+
+
+def abstract_and_init(model, tx, spec, mesh, mesh_cfg, seed):
+  """Builds the state directly in its sharded layout (no host round-trip of parameters)."""
+  init_fn = _init_fn(model, tx, spec)
   rng = jax.random.key(seed)
   abstract_boxed = jax.eval_shape(init_fn, rng)
   state_shardings = sharding.logical_shardings(abstract_boxed, mesh, mesh_cfg)
