@@ -303,12 +303,16 @@ def test_tiny_model_learns():
   assert float(loss) < 0.5 * first, (first, float(loss))
 
 
-@pytest.mark.parametrize("size,low,high", [("tiny", 1.5e6, 3e6), ("small", 25e6, 50e6)])
-def test_size_gin_files(size, low, high):
+@pytest.mark.parametrize("size,vocab,low,high", [
+    ("tiny", 8192, 1.5e6, 3e6), ("small", 8192, 25e6, 50e6),
+    # Decoder-only counts at the T5 vocabulary (32,128), from the shapes in each file.
+    ("base", 32128, 100e6, 120e6), ("large", 32128, 320e6, 360e6),
+    ("1b", 32128, 0.95e9, 1.05e9), ("wang_xxl", 32128, 4.7e9, 4.9e9)])
+def test_size_gin_files(size, vocab, low, high):
   gin.clear_config()
   try:
     gin.parse_config_file(os.path.join(GIN_SIZE_DIR, f"{size}.gin"))
-    cfg = ModelConfig().with_vocab_size(8192)
+    cfg = ModelConfig().with_vocab_size(vocab)
   finally:
     gin.clear_config()
   assert low <= config_lib.num_params(cfg) <= high
