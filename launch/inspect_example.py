@@ -80,7 +80,7 @@ def one_example(provider, preprocess, output_features, sequence_length, vocabula
 
 def _render(cfg: Resolved, ti: input_pipeline.TaskInput, example, features) -> list[str]:
   """The example's features as text, then the architecture's stream with ⟦loss⟧ marked."""
-  if cfg.arch is None:  # no registered architecture runs it yet: aligned (encoder-only) view
+  if cfg.arch is None or ti.lengths.aligned:  # aligned (encoder-only): mark the inputs
     vocabulary = ti.vocabulary
     weights = np.asarray(example["targets"]) > 0
     return [f"{'targets':>8}: {_token_text(vocabulary, list(example['targets']))}",

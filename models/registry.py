@@ -18,6 +18,7 @@ import numpy as np
 
 from objectax.data.registry import Registry
 from objectax.models import decoder
+from objectax.models import encoder
 from objectax.models.config import ModelConfig
 
 
@@ -91,6 +92,18 @@ ARCHITECTURES.add("causal_decoder", _decoder_architecture(
 ARCHITECTURES.add("prefix_decoder", _decoder_architecture(
     "prefix_decoder", "decoder-only, bidirectional over inputs (+1 position), causal after",
     bidirectional=True))
+ARCHITECTURES.add("encoder_only", Architecture(
+    name="encoder_only",
+    description="encoder-only, full attention within each example, loss where targets > 0 "
+                "(BERT MLM's selected positions)",
+    make_model=encoder.Model,
+    feature_converter=encoder.feature_converter,
+    model_lengths=encoder.model_lengths,
+    batch_spec=encoder.batch_spec,
+    synthetic_batch=encoder.synthetic_batch,
+    targets_key=encoder.TARGETS_KEY,
+    weights_key=encoder.WEIGHTS_KEY,
+))
 
 
 def get(name: str) -> Architecture:

@@ -144,12 +144,12 @@ def test_config_validation():
 
 
 def test_registry():
-  assert registry.ARCHITECTURES.names() == ["causal_decoder", "prefix_decoder"]
+  assert registry.ARCHITECTURES.names()[:2] == ["causal_decoder", "prefix_decoder"]
   assert registry.get("causal_decoder").make_model(CONFIG).bidirectional_inputs is False
   assert registry.get("prefix_decoder").make_model(CONFIG).bidirectional_inputs is True
   assert registry.get("prefix_decoder").targets_key == "decoder_target_tokens"
   assert registry.get("prefix_decoder").weights_key == "decoder_loss_weights"
-  with pytest.raises(ConfigError, match="valid choices: causal_decoder, prefix_decoder"):
+  with pytest.raises(ConfigError, match="valid choices: causal_decoder, prefix_decoder, "):
     registry.get("casual_decoder")
 
 
