@@ -19,7 +19,6 @@ import numpy as np
 from objectax.data import vocab as vocab_lib
 from objectax.data.registry import ConfigError
 from objectax.launch import config, sharding, step
-from objectax.models import config as model_config_lib
 from objectax.models import registry as arch_registry
 from objectax.models.config import ModelConfig
 from objectax.objectives import registry as objective_registry
@@ -73,14 +72,6 @@ def bytes_per_device(abstract_boxed: Any, mesh_shape: dict[str, int], rules) -> 
   return total
 
 
-def _flops_per_token(arch: arch_registry.Architecture, model: ModelConfig,
-                     sequence_length: int) -> float:
-  fn = getattr(arch, "flops_per_token", None)
-  if fn is not None:
-    return fn(model, sequence_length)
-  return model_config_lib.flops_per_token(model, sequence_length)
-
-
 def compute(num_devices: int | None = None) -> Info:
   """Figures for the gin-configured experiment on `num_devices` (default: this host's)."""
   exp = config.Experiment()
@@ -104,7 +95,7 @@ def compute(num_devices: int | None = None) -> Info:
   opt_bytes = bytes_per_device(abstract.opt_state, mesh_shape, rules)
   num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(step.unbox(abstract.params)))
   return Info(experiment=exp.name, arch=exp.arch, model=model_cfg, num_params=num_params,
-              flops_per_token=_flops_per_token(arch, model_cfg, lengths.budget),
+              flops_per_token=arch.flops_per_token(model_cfg, lengths.feature_lengths(), lengths.concat),
               sequence_length=lengths.budget, mesh=mesh_shape, rules=mesh_cfg.rules,
               param_bytes_per_device=params_bytes, optimizer_bytes_per_device=opt_bytes)
 

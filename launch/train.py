@@ -152,8 +152,9 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
                       f"{start_step} batches instead") from e
   if start_step and train_iter.restored_from is None:
     say(f"no saved data iterator for step {start_step}: skipping {start_step} batches instead")
-  tokens_per_batch = tc.batch_size * sum(s.shape[1] for k, s in spec.items()
-                                         if k == cfg.arch.targets_key)
+  # Every stream the model reads (encoder and decoder for ED), padding included.
+  tokens_per_batch = tc.batch_size * sum(
+      cfg.arch.model_lengths(lengths, ti.lengths.concat).values())
   rng = jax.random.key(tc.seed + 1)
   progress = metrics_lib.Progress(tc.steps, start_step, enabled=not quiet)
   itstime = lambda step, every: step % every == 0 or step == tc.steps

@@ -39,6 +39,8 @@ class ModelConfig:
     head_dim: width K of one head (q/k/v); must be even for the rotary embedding.
     mlp_dim: hidden width F of the gated MLP.
     num_layers: number of decoder blocks.
+    num_encoder_layers: encoder blocks of the encoder-decoder; 0 = as many as num_layers
+      (T5's symmetric stacks). Other architectures ignore it.
     dropout_rate: dropout on the embeddings and on each residual branch.
     dtype: activation dtype, one of DTYPES. Norm statistics, softmax and logits are
       always computed in float32.
@@ -53,6 +55,7 @@ class ModelConfig:
   head_dim: int = 64
   mlp_dim: int = 1024
   num_layers: int = 4
+  num_encoder_layers: int = 0
   dropout_rate: float = 0.0
   dtype: str = "float32"
   param_dtype: str = "float32"
@@ -64,6 +67,11 @@ class ModelConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise ConfigError(f"ModelConfig.{name}={value!r} must be a positive integer")
+    if (not isinstance(self.num_encoder_layers, int) or isinstance(self.num_encoder_layers, bool)
+        or self.num_encoder_layers < 0):
+      raise ConfigError(
+          f"ModelConfig.num_encoder_layers={self.num_encoder_layers!r} must be >= 0 "
+          "(0 = as many as num_layers)")
     if not isinstance(self.vocab_size, int) or self.vocab_size < 0:
       raise ConfigError(
           f"ModelConfig.vocab_size={self.vocab_size!r} must be >= 0 "
@@ -83,6 +91,11 @@ class ModelConfig:
     if not self.rope_max_wavelength > 0:
       raise ConfigError(
           f"ModelConfig.rope_max_wavelength={self.rope_max_wavelength!r} must be > 0")
+
+  @property
+  def encoder_layers(self) -> int:
+    """Encoder blocks of the encoder-decoder: num_encoder_layers, or num_layers if 0."""
+    return self.num_encoder_layers or self.num_layers
 
   def with_vocab_size(self, n: int) -> ModelConfig:
     """Returns a copy sized for a vocabulary of `n` ids.
@@ -146,3 +159,70 @@ def flops_per_token(config: ModelConfig, seq_len: int) -> float:
   """
   attention = 12 * config.num_layers * config.num_heads * config.head_dim * seq_len
   return 6.0 * num_matmul_params(config) + float(attention)
+
+
+# Encoder-decoder (models/encdec.py) sizes. The encoder runs on the inputs, the decoder on
+# the targets, so "per token" means per token of the example (inputs + targets), the
+# unit in which Wang et al. 2022 (Table 1) match an 11B encoder-decoder to a 4.8B
+# decoder-only model: each token passes through only one of the two stacks.
+
+
+def _encdec_matmul_parts(config: ModelConfig) -> tuple[int, int]:
+  """(matmul parameters applied per encoder token, per decoder token).
+
+  Encoder block: q, k, v, o and the SwiGLU MLP. Decoder block: the same plus the
+  cross-attention, whose k and v projections read the encoder output (so they run once
+  per encoder token) and whose q and o run per decoder token. The output projection
+  (tied or not) runs per decoder token.
+  """
+  d = config.d_model
+  attention = d * config.num_heads * config.head_dim  # one of q, k, v, o
+  mlp = 3 * d * config.mlp_dim
+  cross_kv, cross_qo = 2 * attention, 2 * attention
+  per_encoder_token = config.encoder_layers * (4 * attention + mlp) + config.num_layers * cross_kv
+  per_decoder_token = (config.num_layers * (4 * attention + cross_qo + mlp)
+                       + d * config.vocab_size)
+  return per_encoder_token, per_decoder_token
+
+
+def encdec_num_params(config: ModelConfig) -> int:
+  """The exact number of parameters `encdec.Model(config)` creates (no biases anywhere).
+
+  Encoder block: 4*D*H*K + 3*D*F + 2*D (two norms). Decoder block: 8*D*H*K (self and
+  cross attention) + 3*D*F + 3*D (three norms). Plus the shared embedding (V*D), a final
+  norm per stack (2*D) and an output projection (D*V) only when embeddings are untied.
+  Wang et al. 2022's shapes (Table 1: D 4096, 64 heads of 64, F 10240 gated, 24 + 24
+  layers, V 32128, tied) give 11.004B, their "11.0B" encoder-decoder.
+  """
+  _require_vocab(config)
+  d, v = config.d_model, config.vocab_size
+  inner = config.num_heads * config.head_dim
+  mlp = 3 * d * config.mlp_dim
+  encoder = config.encoder_layers * (4 * d * inner + mlp + 2 * d) + d
+  decoder_ = config.num_layers * (8 * d * inner + mlp + 3 * d) + d
+  head = 0 if config.tie_embeddings else d * v
+  return encoder + decoder_ + v * d + head
+
+
+def encdec_num_matmul_params(config: ModelConfig) -> int:
+  """Parameters of the encoder-decoder that take part in a matmul (see num_matmul_params)."""
+  _require_vocab(config)
+  per_encoder_token, per_decoder_token = _encdec_matmul_parts(config)
+  return per_encoder_token + per_decoder_token  # each matrix sits in exactly one part
+
+
+def encdec_flops_per_token(config: ModelConfig, encoder_length: int, decoder_length: int) -> float:
+  """Training FLOPs (forward + backward) of one example, per token of inputs + targets.
+
+  The PaLM estimate (see `flops_per_token`) applied per stack: 6 FLOPs per matmul
+  parameter per token it runs on (S encoder, T decoder tokens), plus 12*H*K per layer and
+  (query, key) pair of the full score matrices: S*S in the encoder, T*T in the decoder's
+  self-attention, T*S in its cross-attention. Divided by S + T.
+  """
+  _require_vocab(config)
+  s, t = int(encoder_length), int(decoder_length)
+  per_encoder_token, per_decoder_token = _encdec_matmul_parts(config)
+  matmul = 6.0 * (s * per_encoder_token + t * per_decoder_token)
+  pairs = config.encoder_layers * s * s + config.num_layers * (t * t + t * s)
+  attention = 12.0 * config.num_heads * config.head_dim * pairs
+  return (matmul + attention) / (s + t)

@@ -159,6 +159,13 @@ def model_lengths(task_feature_lengths: Mapping[str, int], concat_length: int = 
                                               + int(task_feature_lengths["targets"]))}
 
 
+def flops_per_token(config: ModelConfig, task_feature_lengths: Mapping[str, int],
+                    concat_length: int = 0) -> float:
+  """Training FLOPs per token (6N + attention, `config.flops_per_token`) at the row length."""
+  return config_lib.flops_per_token(
+      config, model_lengths(task_feature_lengths, concat_length)["decoder"])
+
+
 def batch_spec(task_feature_lengths: Mapping[str, int], batch_size: int, *,
                pack: bool = True, concat_length: int = 0) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes of exactly the features `feature_converter(pack, concat_length)` emits, int32 (B, L).

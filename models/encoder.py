@@ -206,6 +206,13 @@ def _converter_cls() -> type:
   return EncoderOnlyFeatureConverter
 
 
+def flops_per_token(config: ModelConfig, task_feature_lengths: Mapping[str, int],
+                    concat_length: int = 0) -> float:
+  """Training FLOPs per token (6N + attention, `config.flops_per_token`) at the row length."""
+  return config_lib.flops_per_token(
+      config, model_lengths(task_feature_lengths, concat_length)["encoder"])
+
+
 def batch_spec(task_feature_lengths: Mapping[str, int], batch_size: int, *,
                pack: bool = True, concat_length: int = 0) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes of exactly the features `feature_converter(pack)` emits, int32 (B, L).

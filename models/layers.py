@@ -1,10 +1,11 @@
-"""Linen building blocks of the decoder: RMSNorm, embedding, RoPE, attention, SwiGLU, Block.
+"""Linen building blocks: RMSNorm, embedding, RoPE, self/cross attention, SwiGLU, blocks.
 
-Shape letters: B batch, L length, D d_model, H heads, K head_dim, F mlp_dim, V vocab,
-R = K/2 rotation pairs. Every parameter is created through `nn.with_logical_partitioning`
-with names from `LOGICAL_AXES`; the sharding rules (launch/) map those names onto mesh
-axes. Activations are constrained only at block boundaries, to ("batch", "length",
-"embed"). No biases anywhere (T5 v1.1 / PaLM practice).
+Shape letters: B batch, L length, S key length (the encoder's, in cross-attention),
+D d_model, H heads, K head_dim, F mlp_dim, V vocab, R = K/2 rotation pairs. Every
+parameter is created through `nn.with_logical_partitioning` with names from
+`LOGICAL_AXES`; the sharding rules (launch/) map those names onto mesh axes. Activations
+are constrained only at block boundaries, to ("batch", "length", "embed"). No biases
+anywhere (T5 v1.1 / PaLM practice).
 """
 from __future__ import annotations
 
@@ -103,7 +104,14 @@ def apply_rope(x_BLHK: jax.Array, positions_BL: jax.Array, max_wavelength: float
 
 
 class Attention(nn.Module):
-  """Multi-head self-attention with RoPE and a boolean mask (B, 1, L, L).
+  """Multi-head attention with a boolean mask (B, 1, L, S): self- or cross-attention.
+
+  Self-attention (kv_BSD None): queries, keys and values all come from x_BLD (S = L),
+  and RoPE rotates q and k at `positions_BL`. Cross-attention (kv_BSD given, the
+  encoder output of an encoder-decoder): queries from x_BLD, keys and values from
+  kv_BSD; built with use_rope=False, since query and key positions then index two
+  different sequences and their difference means nothing (T5 likewise has no position
+  bias in its encoder-decoder attention).
 
   Uses `jax.nn.dot_product_attention` with its default (XLA) implementation, which runs
   on every backend, scales by 1/sqrt(K) and does its softmax in float32. Masked logits are
@@ -112,9 +120,12 @@ class Attention(nn.Module):
   """
 
   config: ModelConfig
+  use_rope: bool = True
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, mask_B1LL: jax.Array, positions_BL: jax.Array) -> jax.Array:
+  def __call__(self, x_BLD: jax.Array, mask_B1LS: jax.Array,
+               positions_BL: jax.Array | None = None,
+               kv_BSD: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     dtype = _dtype(cfg.dtype)
     d, h, k = cfg.d_model, cfg.num_heads, cfg.head_dim
@@ -128,12 +139,16 @@ class Attention(nn.Module):
     wo_HKD = _param(self, "out", out_init, (h, k, d), ("heads", "kv", "embed"), cfg).astype(dtype)
 
     x_BLD = x_BLD.astype(dtype)
+    kv_BSD = x_BLD if kv_BSD is None else kv_BSD.astype(dtype)
     q_BLHK = jnp.einsum("BLD,DHK->BLHK", x_BLD, wq_DHK)
-    k_BLHK = jnp.einsum("BLD,DHK->BLHK", x_BLD, wk_DHK)
-    v_BLHK = jnp.einsum("BLD,DHK->BLHK", x_BLD, wv_DHK)
-    q_BLHK = apply_rope(q_BLHK, positions_BL, cfg.rope_max_wavelength)
-    k_BLHK = apply_rope(k_BLHK, positions_BL, cfg.rope_max_wavelength)
-    out_BLHK = jax.nn.dot_product_attention(q_BLHK, k_BLHK, v_BLHK, mask=mask_B1LL)
+    k_BSHK = jnp.einsum("BSD,DHK->BSHK", kv_BSD, wk_DHK)
+    v_BSHK = jnp.einsum("BSD,DHK->BSHK", kv_BSD, wv_DHK)
+    if self.use_rope:
+      if positions_BL is None or q_BLHK.shape[1] != k_BSHK.shape[1]:
+        raise ValueError("RoPE needs positions and keys from the queries' own sequence")
+      q_BLHK = apply_rope(q_BLHK, positions_BL, cfg.rope_max_wavelength)
+      k_BSHK = apply_rope(k_BSHK, positions_BL, cfg.rope_max_wavelength)
+    out_BLHK = jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHK, mask=mask_B1LS)
     return jnp.einsum("BLHK,HKD->BLD", out_BLHK, wo_HKD)
 
 
@@ -173,6 +188,40 @@ class Block(nn.Module):
     x_BLD = constrain(x_BLD)
     h_BLD = Attention(cfg, name="attention")(RMSNorm(cfg, name="attention_norm")(x_BLD),
                                              mask_B1LL, positions_BL)
+    x_BLD = x_BLD + _dropout(h_BLD, cfg.dropout_rate, deterministic)
+    h_BLD = Mlp(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x_BLD))
+    x_BLD = x_BLD + _dropout(h_BLD, cfg.dropout_rate, deterministic)
+    return constrain(x_BLD)
+
+
+class DecoderBlock(nn.Module):
+  """Pre-norm decoder block of an encoder-decoder (Vaswani et al. 2017, T5 v1.1 layout).
+
+  x + SelfAttn(Norm(x)) (causal, RoPE), then x + CrossAttn(Norm(x), encoded) (no RoPE),
+  then x + Mlp(Norm(x)); dropout on each residual branch as in `Block`.
+
+  A query whose cross-attention row allows no key (decoder padding, or an example with
+  empty inputs) gets a zero cross-attention update instead of the uniform average over
+  all keys that `jax.nn.dot_product_attention` returns for an all-masked row: that
+  average would reach other packed segments and padding.
+  """
+
+  config: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD: jax.Array, encoded_BSD: jax.Array, self_mask_B1LL: jax.Array,
+               cross_mask_B1LS: jax.Array, positions_BL: jax.Array,
+               deterministic: bool = True) -> jax.Array:
+    cfg = self.config
+    x_BLD = constrain(x_BLD)
+    h_BLD = Attention(cfg, name="self_attention")(
+        RMSNorm(cfg, name="self_attention_norm")(x_BLD), self_mask_B1LL, positions_BL)
+    x_BLD = x_BLD + _dropout(h_BLD, cfg.dropout_rate, deterministic)
+    h_BLD = Attention(cfg, use_rope=False, name="cross_attention")(
+        RMSNorm(cfg, name="cross_attention_norm")(x_BLD), cross_mask_B1LS,
+        kv_BSD=encoded_BSD)
+    has_key_BL1 = jnp.any(cross_mask_B1LS[:, 0], axis=-1)[:, :, None]
+    h_BLD = jnp.where(has_key_BL1, h_BLD, jnp.zeros_like(h_BLD))
     x_BLD = x_BLD + _dropout(h_BLD, cfg.dropout_rate, deterministic)
     h_BLD = Mlp(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x_BLD))
     x_BLD = x_BLD + _dropout(h_BLD, cfg.dropout_rate, deterministic)

@@ -1,14 +1,19 @@
-"""Boolean self-attention masks for decoder-only models (True = may attend).
+"""Boolean attention masks (True = may attend).
 
-Shapes: B batch, L length; a full mask is mask_B1LL[b, 0, q, k] (query q, key k), the
-head axis left at 1 to broadcast in `jax.nn.dot_product_attention`. The semantics follow
-seqio's DecoderFeatureConverter and T5X's `make_decoder_mask`:
+Shapes: B batch, L (query) length, S key length where it differs (the encoder's, in
+cross-attention); a full mask is mask_B1LL[b, 0, q, k] (query q, key k), the head axis
+left at 1 to broadcast in `jax.nn.dot_product_attention`. The semantics follow seqio's
+feature converters and T5X's `make_decoder_mask` / `make_attention_mask`:
 
   causal decoder (CD): causal AND same segment
   prefix decoder (ND): (causal OR both positions in the prefix) AND same segment
+  encoder (ED, EO):    same segment (bidirectional)
+  cross-attention (ED): same segment AND the key is not padding
 
-Every row keeps at least its diagonal (a position always sees itself, padding included),
-so no softmax row is empty and nothing turns into NaN.
+Every self-attention row keeps at least its diagonal (a position always sees itself,
+padding included), so no softmax row is empty and nothing turns into NaN. A
+cross-attention row can be empty (a padding query); the encoder-decoder block zeroes
+those rows' output (layers.DecoderBlock).
 """
 from __future__ import annotations
 
@@ -104,3 +109,55 @@ def decoder_mask(
   if bidirectional_inputs and causal_attention_BL is not None:
     mask_B1LL = mask_B1LL | prefix_mask(causal_attention_BL)
   return mask_B1LL & segment_mask(segment_ids_BL)
+
+
+def encoder_mask(segment_ids_BS: jax.Array) -> jax.Array:
+  """The self-attention mask of an encoder, mask_B1SS: bidirectional within each segment.
+
+  Packed: the batch's `encoder_segment_ids`. Unpacked: `encoder_input_tokens > 0`
+  (1 on real tokens, 0 on padding), as T5X masks encoder padding.
+
+  seqio's packed EncDec example, inputs [7, 8, 5, 1] and [8, 4, 9, 3, 1] in a row of 10
+  (encoder_input_tokens [7, 8, 5, 1, 8, 4, 9, 3, 1, 0]):
+  >>> mask = encoder_mask(jnp.array([[1, 1, 1, 1, 2, 2, 2, 2, 2, 0]]))
+  >>> print(mask[0, 0].astype(int))
+  [[1 1 1 1 0 0 0 0 0 0]
+   [1 1 1 1 0 0 0 0 0 0]
+   [1 1 1 1 0 0 0 0 0 0]
+   [1 1 1 1 0 0 0 0 0 0]
+   [0 0 0 0 1 1 1 1 1 0]
+   [0 0 0 0 1 1 1 1 1 0]
+   [0 0 0 0 1 1 1 1 1 0]
+   [0 0 0 0 1 1 1 1 1 0]
+   [0 0 0 0 1 1 1 1 1 0]
+   [0 0 0 0 0 0 0 0 0 1]]
+  """
+  return segment_mask(segment_ids_BS)
+
+
+def cross_attention_mask(decoder_segment_ids_BL: jax.Array,
+                         encoder_segment_ids_BS: jax.Array) -> jax.Array:
+  """mask_B1LS[b, 0, q, k] = dec_seg[b, q] == enc_seg[b, k] != 0.
+
+  Decoder position q of an encoder-decoder sees every real encoder position of its own
+  example (segment) and nothing else: no other packed example, never encoder padding.
+  Decoder padding (segment 0) sees nothing, so its row is empty (see the module
+  docstring). Unpacked, the segment ids are `decoder_target_tokens > 0` and
+  `encoder_input_tokens > 0`.
+
+  The same two examples as in `encoder_mask`, with targets [3, 9, 1] and [4, 1] packed
+  into a decoder row of 7 (decoder_target_tokens [3, 9, 1, 4, 1, 0, 0]):
+  >>> encoder_segment_ids = jnp.array([[1, 1, 1, 1, 2, 2, 2, 2, 2, 0]])
+  >>> decoder_segment_ids = jnp.array([[1, 1, 1, 2, 2, 0, 0]])
+  >>> mask = cross_attention_mask(decoder_segment_ids, encoder_segment_ids)
+  >>> print(mask[0, 0].astype(int))
+  [[1 1 1 1 0 0 0 0 0 0]
+   [1 1 1 1 0 0 0 0 0 0]
+   [1 1 1 1 0 0 0 0 0 0]
+   [0 0 0 0 1 1 1 1 1 0]
+   [0 0 0 0 1 1 1 1 1 0]
+   [0 0 0 0 0 0 0 0 0 0]
+   [0 0 0 0 0 0 0 0 0 0]]
+  """
+  same_BLS = decoder_segment_ids_BL[:, :, None] == encoder_segment_ids_BS[:, None, :]
+  return (same_BLS & (encoder_segment_ids_BS[:, None, :] > 0))[:, None, :, :]

@@ -18,6 +18,7 @@ import numpy as np
 
 from objectax.data.registry import Registry
 from objectax.models import decoder
+from objectax.models import encdec
 from objectax.models import encoder
 from objectax.models.config import ModelConfig
 
@@ -56,6 +57,8 @@ class Architecture:
       or not as the spec's keys say.
     targets_key: feature holding the target ids for the loss.
     weights_key: feature holding the per-position loss weights.
+    flops_per_token: (ModelConfig, task feature lengths, concat_length=0) -> training FLOPs
+      per token of the model's streams (for MFU and `objectax info`).
   """
 
   name: str
@@ -67,6 +70,7 @@ class Architecture:
   synthetic_batch: Callable[..., dict[str, np.ndarray]]
   targets_key: str
   weights_key: str
+  flops_per_token: Callable[..., float]
 
 
 ARCHITECTURES = Registry[Architecture]("architecture")
@@ -83,6 +87,7 @@ def _decoder_architecture(name: str, description: str, bidirectional: bool) -> A
       synthetic_batch=decoder.synthetic_batch,
       targets_key=decoder.TARGETS_KEY,
       weights_key=decoder.WEIGHTS_KEY,
+      flops_per_token=decoder.flops_per_token,
   )
 
 
@@ -103,6 +108,20 @@ ARCHITECTURES.add("encoder_only", Architecture(
     synthetic_batch=encoder.synthetic_batch,
     targets_key=encoder.TARGETS_KEY,
     weights_key=encoder.WEIGHTS_KEY,
+    flops_per_token=encoder.flops_per_token,
+))
+ARCHITECTURES.add("encoder_decoder", Architecture(
+    name="encoder_decoder",
+    description="encoder (full attention over the inputs) + decoder (causal self-attention "
+                "and cross-attention), loss on the targets",
+    make_model=encdec.Model,
+    feature_converter=encdec.feature_converter,
+    model_lengths=encdec.model_lengths,
+    batch_spec=encdec.batch_spec,
+    synthetic_batch=encdec.synthetic_batch,
+    targets_key=encdec.TARGETS_KEY,
+    weights_key=encdec.WEIGHTS_KEY,
+    flops_per_token=encdec.flops_per_token,
 ))
 
 
