@@ -110,7 +110,8 @@ def _included_files(path: str, seen: set[str] | None = None) -> list[str]:
 
 def _parse_gin(files: list[str], bindings: list[str], classes: dict[str, type]) -> None:
   gin.clear_config()
-  gin.add_config_file_search_path(GIN_DIR)
+  if GIN_DIR not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
+    gin.add_config_file_search_path(GIN_DIR)  # once: gin appends, even duplicates
   # gin logs "Path not found" for every include it first tries relative to the including
   # file before its search path; those lines are noise, real failures raise.
   root = logging.getLogger()
