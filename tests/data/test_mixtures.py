@@ -148,3 +148,13 @@ def test_ul2_mode_token_longer_than_reserved():
                                                   byte_vocab)
   assert all(len(c.inputs_prefix) == 5 for c in comps)
   assert np.all([c.lengths.budget + 5 <= BUDGET for c in comps])
+
+
+def test_ul2_mixture_is_deterministic_for_a_seed_and_differs_across_seeds(vocabulary):
+  cfg = Ul2Config()
+  lengths = objective_registry.get("ul2").lengths(cfg, BUDGET)
+  mixture = tasks.get_task("pydocs", "ul2", cfg, vocabulary, BUDGET)
+  first = _examples(mixture, lengths, 100, seed=11)
+  assert _examples(mixture, lengths, 100, seed=11) == first
+  other = _examples(mixture, lengths, 100, seed=12)
+  assert sum(a != b for a, b in zip(first, other)) > 90
