@@ -17,6 +17,15 @@ from objectax.data.registry import ConfigError
 # loss scaling it under/overflows in training, and bfloat16 covers the fast path.
 DTYPES = ("float32", "bfloat16")
 
+# Position information a user may choose: RoPE (Su et al. 2021, the modern default), T5's
+# bucketed relative position bias (Raffel et al. 2020 §2.1), or none at all.
+POSITION_EMBEDDINGS = ("rope", "relative", "none")
+
+# Activations of the MLP: with mlp_gated, SwiGLU / GeGLU / ReGLU (Shazeer 2020, "GLU
+# Variants Improve Transformer"); GeGLU is T5.1.1's and Wang et al. 2022's. "gelu" is the
+# tanh approximation, as T5X's "gelu" (flax.linen.gelu = jax.nn.gelu, approximate=True).
+MLP_ACTIVATIONS = ("silu", "gelu", "relu")
+
 # Vocabulary rows are padded to a multiple of this so that the embedding and logits
 # matmuls tile evenly (TPU MXU/GPU tensor cores like multiples of 128).
 VOCAB_MULTIPLE = 128
@@ -29,15 +38,21 @@ def _round_up(n: int, multiple: int) -> int:
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Shape and numerics of a decoder-only Transformer (pre-norm, RoPE, SwiGLU, RMSNorm).
+  """Shape and numerics of the Transformer (pre-norm, RMSNorm; RoPE and SwiGLU by default).
+
+  The defaults are the modern recipe (RoPE, SwiGLU, tied embeddings). T5.1.1 (Raffel et
+  al. 2020; T5X t5_1_1/base.gin) and Wang et al. 2022 are position_embedding="relative",
+  mlp_activation="gelu" (GeGLU), with tie_embeddings=False (T5.1.1) or True (Wang et al.);
+  T5 v1.0 is relative, mlp_activation="relu", mlp_gated=False, tied.
 
   Attributes:
     vocab_size: rows of the embedding table. 0 = take it from the vocabulary through
       `with_vocab_size`, which rounds up to a multiple of 128.
     d_model: width D of the residual stream.
     num_heads: attention heads H.
-    head_dim: width K of one head (q/k/v); must be even for the rotary embedding.
-    mlp_dim: hidden width F of the gated MLP.
+    head_dim: width K of one head (q/k/v); must be even for the rotary embedding
+      (position_embedding "rope").
+    mlp_dim: hidden width F of the MLP.
     num_layers: number of decoder blocks.
     num_encoder_layers: encoder blocks of the encoder-decoder; 0 = as many as num_layers
       (T5's symmetric stacks). Other architectures ignore it.
@@ -46,7 +61,19 @@ class ModelConfig:
       always computed in float32.
     param_dtype: storage dtype of the parameters, one of DTYPES.
     rope_max_wavelength: the base of the rotary embedding (RoFormer, Su et al. 2021).
-    tie_embeddings: use the input embedding table for the output logits (T5 v1.0 style).
+    tie_embeddings: use the input embedding table for the output logits (T5 v1.0 style),
+      scaled by 1/sqrt(D); untied, a separate D x V head without any scaling (T5.1.1,
+      T5X network.py `logits_dense`).
+    position_embedding: one of POSITION_EMBEDDINGS. "rope" rotates q and k of every
+      self-attention; "relative" adds T5's learned bias per (head, distance bucket) to
+      the self-attention logits, one table per stack shared by its layers; "none" gives
+      no position information (cross-attention never gets any).
+    relative_attention_num_buckets: buckets of the relative bias (T5: 32), half per
+      direction in bidirectional stacks.
+    relative_attention_max_distance: distances >= this share the last bucket (T5: 128).
+    mlp_activation: one of MLP_ACTIVATIONS.
+    mlp_gated: True = act(x W_gate) * (x W_up) then W_down (three matrices, GLU);
+      False = act(x W_up) W_down (two matrices, T5 v1.0's ReLU MLP).
   """
 
   vocab_size: int = 0
@@ -61,6 +88,11 @@ class ModelConfig:
   param_dtype: str = "float32"
   rope_max_wavelength: float = 10_000.0
   tie_embeddings: bool = True
+  position_embedding: str = "rope"
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  mlp_activation: str = "silu"
+  mlp_gated: bool = True
 
   def __post_init__(self):
     for name in ("d_model", "num_heads", "head_dim", "mlp_dim", "num_layers"):
@@ -76,10 +108,21 @@ class ModelConfig:
       raise ConfigError(
           f"ModelConfig.vocab_size={self.vocab_size!r} must be >= 0 "
           "(0 = take it from the vocabulary)")
-    if self.head_dim % 2:
+    if self.position_embedding not in POSITION_EMBEDDINGS:
+      raise ConfigError(
+          f"ModelConfig.position_embedding={self.position_embedding!r} is not valid; "
+          f"valid choices: {', '.join(POSITION_EMBEDDINGS)}")
+    if self.mlp_activation not in MLP_ACTIVATIONS:
+      raise ConfigError(
+          f"ModelConfig.mlp_activation={self.mlp_activation!r} is not valid; valid choices: "
+          f"{', '.join(MLP_ACTIVATIONS)}")
+    if not isinstance(self.mlp_gated, bool):
+      raise ConfigError(f"ModelConfig.mlp_gated={self.mlp_gated!r} must be True or False")
+    if self.position_embedding == "rope" and self.head_dim % 2:
       raise ConfigError(
           f"ModelConfig.head_dim={self.head_dim} must be even (rotary embedding "
           "rotates pairs of features)")
+    self._validate_relative_buckets()
     if not 0.0 <= self.dropout_rate < 1.0:
       raise ConfigError(f"ModelConfig.dropout_rate={self.dropout_rate!r} must be in [0, 1)")
     for name in ("dtype", "param_dtype"):
@@ -91,6 +134,19 @@ class ModelConfig:
     if not self.rope_max_wavelength > 0:
       raise ConfigError(
           f"ModelConfig.rope_max_wavelength={self.rope_max_wavelength!r} must be > 0")
+
+  def _validate_relative_buckets(self) -> None:
+    """T5's bucketing needs an exact bucket per direction and a max distance past them."""
+    buckets, distance = self.relative_attention_num_buckets, self.relative_attention_max_distance
+    if not isinstance(buckets, int) or isinstance(buckets, bool) or buckets < 4:
+      raise ConfigError(
+          f"ModelConfig.relative_attention_num_buckets={buckets!r} must be an integer >= 4 "
+          "(half per direction when bidirectional, each half exact then log-spaced)")
+    if (not isinstance(distance, int) or isinstance(distance, bool)
+        or distance <= buckets // 2):
+      raise ConfigError(
+          f"ModelConfig.relative_attention_max_distance={distance!r} must be an integer > "
+          f"relative_attention_num_buckets / 2 = {buckets // 2} (the exact buckets)")
 
   @property
   def encoder_layers(self) -> int:
@@ -121,31 +177,45 @@ def _require_vocab(config: ModelConfig) -> None:
         "ModelConfig.vocab_size is 0; call config.with_vocab_size(vocabulary size) first")
 
 
+def _mlp_params(config: ModelConfig) -> int:
+  """One MLP's matrices: gate, up, down (3*D*F) when gated, up and down (2*D*F) otherwise."""
+  return (3 if config.mlp_gated else 2) * config.d_model * config.mlp_dim
+
+
+def _relative_bias_params(config: ModelConfig) -> int:
+  """One stack's relative position bias table (H x buckets, shared by its layers), or 0."""
+  if config.position_embedding != "relative":
+    return 0
+  return config.num_heads * config.relative_attention_num_buckets
+
+
 def num_params(config: ModelConfig) -> int:
   """The exact number of parameters `Model(config)` creates (no biases anywhere).
 
-  Per block: q, k, v, o projections (4*D*H*K), gate/up/down of the SwiGLU MLP (3*D*F)
-  and two RMSNorm scales (2*D). Plus the embedding table (V*D), a final norm (D), and an
-  output projection (D*V) only when the embeddings are not tied.
+  Per block: q, k, v, o projections (4*D*H*K), the MLP (3*D*F gated, 2*D*F not) and two
+  RMSNorm scales (2*D). Plus the embedding table (V*D), a final norm (D), an output
+  projection (D*V) only when the embeddings are not tied, and with relative positions one
+  H x buckets bias table for the stack (T5 shares it across layers, Raffel et al. §2.1).
+  The encoder-only model (models/encoder.py) has exactly these parameters too.
   """
   _require_vocab(config)
   d, v = config.d_model, config.vocab_size
   inner = config.num_heads * config.head_dim
-  per_block = 4 * d * inner + 3 * d * config.mlp_dim + 2 * d
+  per_block = 4 * d * inner + _mlp_params(config) + 2 * d
   head = 0 if config.tie_embeddings else d * v
-  return config.num_layers * per_block + v * d + d + head
+  return config.num_layers * per_block + v * d + d + head + _relative_bias_params(config)
 
 
 def num_matmul_params(config: ModelConfig) -> int:
   """Parameters that take part in a matmul for every token.
 
-  The output projection (tied or not) counts; an untied input embedding is a lookup and
-  the norm scales are elementwise, so neither counts.
+  The output projection (tied or not) counts; an untied input embedding and the relative
+  bias table are lookups and the norm scales are elementwise, so none of those counts.
   """
   _require_vocab(config)
   d = config.d_model
   inner = config.num_heads * config.head_dim
-  per_block = 4 * d * inner + 3 * d * config.mlp_dim
+  per_block = 4 * d * inner + _mlp_params(config)
   return config.num_layers * per_block + d * config.vocab_size
 
 
@@ -155,7 +225,8 @@ def flops_per_token(config: ModelConfig, seq_len: int) -> float:
   The standard estimate of PaLM (Chowdhery et al. 2022, App. B): 6*N for the matmuls
   (2 forward, 4 backward per parameter) plus 12*L*H*K*T for the attention scores and
   the weighted sum over T = seq_len keys. The attention term counts the full LxL score
-  matrix, as the kernels compute it, not the causal half. N = `num_matmul_params`.
+  matrix, as the kernels compute it, not the causal half. N = `num_matmul_params`. The
+  relative position bias (a gather and an add per score) is left out, like the softmax.
   """
   attention = 12 * config.num_layers * config.num_heads * config.head_dim * seq_len
   return 6.0 * num_matmul_params(config) + float(attention)
@@ -170,14 +241,14 @@ def flops_per_token(config: ModelConfig, seq_len: int) -> float:
 def _encdec_matmul_parts(config: ModelConfig) -> tuple[int, int]:
   """(matmul parameters applied per encoder token, per decoder token).
 
-  Encoder block: q, k, v, o and the SwiGLU MLP. Decoder block: the same plus the
+  Encoder block: q, k, v, o and the MLP. Decoder block: the same plus the
   cross-attention, whose k and v projections read the encoder output (so they run once
   per encoder token) and whose q and o run per decoder token. The output projection
   (tied or not) runs per decoder token.
   """
   d = config.d_model
   attention = d * config.num_heads * config.head_dim  # one of q, k, v, o
-  mlp = 3 * d * config.mlp_dim
+  mlp = _mlp_params(config)
   cross_kv, cross_qo = 2 * attention, 2 * attention
   per_encoder_token = config.encoder_layers * (4 * attention + mlp) + config.num_layers * cross_kv
   per_decoder_token = (config.num_layers * (4 * attention + cross_qo + mlp)
@@ -188,20 +259,23 @@ def _encdec_matmul_parts(config: ModelConfig) -> tuple[int, int]:
 def encdec_num_params(config: ModelConfig) -> int:
   """The exact number of parameters `encdec.Model(config)` creates (no biases anywhere).
 
-  Encoder block: 4*D*H*K + 3*D*F + 2*D (two norms). Decoder block: 8*D*H*K (self and
-  cross attention) + 3*D*F + 3*D (three norms). Plus the shared embedding (V*D), a final
-  norm per stack (2*D) and an output projection (D*V) only when embeddings are untied.
+  Encoder block: 4*D*H*K + MLP (3*D*F gated, 2*D*F not) + 2*D (two norms). Decoder
+  block: 8*D*H*K (self and cross attention) + MLP + 3*D (three norms). Plus the shared
+  embedding (V*D), a final norm per stack (2*D), an output projection (D*V) only when
+  embeddings are untied, and with relative positions one H x buckets table per stack
+  (T5X t5/network.py: `relpos_bias` in Encoder and in Decoder; cross-attention has none).
   Wang et al. 2022's shapes (Table 1: D 4096, 64 heads of 64, F 10240 gated, 24 + 24
-  layers, V 32128, tied) give 11.004B, their "11.0B" encoder-decoder.
+  layers, V 32128, tied) give 11.004B, their "11.0B" encoder-decoder; T5.1.1-base
+  (gin/size/base_t5_1_1.gin: untied, GeGLU, relative) gives 247,577,856.
   """
   _require_vocab(config)
   d, v = config.d_model, config.vocab_size
   inner = config.num_heads * config.head_dim
-  mlp = 3 * d * config.mlp_dim
+  mlp = _mlp_params(config)
   encoder = config.encoder_layers * (4 * d * inner + mlp + 2 * d) + d
   decoder_ = config.num_layers * (8 * d * inner + mlp + 3 * d) + d
   head = 0 if config.tie_embeddings else d * v
-  return encoder + decoder_ + v * d + head
+  return encoder + decoder_ + v * d + head + 2 * _relative_bias_params(config)
 
 
 def encdec_num_matmul_params(config: ModelConfig) -> int:

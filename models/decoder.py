@@ -57,7 +57,14 @@ class Model(nn.Module):
     self.embed_dropout = nn.Dropout(rate=cfg.dropout_rate)
     self.blocks = [layers.Block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
     self.final_norm = layers.RMSNorm(cfg)
+    if cfg.position_embedding == "relative":
+      # One table for the stack, causal buckets even for the prefix decoder, as in the
+      # T5X decoder-only model Wang et al. 2022 trained (t5x/examples/decoder_only/
+      # network.py: `relative_embedding(l, l, False)` whatever decoder_causal_attention).
+      self.relpos_bias = layers.RelativePositionBias(cfg, bidirectional=False)
     if not cfg.tie_embeddings:
+      # T5.1.1 / T5X `logits_dense`: a separate D x V kernel (fan-in init) whose logits
+      # are not rescaled; only tied logits get 1/sqrt(D) (`layers.Embed.attend`).
       self.head_DV = self.param(
           "head", nn.with_logical_partitioning(nn.initializers.lecun_normal(),
                                                ("embed", "vocab")),
@@ -79,10 +86,12 @@ class Model(nn.Module):
       positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
     mask_B1LL = masks.decoder_mask(segment_ids_BL, batch.get("decoder_causal_attention"),
                                    self.bidirectional_inputs)
+    bias_BHLL = (self.relpos_bias(positions_BL) if cfg.position_embedding == "relative"
+                 else None)
     if cfg.dropout_rate > 0.0:
       x_BLD = self.embed_dropout(x_BLD, deterministic=deterministic)
     for block in self.blocks:
-      x_BLD = block(x_BLD, mask_B1LL, positions_BL, deterministic)
+      x_BLD = block(x_BLD, mask_B1LL, positions_BL, deterministic, bias_BHLL)
     x_BLD = self.final_norm(x_BLD)
     if cfg.tie_embeddings:
       return self.embed.attend(x_BLD)

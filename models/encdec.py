@@ -5,8 +5,10 @@ primitives of `layers`: the encoder is the embedding, `encoder_layers` pre-norm 
 full attention within each packed segment and a final norm; the decoder reuses the same
 embedding table (T5 shares it between the two stacks and the tied output layer) and stacks
 `num_layers` blocks of causal self-attention, cross-attention to the encoder output and an
-MLP. RoPE rotates the self-attention of both stacks at the batch's positions; the
-cross-attention has none (see `layers.DecoderBlock`).
+MLP. RoPE rotates the self-attention of both stacks at the batch's positions, or (T5's
+own choice, config.position_embedding="relative") each stack adds its relative position
+bias, bidirectional in the encoder and causal in the decoder; the cross-attention has no
+position information either way (see `layers.DecoderBlock`).
 
 Shape letters as in `layers`, with S the encoder (inputs) length and T the decoder
 (targets) length. Features, (B, S) for the encoder and (B, T) for the decoder, int32, are
@@ -71,7 +73,13 @@ class Model(nn.Module):
     self.decoder_blocks = [layers.DecoderBlock(cfg, name=f"decoder_block_{i}")
                            for i in range(cfg.num_layers)]
     self.decoder_norm = layers.RMSNorm(cfg)
+    if cfg.position_embedding == "relative":
+      # One table per stack, shared by its layers (T5X t5/network.py: Encoder and Decoder
+      # each build a `relpos_bias`, called with bidirectional True and False).
+      self.encoder_relpos_bias = layers.RelativePositionBias(cfg, bidirectional=True)
+      self.decoder_relpos_bias = layers.RelativePositionBias(cfg, bidirectional=False)
     if not cfg.tie_embeddings:
+      # T5.1.1 (T5X `logits_dense`): a separate kernel whose logits are not rescaled.
       self.head_DV = self.param(
           "head", nn.with_logical_partitioning(nn.initializers.lecun_normal(),
                                                ("embed", "vocab")),
@@ -97,9 +105,11 @@ class Model(nn.Module):
     segment_ids_BS = encoder_segment_ids(batch)
     positions_BS = _positions(batch, "encoder_positions", batch["encoder_input_tokens"])
     mask_B1SS = masks.encoder_mask(segment_ids_BS)
+    bias_BHSS = (self.encoder_relpos_bias(positions_BS)
+                 if self.config.position_embedding == "relative" else None)
     x_BSD = self._embed_dropout(x_BSD, deterministic)
     for block in self.encoder_blocks:
-      x_BSD = block(x_BSD, mask_B1SS, positions_BS, deterministic)
+      x_BSD = block(x_BSD, mask_B1SS, positions_BS, deterministic, bias_BHSS)
     return layers.constrain(self.encoder_norm(x_BSD))
 
   def decode_embeddings(self, x_BTD: jax.Array, encoded_BSD: jax.Array,
@@ -111,14 +121,16 @@ class Model(nn.Module):
     positions_BT = _positions(batch, "decoder_positions", batch["decoder_input_tokens"])
     self_mask_B1TT = masks.decoder_mask(segment_ids_BT)
     # Cross-attention sees the real encoder positions of the query's own example only.
-    # It carries no RoPE: query positions count decoder tokens, key positions encoder
-    # tokens, so their difference is no distance; the order of the inputs reaches the
-    # decoder through the encoder's own (rotated) self-attention.
+    # It carries no RoPE or bias: query positions count decoder tokens, key positions
+    # encoder tokens, so their difference is no distance; the order of the inputs reaches
+    # the decoder through the encoder's own self-attention.
     cross_mask_B1TS = masks.cross_attention_mask(segment_ids_BT, encoder_segment_ids(batch))
+    bias_BHTT = (self.decoder_relpos_bias(positions_BT)
+                 if cfg.position_embedding == "relative" else None)
     x_BTD = self._embed_dropout(x_BTD, deterministic)
     for block in self.decoder_blocks:
       x_BTD = block(x_BTD, encoded_BSD, self_mask_B1TT, cross_mask_B1TS, positions_BT,
-                    deterministic)
+                    deterministic, bias_BHTT)
     x_BTD = self.decoder_norm(x_BTD)
     if cfg.tie_embeddings:
       return self.embed.attend(x_BTD)

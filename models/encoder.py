@@ -1,7 +1,8 @@
 """Encoder-only Transformer (EO) for BERT-style masked LM, and its feature converter.
 
 Full bidirectional self-attention within each packed segment (never across segments;
-padding sees only padding), RoPE at the batch positions, pre-norm blocks shared with the
+padding sees only padding), RoPE at the batch positions (or T5's bidirectional relative
+position bias, or nothing: config.position_embedding), pre-norm blocks shared with the
 decoder (`layers.Block`), a final norm and an LM head at every position.
 
 Features (B, L) int32. Two bert_mlm examples of 6 tokens (mask id 358, EOS 1; position 2
@@ -62,7 +63,11 @@ class Model(nn.Module):
     self.embed_dropout = nn.Dropout(rate=cfg.dropout_rate)
     self.blocks = [layers.Block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
     self.final_norm = layers.RMSNorm(cfg)
+    if cfg.position_embedding == "relative":
+      # Bidirectional buckets, as T5's encoder (T5X t5/network.py Encoder `relpos_bias`).
+      self.relpos_bias = layers.RelativePositionBias(cfg, bidirectional=True)
     if not cfg.tie_embeddings:
+      # Untied: a separate head whose logits are not rescaled (T5.1.1, T5X `logits_dense`).
       self.head_DV = self.param(
           "head", nn.with_logical_partitioning(nn.initializers.lecun_normal(),
                                                ("embed", "vocab")),
@@ -84,10 +89,13 @@ class Model(nn.Module):
       positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
     # Fully visible within a segment (BERT, Devlin et al. 2019 §3); padding only to padding.
     mask_B1LL = masks.segment_mask(segment_ids_BL)
+    bias_BHLL = (self.relpos_bias(positions_BL) if cfg.position_embedding == "relative"
+                 else None)
     if cfg.dropout_rate > 0.0:
       x_BLD = self.embed_dropout(x_BLD, deterministic=deterministic)
     for block in self.blocks:
-      x_BLD = block(x_BLD, mask_B1LL, positions_BL, deterministic=deterministic)
+      x_BLD = block(x_BLD, mask_B1LL, positions_BL, deterministic=deterministic,
+                    bias_BHLL=bias_BHLL)
     x_BLD = self.final_norm(x_BLD)
     if cfg.tie_embeddings:
       return self.embed.attend(x_BLD)

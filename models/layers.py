@@ -1,11 +1,16 @@
-"""Linen building blocks: RMSNorm, embedding, RoPE, self/cross attention, SwiGLU, blocks.
+"""Linen building blocks: RMSNorm, embedding, positions, self/cross attention, MLP, blocks.
+
+Positions are RoPE (the default) or T5's relative position bias (`RelativePositionBias`,
+one table per stack, built by the model and passed to every block) or none, as
+`ModelConfig.position_embedding` says; the MLP is gated (SwiGLU, GeGLU, ReGLU) or T5
+v1.0's two-matrix one, as `mlp_activation` and `mlp_gated` say.
 
 Shape letters: B batch, L length, S key length (the encoder's, in cross-attention),
-D d_model, H heads, K head_dim, F mlp_dim, V vocab, R = K/2 rotation pairs. Every
-parameter is created through `nn.with_logical_partitioning` with names from
-`LOGICAL_AXES`; the sharding rules (launch/) map those names onto mesh axes. Activations
-are constrained only at block boundaries, to ("batch", "length", "embed"). No biases
-anywhere (T5 v1.1 / PaLM practice).
+D d_model, H heads, K head_dim, F mlp_dim, V vocab, R = K/2 rotation pairs, N relative
+position buckets. Every parameter is created through `nn.with_logical_partitioning` with
+names from `LOGICAL_AXES`; the sharding rules (launch/) map those names onto mesh axes.
+Activations are constrained only at block boundaries, to ("batch", "length", "embed").
+No biases anywhere (T5 v1.1 / PaLM practice), apart from the relative position bias.
 """
 from __future__ import annotations
 
@@ -14,13 +19,26 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from objectax.data.registry import Registry
 from objectax.models.config import ModelConfig
 
 # The closed list of logical axis names. Parameters use embed, mlp, heads, kv, vocab,
-# norm; activations use batch, length, embed; "layers" is reserved for scanned stacks.
-LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "norm", "layers")
+# norm, relpos_buckets (T5X's name for the relative bias table's second axis; no sharding
+# rule lists it, so it stays replicated); activations use batch, length, embed; "layers"
+# is reserved for scanned stacks.
+LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "norm",
+                "relpos_buckets", "layers")
 ACTIVATION_AXES = ("batch", "length", "embed")
+
+# ModelConfig.mlp_activation -> function (the names are validated in config.MLP_ACTIVATIONS).
+# "gelu" is the tanh approximation: T5X's MlpBlock resolves "gelu" to flax.linen.gelu,
+# which is jax.nn.gelu with approximate=True (T5.1.1's GeGLU, Wang et al. 2022).
+MLP_ACTIVATIONS: Registry[Callable[[jax.Array], jax.Array]] = Registry("mlp activation")
+MLP_ACTIVATIONS.add("silu", jax.nn.silu)
+MLP_ACTIVATIONS.add("gelu", lambda x: jax.nn.gelu(x, approximate=True))
+MLP_ACTIVATIONS.add("relu", jax.nn.relu)
 
 Initializer = Callable[..., jax.Array]
 
@@ -103,15 +121,96 @@ def apply_rope(x_BLHK: jax.Array, positions_BL: jax.Array, max_wavelength: float
   return rotated_BLHK.astype(x_BLHK.dtype)
 
 
+def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> np.ndarray:
+  """T5's bucket of each relative position = key position - query position (numpy, int32).
+
+  Raffel et al. 2020 §2.1 (Mesh TF / T5X `RelativePositionBiases._relative_position_bucket`,
+  same float32 arithmetic): bidirectional, half the buckets are for keys after the query;
+  causal, every key after the query falls in bucket 0 (it is masked anyway). Within a
+  direction of E buckets (buckets / 2 bidirectional, all of them causal), distances
+  n < max_exact = E // 2 get one bucket each, larger ones max_exact + floor(log(n /
+  max_exact) / log(max_distance / max_exact) * (E - max_exact)), capped at E - 1.
+
+  With the defaults (32 buckets, max distance 128), bidirectional: distance 0..7 -> 0..7,
+  8..11 -> 8, 12..15 -> 9, 16..22 -> 10, 32 -> 12, 64 -> 14, >= 91 -> 15, keys after the
+  query +16:
+  >>> relative_position_bucket(np.array([-1, 0, 1, -12, 12, -200]), True, 32, 128)
+  array([ 1,  0, 17,  9, 25, 15], dtype=int32)
+  """
+  n = -np.asarray(relative_position, np.int64)  # distance back from the query
+  bucket = np.zeros(n.shape, np.int32)
+  if bidirectional:
+    num_buckets //= 2
+    bucket += (n < 0).astype(np.int32) * num_buckets
+    n = np.abs(n)
+  else:
+    n = np.maximum(n, 0)
+  max_exact = num_buckets // 2
+  # T5X adds float32 eps inside the log; at the defaults it moves no bucket (checked for
+  # |distance| <= 300 against float64 without it).
+  with np.errstate(divide="ignore"):
+    log_ratio = (np.log(n.astype(np.float32) / max_exact + np.finfo(np.float32).eps)
+                 / np.log(max_distance / max_exact))
+  large = max_exact + (log_ratio * (num_buckets - max_exact)).astype(np.int32)
+  large = np.minimum(large, num_buckets - 1)
+  return (bucket + np.where(n < max_exact, n, large)).astype(np.int32)
+
+
+class RelativePositionBias(nn.Module):
+  """T5's learned attention bias per (head, relative-position bucket), for one stack.
+
+  One table of shape (H, N), logical axes ("heads", "relpos_buckets"), initialised as in
+  T5X (variance_scaling(1, fan_avg, uniform)); the model builds one per stack and hands
+  its output to every block (T5 shares it across layers, Raffel et al. 2020 §2.1).
+
+  The distances come from the batch's positions, so packed examples (positions restart
+  at 0 in each segment) get exactly the bias they get alone. Relative positions are
+  clipped to +-max_distance, which all T5 buckets saturate at, and looked up in a table
+  of their buckets computed with numpy at trace time (as T5X computes its buckets).
+
+  Attributes:
+    config: num_heads, relative_attention_num_buckets / _max_distance, dtype.
+    bidirectional: True for encoders (keys after the query get their own buckets);
+      False for decoders. T5X uses False for every decoder-only model, prefix LM included
+      (t5x/examples/decoder_only/network.py: `relative_embedding(l, l, False)`).
+  """
+
+  config: ModelConfig
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, query_positions_BL: jax.Array,
+               key_positions_BS: jax.Array | None = None) -> jax.Array:
+    """bias_BHLS[b, h, q, k] = table[h, bucket(key_position - query_position)]."""
+    cfg = self.config
+    num_buckets, max_distance = (cfg.relative_attention_num_buckets,
+                                 cfg.relative_attention_max_distance)
+    init = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+    table_HN = _param(self, "table", init, (cfg.num_heads, num_buckets),
+                      ("heads", "relpos_buckets"), cfg)
+    if key_positions_BS is None:
+      key_positions_BS = query_positions_BL
+    relative_BLS = (key_positions_BS[:, None, :].astype(jnp.int32)
+                    - query_positions_BL[:, :, None].astype(jnp.int32))
+    bucket_of_R = jnp.asarray(relative_position_bucket(
+        np.arange(-max_distance, max_distance + 1), self.bidirectional, num_buckets,
+        max_distance))
+    bucket_BLS = bucket_of_R[jnp.clip(relative_BLS, -max_distance, max_distance) + max_distance]
+    bias_BLSH = table_HN.astype(_dtype(cfg.dtype)).T[bucket_BLS]
+    return jnp.transpose(bias_BLSH, (0, 3, 1, 2))
+
+
 class Attention(nn.Module):
   """Multi-head attention with a boolean mask (B, 1, L, S): self- or cross-attention.
 
-  Self-attention (kv_BSD None): queries, keys and values all come from x_BLD (S = L),
-  and RoPE rotates q and k at `positions_BL`. Cross-attention (kv_BSD given, the
-  encoder output of an encoder-decoder): queries from x_BLD, keys and values from
-  kv_BSD; built with use_rope=False, since query and key positions then index two
-  different sequences and their difference means nothing (T5 likewise has no position
-  bias in its encoder-decoder attention).
+  Self-attention (kv_BSD None): queries, keys and values all come from x_BLD (S = L);
+  with use_rope, RoPE rotates q and k at `positions_BL`; `bias_BHLS` (T5's relative
+  position bias, `RelativePositionBias`) is added to the scaled logits when given.
+  Cross-attention (kv_BSD given, the encoder output of an encoder-decoder): queries from
+  x_BLD, keys and values from kv_BSD; built with use_rope=False and given no bias, since
+  query and key positions then index two different sequences and their difference means
+  nothing (T5 likewise has no position bias in its encoder-decoder attention).
 
   Uses `jax.nn.dot_product_attention` with its default (XLA) implementation, which runs
   on every backend, scales by 1/sqrt(K) and does its softmax in float32. Masked logits are
@@ -125,7 +224,8 @@ class Attention(nn.Module):
   @nn.compact
   def __call__(self, x_BLD: jax.Array, mask_B1LS: jax.Array,
                positions_BL: jax.Array | None = None,
-               kv_BSD: jax.Array | None = None) -> jax.Array:
+               kv_BSD: jax.Array | None = None,
+               bias_BHLS: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     dtype = _dtype(cfg.dtype)
     d, h, k = cfg.d_model, cfg.num_heads, cfg.head_dim
@@ -148,12 +248,19 @@ class Attention(nn.Module):
         raise ValueError("RoPE needs positions and keys from the queries' own sequence")
       q_BLHK = apply_rope(q_BLHK, positions_BL, cfg.rope_max_wavelength)
       k_BSHK = apply_rope(k_BSHK, positions_BL, cfg.rope_max_wavelength)
-    out_BLHK = jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHK, mask=mask_B1LS)
+    out_BLHK = jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHK, bias=bias_BHLS,
+                                            mask=mask_B1LS)
     return jnp.einsum("BLHK,HKD->BLD", out_BLHK, wo_HKD)
 
 
 class Mlp(nn.Module):
-  """Gated MLP with SiLU gate, SwiGLU (Shazeer 2020, "GLU Variants Improve Transformer")."""
+  """The feed-forward block: gated (GLU variants) or T5 v1.0's two-matrix MLP.
+
+  Gated (config.mlp_gated, the default): act(x W_gate) * (x W_up) W_down, i.e. SwiGLU,
+  GeGLU or ReGLU for mlp_activation silu, gelu, relu (Shazeer 2020, "GLU Variants
+  Improve Transformer"; T5X's MlpBlock with activations (act, "linear")). Ungated:
+  act(x W_up) W_down (T5 v1.0: relu, T5X activations ("relu",)).
+  """
 
   config: ModelConfig
 
@@ -162,13 +269,19 @@ class Mlp(nn.Module):
     cfg = self.config
     dtype = _dtype(cfg.dtype)
     d, f = cfg.d_model, cfg.mlp_dim
+    activation = MLP_ACTIVATIONS.get(cfg.mlp_activation)
     init = nn.initializers.lecun_normal()
-    gate_DF = _param(self, "gate", init, (d, f), ("embed", "mlp"), cfg).astype(dtype)
+    # Creation order (gate, up, down) fixes each parameter's init rng: keep it.
+    if cfg.mlp_gated:
+      gate_DF = _param(self, "gate", init, (d, f), ("embed", "mlp"), cfg).astype(dtype)
     up_DF = _param(self, "up", init, (d, f), ("embed", "mlp"), cfg).astype(dtype)
     down_FD = _param(self, "down", init, (f, d), ("mlp", "embed"), cfg).astype(dtype)
     x_BLD = x_BLD.astype(dtype)
-    hidden_BLF = (jax.nn.silu(jnp.einsum("BLD,DF->BLF", x_BLD, gate_DF))
-                  * jnp.einsum("BLD,DF->BLF", x_BLD, up_DF))
+    if cfg.mlp_gated:
+      hidden_BLF = (activation(jnp.einsum("BLD,DF->BLF", x_BLD, gate_DF))
+                    * jnp.einsum("BLD,DF->BLF", x_BLD, up_DF))
+    else:
+      hidden_BLF = activation(jnp.einsum("BLD,DF->BLF", x_BLD, up_DF))
     return jnp.einsum("BLF,FD->BLD", hidden_BLF, down_FD)
 
 
@@ -176,18 +289,21 @@ class Block(nn.Module):
   """Pre-norm decoder block: x + Attn(Norm(x)), then x + Mlp(Norm(x)).
 
   Dropout (config.dropout_rate) acts on each residual branch; `jax.nn.dot_product_attention`
-  has no attention-probability dropout, so there is none.
+  has no attention-probability dropout, so there is none. RoPE rotates the attention when
+  config.position_embedding is "rope"; `bias_BHLL` is the stack's relative position bias
+  when it is "relative" (None otherwise).
   """
 
   config: ModelConfig
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, mask_B1LL: jax.Array, positions_BL: jax.Array,
-               deterministic: bool = True) -> jax.Array:
+               deterministic: bool = True, bias_BHLL: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     x_BLD = constrain(x_BLD)
-    h_BLD = Attention(cfg, name="attention")(RMSNorm(cfg, name="attention_norm")(x_BLD),
-                                             mask_B1LL, positions_BL)
+    h_BLD = Attention(cfg, use_rope=_uses_rope(cfg), name="attention")(
+        RMSNorm(cfg, name="attention_norm")(x_BLD), mask_B1LL, positions_BL,
+        bias_BHLS=bias_BHLL)
     x_BLD = x_BLD + _dropout(h_BLD, cfg.dropout_rate, deterministic)
     h_BLD = Mlp(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x_BLD))
     x_BLD = x_BLD + _dropout(h_BLD, cfg.dropout_rate, deterministic)
@@ -197,8 +313,9 @@ class Block(nn.Module):
 class DecoderBlock(nn.Module):
   """Pre-norm decoder block of an encoder-decoder (Vaswani et al. 2017, T5 v1.1 layout).
 
-  x + SelfAttn(Norm(x)) (causal, RoPE), then x + CrossAttn(Norm(x), encoded) (no RoPE),
-  then x + Mlp(Norm(x)); dropout on each residual branch as in `Block`.
+  x + SelfAttn(Norm(x)) (causal; RoPE or the decoder stack's relative bias `bias_BHLL`),
+  then x + CrossAttn(Norm(x), encoded) (no position information), then x + Mlp(Norm(x));
+  dropout on each residual branch as in `Block`.
 
   A query whose cross-attention row allows no key (decoder padding, or an example with
   empty inputs) gets a zero cross-attention update instead of the uniform average over
@@ -211,11 +328,12 @@ class DecoderBlock(nn.Module):
   @nn.compact
   def __call__(self, x_BLD: jax.Array, encoded_BSD: jax.Array, self_mask_B1LL: jax.Array,
                cross_mask_B1LS: jax.Array, positions_BL: jax.Array,
-               deterministic: bool = True) -> jax.Array:
+               deterministic: bool = True, bias_BHLL: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     x_BLD = constrain(x_BLD)
-    h_BLD = Attention(cfg, name="self_attention")(
-        RMSNorm(cfg, name="self_attention_norm")(x_BLD), self_mask_B1LL, positions_BL)
+    h_BLD = Attention(cfg, use_rope=_uses_rope(cfg), name="self_attention")(
+        RMSNorm(cfg, name="self_attention_norm")(x_BLD), self_mask_B1LL, positions_BL,
+        bias_BHLS=bias_BHLL)
     x_BLD = x_BLD + _dropout(h_BLD, cfg.dropout_rate, deterministic)
     h_BLD = Attention(cfg, use_rope=False, name="cross_attention")(
         RMSNorm(cfg, name="cross_attention_norm")(x_BLD), cross_mask_B1LS,
@@ -226,6 +344,10 @@ class DecoderBlock(nn.Module):
     h_BLD = Mlp(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x_BLD))
     x_BLD = x_BLD + _dropout(h_BLD, cfg.dropout_rate, deterministic)
     return constrain(x_BLD)
+
+
+def _uses_rope(config: ModelConfig) -> bool:
+  return config.position_embedding == "rope"
 
 
 def _dropout(x: jax.Array, rate: float, deterministic: bool) -> jax.Array:
