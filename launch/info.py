@@ -107,10 +107,13 @@ def _gb(n: int) -> str:
 def render(info: Info) -> str:
   m = info.model
   devices = math.prod(info.mesh.values())
+  layers = (f"{m.encoder_layers} + {m.num_layers} layers" if info.arch == "encoder_decoder"
+            else f"{m.num_layers} layers")
+  options = f"{m.position_embedding} positions, {'gated ' if m.mlp_gated else ''}{m.mlp_activation} MLP"
   return "\n".join([
       f"experiment {info.experiment} ({info.arch})",
-      f"  model: d_model {m.d_model}, {m.num_layers} layers, {m.num_heads} heads x "
-      f"{m.head_dim}, mlp {m.mlp_dim}, vocab {m.vocab_size}, {m.param_dtype} parameters",
+      f"  model: d_model {m.d_model}, {layers}, {m.num_heads} heads x {m.head_dim}, mlp "
+      f"{m.mlp_dim}, vocab {m.vocab_size}, {options}, {m.param_dtype} parameters",
       f"  parameters: {info.num_params:,} ({info.num_params / 1e9:.3f}B)",
       f"  training FLOPs per token: {info.flops_per_token:.4g} at {info.sequence_length} "
       "tokens per example (6N + attention, PaLM App. B)",
