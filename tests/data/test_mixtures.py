@@ -113,10 +113,11 @@ def test_ul2_rates_are_configurable(vocabulary):
   cfg = Ul2Config(rates=(4.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0))
   lengths = objective_registry.get("ul2").lengths(cfg, BUDGET)
   mixture = tasks.get_task("pydocs", "ul2", cfg, vocabulary, BUDGET)
-  names, _ = _attribute(mixture, lengths, 2000)
+  names, _ = _attribute(mixture, lengths, 1000)
   share = names.count("r1") / len(names)
-  # Expected 0.4; binomial standard error over 2,000 is 1.1 points: allow 4 of them.
-  assert abs(share - 0.4) < 0.045
+  # Expected 0.4 (against 1/7 at equal rates); the binomial standard error over 1,000 is
+  # 1.55 points: allow 4 of them.
+  assert abs(share - 0.4) < 0.062
 
 
 def test_ul2_denoisers_read_disjoint_documents(vocabulary):
