@@ -62,13 +62,7 @@ class Model(nn.Module):
       # T5X decoder-only model Wang et al. 2022 trained (t5x/examples/decoder_only/
       # network.py: `relative_embedding(l, l, False)` whatever decoder_causal_attention).
       self.relpos_bias = layers.RelativePositionBias(cfg, bidirectional=False)
-    if not cfg.tie_embeddings:
-      # T5.1.1 / T5X `logits_dense`: a separate D x V kernel (fan-in init) whose logits
-      # are not rescaled; only tied logits get 1/sqrt(D) (`layers.Embed.attend`).
-      self.head_DV = self.param(
-          "head", nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                               ("embed", "vocab")),
-          (cfg.d_model, cfg.vocab_size), jnp.dtype(cfg.param_dtype))
+    self.head_DV = layers.untied_head(self, cfg)  # None when tied
 
   def __call__(self, batch: Mapping[str, jax.Array], *, deterministic: bool = True) -> jax.Array:
     """Logits (float32) for every position of `batch["decoder_input_tokens"]`."""
@@ -93,10 +87,7 @@ class Model(nn.Module):
     for block in self.blocks:
       x_BLD = block(x_BLD, mask_B1LL, positions_BL, deterministic, bias_BHLL)
     x_BLD = self.final_norm(x_BLD)
-    if cfg.tie_embeddings:
-      return self.embed.attend(x_BLD)
-    return jnp.einsum("BLD,DV->BLV", x_BLD.astype(jnp.float32),
-                      self.head_DV.astype(jnp.float32))
+    return layers.output_logits(self.embed, self.head_DV, x_BLD)
 
 
 def _segment_ids(batch: Mapping[str, jax.Array]) -> jax.Array:

@@ -78,12 +78,7 @@ class Model(nn.Module):
       # each build a `relpos_bias`, called with bidirectional True and False).
       self.encoder_relpos_bias = layers.RelativePositionBias(cfg, bidirectional=True)
       self.decoder_relpos_bias = layers.RelativePositionBias(cfg, bidirectional=False)
-    if not cfg.tie_embeddings:
-      # T5.1.1 (T5X `logits_dense`): a separate kernel whose logits are not rescaled.
-      self.head_DV = self.param(
-          "head", nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                               ("embed", "vocab")),
-          (cfg.d_model, cfg.vocab_size), jnp.dtype(cfg.param_dtype))
+    self.head_DV = layers.untied_head(self, cfg)  # None when tied
 
   def __call__(self, batch: Mapping[str, jax.Array], *, deterministic: bool = True) -> jax.Array:
     """Logits (float32) for every position of `batch["decoder_input_tokens"]`."""
@@ -132,10 +127,7 @@ class Model(nn.Module):
       x_BTD = block(x_BTD, encoded_BSD, self_mask_B1TT, cross_mask_B1TS, positions_BT,
                     deterministic, bias_BHTT)
     x_BTD = self.decoder_norm(x_BTD)
-    if cfg.tie_embeddings:
-      return self.embed.attend(x_BTD)
-    return jnp.einsum("BTD,DV->BTV", x_BTD.astype(jnp.float32),
-                      self.head_DV.astype(jnp.float32))
+    return layers.output_logits(self.embed, self.head_DV, x_BTD)
 
   def _embed_dropout(self, x_BLD: jax.Array, deterministic: bool) -> jax.Array:
     if self.config.dropout_rate > 0.0:

@@ -66,12 +66,7 @@ class Model(nn.Module):
     if cfg.position_embedding == "relative":
       # Bidirectional buckets, as T5's encoder (T5X t5/network.py Encoder `relpos_bias`).
       self.relpos_bias = layers.RelativePositionBias(cfg, bidirectional=True)
-    if not cfg.tie_embeddings:
-      # Untied: a separate head whose logits are not rescaled (T5.1.1, T5X `logits_dense`).
-      self.head_DV = self.param(
-          "head", nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                               ("embed", "vocab")),
-          (cfg.d_model, cfg.vocab_size), jnp.dtype(cfg.param_dtype))
+    self.head_DV = layers.untied_head(self, cfg)  # None when tied
 
   def __call__(self, batch: Mapping[str, jax.Array], *, deterministic: bool = True) -> jax.Array:
     """Logits (float32) for every position of `batch["encoder_input_tokens"]`."""
@@ -97,10 +92,7 @@ class Model(nn.Module):
       x_BLD = block(x_BLD, mask_B1LL, positions_BL, deterministic=deterministic,
                     bias_BHLL=bias_BHLL)
     x_BLD = self.final_norm(x_BLD)
-    if cfg.tie_embeddings:
-      return self.embed.attend(x_BLD)
-    return jnp.einsum("BLD,DV->BLV", x_BLD.astype(jnp.float32),
-                      self.head_DV.astype(jnp.float32))
+    return layers.output_logits(self.embed, self.head_DV, x_BLD)
 
 
 def segment_ids(batch: Mapping[str, jax.Array]) -> jax.Array:

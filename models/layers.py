@@ -101,6 +101,26 @@ class Embed(nn.Module):
     return logits_BLV / jnp.sqrt(jnp.float32(self.config.d_model))
 
 
+def untied_head(module: nn.Module, config: ModelConfig) -> jax.Array | None:
+  """The D x V output kernel "head" of an untied model, created on `module`; None if tied.
+
+  T5.1.1 / T5X `logits_dense`: a separate kernel (fan-in init) whose logits are not
+  rescaled; only tied logits get 1/sqrt(D) (`Embed.attend`).
+  """
+  if config.tie_embeddings:
+    return None
+  return module.param("head", nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                           ("embed", "vocab")),
+                      (config.d_model, config.vocab_size), _dtype(config.param_dtype))
+
+
+def output_logits(embed: Embed, head_DV: jax.Array | None, x_BLD: jax.Array) -> jax.Array:
+  """float32 logits: through the tied embedding, or the untied head when there is one."""
+  if head_DV is None:
+    return embed.attend(x_BLD)
+  return jnp.einsum("BLD,DV->BLV", x_BLD.astype(jnp.float32), head_DV.astype(jnp.float32))
+
+
 def apply_rope(x_BLHK: jax.Array, positions_BL: jax.Array, max_wavelength: float) -> jax.Array:
   """Rotary position embedding (Su et al. 2021) at explicit integer positions.
 
