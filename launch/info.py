@@ -39,6 +39,7 @@ class Info:
   rules: str
   param_bytes_per_device: int
   optimizer_bytes_per_device: int
+  two_stacks: bool = False  # an encoder and a decoder stream (from model_lengths)
 
   @property
   def total_bytes_per_device(self) -> int:
@@ -97,7 +98,8 @@ def compute(num_devices: int | None = None) -> Info:
   return Info(experiment=exp.name, arch=exp.arch, model=model_cfg, num_params=num_params,
               flops_per_token=arch.flops_per_token(model_cfg, lengths.feature_lengths(), lengths.concat),
               sequence_length=lengths.budget, mesh=mesh_shape, rules=mesh_cfg.rules,
-              param_bytes_per_device=params_bytes, optimizer_bytes_per_device=opt_bytes)
+              param_bytes_per_device=params_bytes, optimizer_bytes_per_device=opt_bytes,
+              two_stacks=len(arch.model_lengths(lengths.feature_lengths(), lengths.concat)) > 1)
 
 
 def _gb(n: int) -> str:
@@ -107,7 +109,7 @@ def _gb(n: int) -> str:
 def render(info: Info) -> str:
   m = info.model
   devices = math.prod(info.mesh.values())
-  layers = (f"{m.encoder_layers} + {m.num_layers} layers" if info.arch == "encoder_decoder"
+  layers = (f"{m.encoder_layers} + {m.num_layers} layers" if info.two_stacks
             else f"{m.num_layers} layers")
   options = f"{m.position_embedding} positions, {'gated ' if m.mlp_gated else ''}{m.mlp_activation} MLP"
   return "\n".join([

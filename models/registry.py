@@ -76,53 +76,36 @@ class Architecture:
 ARCHITECTURES = Registry[Architecture]("architecture")
 
 
-def _decoder_architecture(name: str, description: str, bidirectional: bool) -> Architecture:
+def _from_module(name: str, description: str, module: Any,
+                 make_model: Callable[[ModelConfig], nn.Module] | None = None) -> Architecture:
+  """An Architecture from a model module's contract: Model, feature_converter,
+  model_lengths, batch_spec, synthetic_batch, flops_per_token, TARGETS_KEY, WEIGHTS_KEY."""
   return Architecture(
       name=name,
       description=description,
-      make_model=functools.partial(decoder.Model, bidirectional_inputs=bidirectional),
-      feature_converter=decoder.feature_converter,
-      model_lengths=decoder.model_lengths,
-      batch_spec=decoder.batch_spec,
-      synthetic_batch=decoder.synthetic_batch,
-      targets_key=decoder.TARGETS_KEY,
-      weights_key=decoder.WEIGHTS_KEY,
-      flops_per_token=decoder.flops_per_token,
+      make_model=make_model or module.Model,
+      feature_converter=module.feature_converter,
+      model_lengths=module.model_lengths,
+      batch_spec=module.batch_spec,
+      synthetic_batch=module.synthetic_batch,
+      targets_key=module.TARGETS_KEY,
+      weights_key=module.WEIGHTS_KEY,
+      flops_per_token=module.flops_per_token,
   )
 
 
-ARCHITECTURES.add("causal_decoder", _decoder_architecture(
-    "causal_decoder", "decoder-only, causal attention over concat(inputs, targets)",
-    bidirectional=False))
-ARCHITECTURES.add("prefix_decoder", _decoder_architecture(
+ARCHITECTURES.add("causal_decoder", _from_module(
+    "causal_decoder", "decoder-only, causal attention over concat(inputs, targets)", decoder,
+    functools.partial(decoder.Model, bidirectional_inputs=False)))
+ARCHITECTURES.add("prefix_decoder", _from_module(
     "prefix_decoder", "decoder-only, bidirectional over inputs (+1 position), causal after",
-    bidirectional=True))
-ARCHITECTURES.add("encoder_only", Architecture(
-    name="encoder_only",
-    description="encoder-only, full attention within each example, loss where targets > 0 "
-                "(BERT MLM's selected positions)",
-    make_model=encoder.Model,
-    feature_converter=encoder.feature_converter,
-    model_lengths=encoder.model_lengths,
-    batch_spec=encoder.batch_spec,
-    synthetic_batch=encoder.synthetic_batch,
-    targets_key=encoder.TARGETS_KEY,
-    weights_key=encoder.WEIGHTS_KEY,
-    flops_per_token=encoder.flops_per_token,
-))
-ARCHITECTURES.add("encoder_decoder", Architecture(
-    name="encoder_decoder",
-    description="encoder (full attention over the inputs) + decoder (causal self-attention "
-                "and cross-attention), loss on the targets",
-    make_model=encdec.Model,
-    feature_converter=encdec.feature_converter,
-    model_lengths=encdec.model_lengths,
-    batch_spec=encdec.batch_spec,
-    synthetic_batch=encdec.synthetic_batch,
-    targets_key=encdec.TARGETS_KEY,
-    weights_key=encdec.WEIGHTS_KEY,
-    flops_per_token=encdec.flops_per_token,
-))
+    decoder, functools.partial(decoder.Model, bidirectional_inputs=True)))
+ARCHITECTURES.add("encoder_only", _from_module(
+    "encoder_only", "encoder-only, full attention within each example, loss where targets > 0 "
+    "(BERT MLM's selected positions)", encoder))
+ARCHITECTURES.add("encoder_decoder", _from_module(
+    "encoder_decoder", "encoder (full attention over the inputs) + decoder (causal "
+    "self-attention and cross-attention), loss on the targets", encdec))
 
 
 def get(name: str) -> Architecture:
