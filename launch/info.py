@@ -19,6 +19,7 @@ import numpy as np
 from objectax.data import vocab as vocab_lib
 from objectax.data.registry import ConfigError
 from objectax.launch import config, sharding, step
+from objectax.models import model_objectives
 from objectax.models import registry as arch_registry
 from objectax.models.config import ModelConfig
 from objectax.objectives import registry as objective_registry
@@ -80,7 +81,8 @@ def compute(num_devices: int | None = None) -> Info:
   objective = objective_registry.get(exp.objective)
   objective_registry.check_architecture(objective, exp.arch)
   tc, mesh_cfg = config.TrainConfig(), sharding.MeshConfig()
-  model_cfg = ModelConfig().with_vocab_size(vocabulary_size(vocab_lib.VocabConfig()))
+  vocab_cfg = vocab_lib.VocabConfig()
+  model_cfg = ModelConfig().with_vocab_size(vocabulary_size(vocab_cfg))
   lengths = objective.lengths(objective.config_cls(), exp.sequence_length)
   n = jax.device_count() if num_devices is None else num_devices
   if n < 1:
@@ -90,7 +92,10 @@ def compute(num_devices: int | None = None) -> Info:
   # The state's shapes do not depend on the batch: trace with one example per replica.
   spec = arch.batch_spec(lengths.feature_lengths(), per_replica, pack=exp.pack,
                          concat_length=lengths.concat)
-  abstract = step.abstract_state(arch.make_model(model_cfg), step.make_optimizer(tc), spec)
+  model, _ = model_objectives.build(arch, model_cfg, objective, objective.config_cls(),
+                                    model_objectives.Vocab(vocabulary_size(vocab_cfg),
+                                                           vocab_cfg.extra_ids))
+  abstract = step.abstract_state(model, step.make_optimizer(tc), spec)
   rules = sharding.rules(mesh_cfg)
   params_bytes = bytes_per_device(abstract.params, mesh_shape, rules)
   opt_bytes = bytes_per_device(abstract.opt_state, mesh_shape, rules)

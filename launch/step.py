@@ -5,9 +5,9 @@ initialise and benchmark the exact step the trainer runs, on synthetic batches
 (`Architecture.batch_spec` / `synthetic_batch`).
 
 `train_step(state, batch, rng) -> (state, metrics)` never looks at the objective's name:
-the objective shaped the batch (which tokens exist, which carry loss weight), the
-architecture says which features are targets and weights, and the loss is the same
-weighted cross-entropy for everyone.
+the objective shaped the batch (which tokens exist, which carry loss weight), and
+`models/model_objectives.py` gives the loss: the same weighted cross-entropy for every
+data-only objective, an objective's own loss (auxiliary heads, a generator) otherwise.
 """
 from __future__ import annotations
 
@@ -20,8 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from objectax.launch import config, sharding
-from objectax.models import losses
-from objectax.models import registry as arch_registry
+from objectax.models import model_objectives
 
 
 @flax.struct.dataclass
@@ -46,39 +45,39 @@ def make_optimizer(tc: config.TrainConfig) -> optax.GradientTransformation:
   )
 
 
-def make_train_step(model: nn.Module, arch: arch_registry.Architecture,
+def make_train_step(model: nn.Module, loss: model_objectives.LossFn,
                     tx: optax.GradientTransformation, tc: config.TrainConfig):
+  """(state, batch, rng) -> (state, metrics): one optimizer step on `loss`'s objective.
+
+  `model` and `loss` come from `model_objectives.build`: the architecture's model and the
+  weighted cross-entropy for data-only objectives, an objective's own module and loss
+  for model-side ones (ELECTRA, SpacTor, multi-token prediction). Nothing here knows which.
+  """
   schedule = learning_rate_schedule(tc)
 
   def train_step(state: TrainState, batch: dict, rng: jax.Array):
     rng = jax.random.fold_in(rng, state.step)
 
     def loss_fn(params):
-      logits_BLV = model.apply({"params": params}, batch, deterministic=False,
-                               rngs={"dropout": rng})
-      loss_sum, z_sum, weight_sum = losses.weighted_cross_entropy(
-          logits_BLV, batch[arch.targets_key], batch[arch.weights_key], tc.z_loss)
-      denom = jnp.maximum(weight_sum, 1.0)  # per-token mean over the global batch (P9)
-      return (loss_sum + z_sum) / denom, (loss_sum / denom, z_sum / denom, weight_sum)
+      return loss(model, params, batch, rng=rng, step=state.step, evaluate=False,
+                  z_loss=tc.z_loss)
 
-    (_, (loss, z_loss, weight_sum)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-    return new_state, {"loss": loss, "z_loss": z_loss, "target_tokens": weight_sum,
-                       "grad_norm": optax.tree.norm(grads),
+    return new_state, {**metrics, "grad_norm": optax.tree.norm(grads),
                        "learning_rate": schedule(state.step)}
 
   return train_step
 
 
-def make_eval_step(model: nn.Module, arch: arch_registry.Architecture):
+def make_eval_step(model: nn.Module, loss: model_objectives.LossFn):
+  """(params, batch) -> (headline loss sum, its weight): summed over batches, then divided."""
   def eval_step(params, batch):
-    logits_BLV = model.apply({"params": params}, batch, deterministic=True)
-    loss_sum, _, weight_sum = losses.weighted_cross_entropy(
-        logits_BLV, batch[arch.targets_key], batch[arch.weights_key], 0.0)
-    return loss_sum, weight_sum
+    _, metrics = loss(model, params, batch, rng=jax.random.key(0),
+                      step=jnp.zeros((), jnp.int32), evaluate=True, z_loss=0.0)
+    return metrics["loss"] * metrics["target_tokens"], metrics["target_tokens"]
   return eval_step
 
 

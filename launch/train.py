@@ -19,6 +19,7 @@ from objectax.data import vocab as vocab_lib
 from objectax.data.registry import ConfigError
 from objectax.launch import checkpoints, config, input_pipeline, metrics as metrics_lib, sharding
 from objectax.launch import step as step_lib
+from objectax.models import model_objectives
 from objectax.models import registry as arch_registry
 from objectax.models.config import ModelConfig
 from objectax.objectives import registry as objective_registry
@@ -87,7 +88,10 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
     say(f"operative config: {configure.write_operative_config(workdir)}")
 
   # Model and state, laid out on the mesh from the start.
-  model = cfg.arch.make_model(model_cfg)
+  # The architecture's model, or an objective's own (generator, extra heads), and its loss.
+  model, loss = model_objectives.build(
+      cfg.arch, model_cfg, cfg.objective, cfg.objective_cfg,
+      model_objectives.Vocab(ti.vocabulary.vocab_size, ti.vocabulary.extra_ids))
   tx = step_lib.make_optimizer(tc)
   spec = cfg.arch.batch_spec(lengths, tc.batch_size, pack=exp.pack,
                             concat_length=ti.lengths.concat)
@@ -119,10 +123,10 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   batch_sharding = sharding.batch_sharding(mesh)
   batch_shardings = {k: batch_sharding for k in spec}
   with sharding.activate(mesh, cfg.mesh):
-    train_step = jax.jit(step_lib.make_train_step(model, cfg.arch, tx, tc),
+    train_step = jax.jit(step_lib.make_train_step(model, loss, tx, tc),
                          in_shardings=(state_shardings, batch_shardings, None),
                          out_shardings=(state_shardings, None), donate_argnums=(0,))
-    eval_step = jax.jit(step_lib.make_eval_step(model, cfg.arch),
+    eval_step = jax.jit(step_lib.make_eval_step(model, loss),
                         in_shardings=(state_shardings.params, batch_shardings))
 
   eval_set = [input_pipeline.to_global(b, batch_sharding)

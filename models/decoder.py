@@ -21,7 +21,7 @@ TensorFlow/seqio can build, benchmark and train the model on `synthetic_batch` d
 from __future__ import annotations
 
 import functools
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, NamedTuple, Optional, Union
 
 import flax.linen as nn
 import jax
@@ -72,13 +72,22 @@ class Model(nn.Module):
   def logits_from_embeddings(self, x_BLD: jax.Array, batch: Mapping[str, jax.Array], *,
                              deterministic: bool = True) -> jax.Array:
     """The network after the embedding lookup (also used by the leakage tests)."""
+    x_BLD, _ = self.trunk(x_BLD, batch, deterministic=deterministic)
+    return layers.output_logits(self.embed, self.head_DV, self.final_norm(x_BLD))
+
+  def trunk(self, x_BLD: jax.Array, batch: Mapping[str, jax.Array], *,
+            deterministic: bool = True) -> tuple[jax.Array, "Context"]:
+    """The blocks' output before the final norm, and the masks and positions they used.
+
+    Model-side objectives (models/mtp.py) put extra heads on this residual stream with the
+    same attention context.
+    """
     cfg = self.config
     tokens_BL = batch["decoder_input_tokens"]
-    segment_ids_BL = _segment_ids(batch)
     positions_BL = batch.get("decoder_positions")
     if positions_BL is None:  # unpacked: every row is one example starting at 0
       positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
-    mask_B1LL = masks.decoder_mask(segment_ids_BL, batch.get("decoder_causal_attention"),
+    mask_B1LL = masks.decoder_mask(_segment_ids(batch), batch.get("decoder_causal_attention"),
                                    self.bidirectional_inputs)
     bias_BHLL = (self.relpos_bias(positions_BL) if cfg.position_embedding == "relative"
                  else None)
@@ -86,8 +95,14 @@ class Model(nn.Module):
       x_BLD = self.embed_dropout(x_BLD, deterministic=deterministic)
     for block in self.blocks:
       x_BLD = block(x_BLD, mask_B1LL, positions_BL, deterministic, bias_BHLL)
-    x_BLD = self.final_norm(x_BLD)
-    return layers.output_logits(self.embed, self.head_DV, x_BLD)
+    return x_BLD, Context(mask_B1LL, positions_BL, bias_BHLL)
+
+
+class Context(NamedTuple):
+  """What every block of the stack reads besides the residual stream."""
+  mask_B1LL: jax.Array
+  positions_BL: jax.Array
+  bias_BHLL: Optional[jax.Array]
 
 
 def _segment_ids(batch: Mapping[str, jax.Array]) -> jax.Array:

@@ -76,6 +76,13 @@ class Model(nn.Module):
   def logits_from_embeddings(self, x_BLD: jax.Array, batch: Mapping[str, jax.Array], *,
                              deterministic: bool = True) -> jax.Array:
     """The network after the embedding lookup (also used by the leakage tests)."""
+    x_BLD = self.hidden_from_embeddings(x_BLD, batch, deterministic=deterministic)
+    return layers.output_logits(self.embed, self.head_DV, x_BLD)
+
+  def hidden_from_embeddings(self, x_BLD: jax.Array, batch: Mapping[str, jax.Array], *,
+                             deterministic: bool = True) -> jax.Array:
+    """The final-normed hidden states x_BLD (ELECTRA's discriminator and generator read
+    these; models/rtd.py)."""
     cfg = self.config
     tokens_BL = batch[INPUTS_KEY]
     segment_ids_BL = segment_ids(batch)
@@ -91,8 +98,7 @@ class Model(nn.Module):
     for block in self.blocks:
       x_BLD = block(x_BLD, mask_B1LL, positions_BL, deterministic=deterministic,
                     bias_BHLL=bias_BHLL)
-    x_BLD = self.final_norm(x_BLD)
-    return layers.output_logits(self.embed, self.head_DV, x_BLD)
+    return self.final_norm(x_BLD)
 
 
 def segment_ids(batch: Mapping[str, jax.Array]) -> jax.Array:

@@ -88,6 +88,11 @@ class Objective:
       mixture(cfg, sequence_length, vocabulary) -> list[MixtureComponent]; data/ registers
       one seqio Task per component and a seqio Mixture over them. `lengths` then gives
       bounds that hold for every component.
+    model_objective: for an objective that lives partly in the model (a generator, extra
+      heads, an auxiliary loss; models/model_objectives.py): the name of its
+      ModelObjective, which builds the module and the loss from this objective's cfg.
+      None: the data are the whole objective and the loss is the architecture's weighted
+      cross-entropy.
   """
   name: str
   config_cls: type
@@ -97,6 +102,7 @@ class Objective:
   lengths: Callable
   description: str
   mixture: Optional[Callable] = None
+  model_objective: Optional[str] = None
 
   def __post_init__(self):
     if (self.preprocess is None) == (self.mixture is None):
@@ -169,3 +175,6 @@ from objectax.objectives import bert_mlm
 from objectax.objectives import bart
 from objectax.objectives import pegasus
 from objectax.objectives import ul2
+from objectax.objectives import electra
+from objectax.objectives import spactor
+from objectax.objectives import mtp

@@ -11,7 +11,7 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 import jax, numpy as np
 from objectax.launch import config, sharding, step
-from objectax.models import registry
+from objectax.models import model_objectives, registry
 from objectax.models.config import ModelConfig
 arch = registry.get("causal_decoder")
 model = arch.make_model(ModelConfig(d_model=32, num_heads=2, head_dim=16, mlp_dim=64,
@@ -24,7 +24,8 @@ tx = step.make_optimizer(tc)
 with sharding.activate(mesh, mesh_cfg):
   _, shardings, init = step.abstract_and_init(model, tx, spec, mesh, mesh_cfg, 0)
   state = init()
-  train_step = jax.jit(step.make_train_step(model, arch, tx, tc), donate_argnums=(0,))
+  train_step = jax.jit(step.make_train_step(
+      model, model_objectives.token_loss(arch.targets_key, arch.weights_key), tx, tc), donate_argnums=(0,))
   batch = arch.synthetic_batch(spec, 300, np.random.default_rng(0))
   losses = []
   for _ in range(4):

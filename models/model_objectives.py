@@ -1,0 +1,132 @@
+"""How a batch becomes a loss: the token loss, and objectives that live partly in the model.
+
+Most objectives are data only: they shape (inputs, targets), the architecture lays them
+out, and the loss is one weighted cross-entropy (`token_loss`). Some objectives need the
+model itself: ELECTRA's generator and replaced-token detector (models/rtd.py), SpacTor's
+hybrid of both with span corruption for its first tau steps (models/rtd.py), extra heads
+predicting several future tokens (models/mtp.py). Such an objective names a
+`ModelObjective` here (`Objective.model_objective`); it supplies the Linen module (the
+architecture's model plus its heads) and the loss function. The train step stays
+objective-agnostic: it differentiates whatever `build` returns.
+
+The loss contract, shared by every objective:
+
+    objective, metrics = loss(model, params, batch, rng=key, step=state.step,
+                              evaluate=False, z_loss=1e-4)
+
+- `objective`: the float32 scalar to minimise (per-token means, pitfall P9);
+- `metrics["loss"]`: the headline per-token loss logged and evaluated, chosen so that it
+  compares with the data-only objective it extends (SpacTor: the span-corruption loss;
+  multi-token prediction: the next-token loss; ELECTRA, which has no plain LM loss:
+  ELECTRA's own total);
+- `metrics["target_tokens"]`: the weight of that mean (evaluation sums loss * weight over
+  batches); `metrics["z_loss"]`; further named float metrics as the objective likes;
+- `evaluate=True`: no dropout, and the loss is the headline one at its evaluation setting
+  (SpacTor evaluates plain span corruption, as it trains after tau).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping, Protocol
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from objectax.data.registry import ConfigError, Registry
+from objectax.models import losses
+from objectax.models.config import ModelConfig
+
+Metrics = dict[str, jax.Array]
+
+
+class LossFn(Protocol):
+  """(model, params, batch, *, rng, step, evaluate, z_loss) -> (objective, metrics)."""
+
+  def __call__(self, model: nn.Module, params: Any, batch: Mapping[str, jax.Array], *,
+               rng: jax.Array, step: jax.Array, evaluate: bool,
+               z_loss: float) -> tuple[jax.Array, Metrics]:
+    ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Vocab:
+  """What model-side objectives must know of the vocabulary (the model sees only ids).
+
+  Attributes:
+    size: ids of the vocabulary (model rows beyond it are padding, never sampled).
+    extra_ids: sentinel ids at its top (T5: <extra_id_0> = size - 1, counting down).
+  """
+  size: int
+  extra_ids: int
+
+  @property
+  def regular_ids(self) -> tuple[int, int]:
+    """[low, high) of ordinary tokens: not PAD/EOS/UNK (0, 1, 2), not a sentinel."""
+    return 3, self.size - self.extra_ids
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelObjective:
+  """The model half of an objective.
+
+  Attributes:
+    name: registry name (an Objective's `model_objective`).
+    make_model: (Architecture, ModelConfig, objective cfg, Vocab) -> module whose
+      `init(rngs, batch, deterministic=True)` creates every parameter it uses. The
+      modules subclass the architecture's model, so its parameters keep their names and
+      a checkpoint's trunk restores into the plain architecture.
+    make_loss: objective cfg -> LossFn.
+  """
+  name: str
+  make_model: Callable[[Any, ModelConfig, Any, Vocab], nn.Module]
+  make_loss: Callable[[Any], LossFn]
+
+
+MODEL_OBJECTIVES = Registry[ModelObjective]("model objective")
+
+
+def mean_cross_entropy(logits_BLV: jax.Array, targets_BL: jax.Array, weights_BL: jax.Array,
+                       z_loss: float) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(cross-entropy mean, z-loss mean, weight sum) over the weighted positions."""
+  loss_sum, z_sum, weight_sum = losses.weighted_cross_entropy(logits_BLV, targets_BL,
+                                                              weights_BL, z_loss)
+  denom = jnp.maximum(weight_sum, 1.0)  # per-token mean over the global batch (P9)
+  return loss_sum / denom, z_sum / denom, weight_sum
+
+
+def token_loss(targets_key: str, weights_key: str) -> LossFn:
+  """The loss of every data-only objective: weighted cross-entropy of the model's logits."""
+
+  def loss(model, params, batch, *, rng, step, evaluate, z_loss):
+    del step
+    rngs = None if evaluate else {"dropout": rng}
+    logits_BLV = model.apply({"params": params}, batch, deterministic=evaluate, rngs=rngs)
+    ce, z, weight = mean_cross_entropy(logits_BLV, batch[targets_key], batch[weights_key],
+                                       z_loss)
+    return ce + z, {"loss": ce, "z_loss": z, "target_tokens": weight}
+
+  return loss
+
+
+def build(arch: Any, model_cfg: ModelConfig, objective: Any, objective_cfg: Any,
+          vocab: Vocab) -> tuple[nn.Module, LossFn]:
+  """(model, loss) for an objective on an architecture (`arch`: models.registry.Architecture).
+
+  Data-only objectives get the architecture's model and `token_loss`; an objective with a
+  `model_objective` gets that objective's module, built around the architecture's model.
+  """
+  name = getattr(objective, "model_objective", None)
+  if not name:
+    return arch.make_model(model_cfg), token_loss(arch.targets_key, arch.weights_key)
+  mo = MODEL_OBJECTIVES.get(name)
+  if vocab.size - vocab.extra_ids <= 3:
+    raise ConfigError(f"objective {objective.name!r} needs ordinary tokens beside PAD/EOS/UNK "
+                      f"and {vocab.extra_ids} sentinels; the vocabulary has {vocab.size} ids")
+  return mo.make_model(arch, model_cfg, objective_cfg, vocab), mo.make_loss(objective_cfg)
+
+
+# The model-side objectives register themselves on import.
+# pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
+from objectax.models import mtp
+from objectax.models import rtd

@@ -1,0 +1,69 @@
+"""SpacTor (Ye et al. 2024, arXiv 2401.13160; reference §1.9): the data side.
+
+The examples are exactly span corruption's (objectives/span_corruption.py: r=0.15,
+mu=3; 512/114 at a 626 budget). The rest is model side (models/rtd.py,
+`model_objective="spactor"`): for the first `tau` steps, `mask_rate` of the ordinary input
+tokens are masked, a generator sharing the embeddings fills them in, the encoder's RTD
+head labels each input token original or replaced, and the loss is
+SC + mlm_weight * MLM + rtd_weight * RTD; from step tau on, plain span corruption.
+
+Only the paper's abstract was readable when this was written (reference open item 2), so
+tau, the weights and the generator size are gin settings whose defaults are ours: ELECTRA's
+weights (1, 50) and generator size (1/4), ELECTRA's 15% masking, tau = 120,000 steps.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import gin
+
+from objectax.data.registry import ConfigError
+from objectax.objectives import registry
+from objectax.objectives import span_corruption
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class SpactorConfig(span_corruption.SpanCorruptionConfig):
+  """Span corruption's settings plus SpacTor's hybrid stage.
+
+  Attributes:
+    tau: steps trained with the hybrid loss; from step tau on, span corruption alone
+      (0: never hybrid, exactly span_corruption).
+    mask_rate: fraction of the ordinary encoder input tokens the generator refills.
+    generator_fraction: generator width, heads and MLP as a fraction of the model's.
+    mlm_weight: weight of the generator's MLM loss.
+    rtd_weight: weight of the replaced-token-detection loss.
+  """
+  tau: int = 120_000
+  mask_rate: float = 0.15
+  generator_fraction: float = 0.25
+  mlm_weight: float = 1.0
+  rtd_weight: float = 50.0
+
+  def __post_init__(self):
+    super().__post_init__()
+    if not isinstance(self.tau, int) or isinstance(self.tau, bool) or self.tau < 0:
+      raise ConfigError(f"SpactorConfig.tau must be an int >= 0, got {self.tau!r}")
+    for field in ("mask_rate", "generator_fraction"):
+      value = getattr(self, field)
+      if not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
+        raise ConfigError(f"SpactorConfig.{field} must be in (0, 1], got {value!r}")
+    for field in ("mlm_weight", "rtd_weight"):
+      value = getattr(self, field)
+      if not isinstance(value, (int, float)) or value < 0:
+        raise ConfigError(f"SpactorConfig.{field} must be a number >= 0, got {value!r}")
+
+
+OBJECTIVE = registry.register(registry.Objective(
+    name="spactor",
+    config_cls=SpactorConfig,
+    preprocess=span_corruption.preprocess,
+    features=("inputs", "targets"),
+    # The RTD head reads the encoder output: SpacTor is defined for encoder-decoders (T5).
+    architectures=("encoder_decoder",),
+    lengths=span_corruption.lengths,
+    description="SpacTor: span corruption + generator MLM + replaced-token detection for "
+                "tau steps, then span corruption",
+    model_objective="spactor",
+))
