@@ -8,7 +8,6 @@ import gin
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from objectax.data.registry import ConfigError
@@ -16,11 +15,10 @@ from objectax.models import config as config_lib
 from objectax.models import decoder
 from objectax.models import registry
 from objectax.models.config import ModelConfig
-from objectax.models.layers import LOGICAL_AXES
 from objectax.models.losses import weighted_cross_entropy
+import model_testing as mt  # pylint: disable=g-bad-import-order
 
-CONFIG = ModelConfig(d_model=32, num_heads=2, head_dim=16, mlp_dim=64,
-                     num_layers=2).with_vocab_size(100)
+CONFIG = mt.tiny_config()
 GIN_SIZE_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "gin", "size")
 
 
@@ -104,20 +102,8 @@ def test_loss_only_on_target_positions():
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_params_carry_logical_axes_and_match_num_params(tie):
-  cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, mlp_dim=64, num_layers=2,
-                    tie_embeddings=tie).with_vocab_size(100)
-  boxed = _init(decoder.Model(cfg))
-  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-  assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
-  specs = jax.tree.leaves(nn.get_partition_spec(boxed),
-                          is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-  assert len(specs) == len(leaves)
-  for leaf, spec in zip(leaves, specs):
-    assert len(spec) == leaf.value.ndim
-    assert all(name in LOGICAL_AXES for name in spec), spec
-  params = nn.unbox(boxed)
-  assert sum(x.size for x in jax.tree.leaves(params)) == config_lib.num_params(cfg)
-  assert ("head" in params) != tie
+  cfg = mt.tiny_config(tie_embeddings=tie)
+  mt.assert_num_params(mt.unbox_checked(_init(decoder.Model(cfg))), cfg)
 
 
 def test_flops_per_token():
@@ -240,14 +226,10 @@ def test_model_on_unpacked_synthetic_batch(arch, lengths):
   assert (~real).any()  # some rows are padded
   model = registry.get(arch).make_model(CONFIG)
   params = decoder.init_params(model, spec, jax.random.key(0))
-  logits = np.asarray(model.apply({"params": params}, batch))
-  assert logits.shape == (3, 12, CONFIG.vocab_size) and np.isfinite(logits).all()
   # Same as the batch packed with one segment per row: the model infers segments from
   # targets > 0 and positions from the row index when they are absent.
-  packed = dict(batch, decoder_segment_ids=real.astype(np.int32),
-                decoder_positions=np.where(real, np.arange(12), 0).astype(np.int32))
-  np.testing.assert_allclose(np.asarray(model.apply({"params": params}, packed))[real],
-                             logits[real], atol=1e-5)
+  logits = mt.unpacked_logits_checked(model, params, batch, real, "decoder")
+  assert logits.shape == (3, 12, CONFIG.vocab_size)
   # Real tokens never attend to padding: changing it leaves their logits unchanged.
   noisy = dict(batch, decoder_input_tokens=np.where(real, batch["decoder_input_tokens"], 42))
   np.testing.assert_allclose(np.asarray(model.apply({"params": params}, noisy))[real],
@@ -263,44 +245,15 @@ def test_imports_without_tensorflow_or_seqio():
 
 
 def test_dropout_and_bfloat16():
-  cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, mlp_dim=64, num_layers=1,
-                    dropout_rate=0.5, dtype="bfloat16").with_vocab_size(100)
-  model = decoder.Model(cfg)
-  batch = decoder.synthetic_batch(decoder.batch_spec({"targets": 8}, 2), 100, 0)
-  params = _init(model, 8, 2)
-  eval_a = model.apply({"params": params}, batch)
-  eval_b = model.apply({"params": params}, batch, deterministic=True)
-  train = model.apply({"params": params}, batch, deterministic=False,
-                      rngs={"dropout": jax.random.key(1)})
-  assert eval_a.dtype == jnp.float32 and np.isfinite(np.asarray(train)).all()
-  np.testing.assert_array_equal(eval_a, eval_b)
-  assert not np.allclose(eval_a, train)
+  mt.assert_dropout_only_in_training(decoder)
 
 
 def test_tiny_model_learns():
   model = decoder.Model(CONFIG)
   batch = decoder.synthetic_batch(decoder.batch_spec({"targets": 16}, 4), 100, 0)
   params = nn.unbox(_init(model, 16, 4))
-  opt = optax.adam(3e-3)
-
-  def loss_fn(p):
-    logits = model.apply({"params": p}, batch)
-    loss, z_loss, weight = weighted_cross_entropy(logits, batch["decoder_target_tokens"],
-                                                  batch["decoder_loss_weights"], 1e-4)
-    return (loss + z_loss) / weight
-
-  @jax.jit
-  def step(p, s):
-    loss, g = jax.value_and_grad(loss_fn)(p)
-    u, s = opt.update(g, s, p)
-    return optax.apply_updates(p, u), s, loss
-
-  state = opt.init(params)
-  first = None
-  for _ in range(30):
-    params, state, loss = step(params, state)
-    first = float(loss) if first is None else first
-  assert float(loss) < 0.5 * first, (first, float(loss))
+  mt.assert_fits_one_batch(model, params, batch, "decoder_target_tokens",
+                           "decoder_loss_weights", 30)
 
 
 @pytest.mark.parametrize("size,vocab,low,high", [

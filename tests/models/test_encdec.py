@@ -6,14 +6,11 @@ a random projection of the decoder logits (or of the encoder output). It must be
 zero wherever information must not flow and non-zero wherever it may.
 """
 import functools
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from objectax.data.registry import ConfigError
@@ -21,11 +18,10 @@ from objectax.models import config as config_lib
 from objectax.models import encdec
 from objectax.models import masks
 from objectax.models.config import ModelConfig
-from objectax.models.layers import LOGICAL_AXES
 from objectax.models.losses import weighted_cross_entropy
+import model_testing as mt  # pylint: disable=g-bad-import-order
 
-CONFIG = ModelConfig(d_model=16, num_heads=2, head_dim=8, mlp_dim=32,
-                     num_layers=2).with_vocab_size(100)
+CONFIG = mt.tiny_config(16)
 SEQ2SEQ = {"inputs": 12, "targets": 10}
 # Three (inputs, targets) examples; all of them fit in one packed row of SEQ2SEQ.
 EXAMPLES = [([5, 6, 7, 1], [8, 9, 1]), ([10, 1], [11, 12, 13, 1]), ([14, 15, 16, 1], [17, 1])]
@@ -110,8 +106,7 @@ def _expected(encoder_segments, decoder_segments):
 def _assert_flow_matches(influences, expected):
   for name, influence, allowed in zip(("decoder<-decoder", "decoder<-encoder",
                                        "encoder<-encoder"), influences, expected):
-    assert np.all(influence[~allowed] == 0.0), f"{name}: gradient flows where forbidden"
-    assert np.all(influence[allowed] > 0.0), f"{name}: no gradient where allowed"
+    mt.assert_flow_matches(influence, allowed, name)
 
 
 PACKED_ENCODER = [[1, 1, 1, 2, 2, 2, 2, 0], [1, 1, 1, 1, 1, 2, 2, 3]]
@@ -124,11 +119,8 @@ def _packed_batch(encoder_segments, decoder_segments):
   batch = {}
   for prefix, segments in (("encoder", encoder_segments), ("decoder", decoder_segments)):
     segments = np.asarray(segments, np.int32)
-    positions = np.zeros_like(segments)
-    for b in range(segments.shape[0]):
-      for s in np.unique(segments[b]):
-        positions[b, segments[b] == s] = np.arange(np.sum(segments[b] == s))
-    batch[f"{prefix}_segment_ids"], batch[f"{prefix}_positions"] = segments, positions
+    batch[f"{prefix}_segment_ids"] = segments
+    batch[f"{prefix}_positions"] = mt.segment_positions(segments)
   batch["encoder_input_tokens"] = rng.integers(2, 100, (2, 8)) * (batch["encoder_segment_ids"] > 0)
   batch["decoder_target_tokens"] = rng.integers(2, 100, (2, 6)) * (batch["decoder_segment_ids"] > 0)
   batch["decoder_input_tokens"] = rng.integers(2, 100, (2, 6))
@@ -356,21 +348,12 @@ def test_model_lengths():
 
 @pytest.mark.parametrize("tie,encoder_layers", [(True, 0), (False, 3)])
 def test_params_carry_logical_axes_and_match_num_params(tie, encoder_layers):
-  cfg = ModelConfig(d_model=16, num_heads=2, head_dim=8, mlp_dim=32, num_layers=2,
-                    num_encoder_layers=encoder_layers, tie_embeddings=tie).with_vocab_size(100)
+  cfg = mt.tiny_config(16, num_encoder_layers=encoder_layers, tie_embeddings=tie)
   spec = encdec.batch_spec(SEQ2SEQ, 1)
   # Abstract evaluation: shapes and boxes without compiling or running the init.
-  boxed = jax.eval_shape(lambda: encdec.init_params(encdec.Model(cfg), spec, jax.random.key(0)))
-  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-  assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
-  specs = jax.tree.leaves(nn.get_partition_spec(boxed),
-                          is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-  assert len(specs) == len(leaves)
-  for leaf, spec in zip(leaves, specs):
-    assert len(spec) == leaf.value.ndim and all(name in LOGICAL_AXES for name in spec), spec
-  params = nn.unbox(boxed)
-  assert sum(x.size for x in jax.tree.leaves(params)) == config_lib.encdec_num_params(cfg)
-  assert ("head" in params) != tie
+  params = mt.unbox_checked(jax.eval_shape(
+      lambda: encdec.init_params(encdec.Model(cfg), spec, jax.random.key(0))))
+  mt.assert_num_params(params, cfg, config_lib.encdec_num_params)
   assert sum(k.startswith("encoder_block_") for k in params) == (encoder_layers or 2)
   assert sum(k.startswith("decoder_block_") for k in params) == 2
   assert set(params["decoder_block_0"]) == {
@@ -420,8 +403,7 @@ def test_wang_sizes_and_config():
 
 
 def test_dropout_and_bfloat16():
-  cfg = ModelConfig(d_model=16, num_heads=2, head_dim=8, mlp_dim=32, num_layers=1,
-                    dropout_rate=0.5, dtype="bfloat16").with_vocab_size(100)
+  cfg = mt.tiny_config(16, num_layers=1, dropout_rate=0.5, dtype="bfloat16")
   model = encdec.Model(cfg)
   batch = encdec.synthetic_batch(encdec.batch_spec(SEQ2SEQ, 2), 100, 0)
   params = _params(model, batch_size=2)
@@ -442,48 +424,14 @@ def test_dropout_and_bfloat16():
 def test_tiny_model_learns_to_copy():
   """Targets = inputs, fresh random tokens every step: only cross-attention can do it."""
   batch_size, n, num_symbols = 32, 6, 8
-  cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, mlp_dim=64,
-                    num_layers=2).with_vocab_size(100)
-  model = encdec.Model(cfg)
+  model = encdec.Model(mt.tiny_config())
   params = nn.unbox(_params(model, {"inputs": n, "targets": n}, batch_size))
-  opt = optax.adam(1e-2)
-
-  def loss_fn(p, batch):
-    loss, z_loss, weight = weighted_cross_entropy(
-        model.apply({"params": p}, batch), batch["decoder_target_tokens"],
-        batch["decoder_loss_weights"], 1e-4)
-    return (loss + z_loss) / weight
-
-  @jax.jit
-  def step(p, s, batch):
-    loss, g = jax.value_and_grad(loss_fn)(p, batch)
-    u, s = opt.update(g, s, p)
-    return optax.apply_updates(p, u), s, loss
-
-  rng = np.random.default_rng(0)
-  state, losses = opt.init(params), []
-  for _ in range(100):
-    tokens = rng.integers(2, 2 + num_symbols, (batch_size, n)).astype(np.int32)
-    tokens[:, -1] = 1  # EOS
-    batch = {"encoder_input_tokens": tokens, "decoder_target_tokens": tokens,
-             "decoder_input_tokens": np.pad(tokens[:, :-1], ((0, 0), (1, 0))),
-             "decoder_loss_weights": np.ones_like(tokens)}
-    params, state, loss = step(params, state, batch)
-    losses.append(float(loss))
-  # Without reading the inputs the best is log(8) on the n-1 random tokens.
-  chance = np.log(num_symbols) * (n - 1) / n
-  assert np.mean(losses[-10:]) < 0.5 * chance, (losses[0], losses[-10:])
+  mt.assert_learns_to_copy(model, params, num_symbols, n, batch_size)
 
 
 def test_imports_without_tensorflow_or_seqio():
   """GPU benchmark hosts carry neither: the model must build and run without them."""
-  code = """
-import sys
-class Blocker:
-  def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] in ("tensorflow", "seqio"):
-      raise ImportError("blocked " + name)
-sys.meta_path.insert(0, Blocker())
+  mt.assert_runs_without_tensorflow_or_seqio("""
 import jax
 from objectax.models import encdec
 from objectax.models.config import ModelConfig
@@ -491,6 +439,4 @@ cfg = ModelConfig(d_model=16, num_heads=2, head_dim=8, mlp_dim=32, num_layers=1)
 spec = encdec.batch_spec({"inputs": 6, "targets": 4}, 2)
 batch = encdec.synthetic_batch(spec, 50, 0)
 shapes = jax.eval_shape(lambda: encdec.Model(cfg).init(jax.random.key(0), batch))
-assert "tensorflow" not in sys.modules and "seqio" not in sys.modules
-"""
-  subprocess.run([sys.executable, "-c", code], check=True, cwd="/", timeout=120)
+""")

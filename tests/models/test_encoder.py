@@ -6,26 +6,20 @@ segment every position must reach every other one (both directions); nothing may
 segment, a row, or flow from padding into a real token.
 """
 import functools
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from objectax.data.registry import ConfigError
-from objectax.models import config as config_lib
 from objectax.models import encoder
 from objectax.models import masks
-from objectax.models.config import ModelConfig
-from objectax.models.layers import LOGICAL_AXES
 from objectax.models.losses import weighted_cross_entropy
+import model_testing as mt  # pylint: disable=g-bad-import-order
 
-CONFIG = ModelConfig(d_model=32, num_heads=2, head_dim=16, mlp_dim=64,
-                     num_layers=2).with_vocab_size(100)
+CONFIG = mt.tiny_config()
 MASK_ID = CONFIG.vocab_size - 1  # the synthetic mask id (vocab_size 100 rounds up to 128)
 L = 8
 
@@ -71,27 +65,18 @@ def _allowed(segment_ids):
   return allowed
 
 
-def _assert_flow_matches(influence, allowed):
-  assert np.all(influence[~allowed] == 0.0), "gradient flows where it must not"
-  assert np.all(influence[allowed] > 0.0), "no gradient where attention is allowed"
-
-
 def _packed_batch(segment_ids):
   segment_ids = np.asarray(segment_ids, np.int32)
-  positions = np.zeros_like(segment_ids)
-  for b in range(segment_ids.shape[0]):
-    for s in np.unique(segment_ids[b]):
-      where = segment_ids[b] == s
-      positions[b, where] = np.arange(where.sum())
   rng = np.random.default_rng(0)
   return {encoder.INPUTS_KEY: rng.integers(3, 100, segment_ids.shape) * (segment_ids > 0),
-          encoder.SEGMENT_IDS_KEY: segment_ids, encoder.POSITIONS_KEY: positions}
+          encoder.SEGMENT_IDS_KEY: segment_ids,
+          encoder.POSITIONS_KEY: mt.segment_positions(segment_ids)}
 
 
 def test_bidirectional_within_segments_nothing_across_or_from_padding():
   segment_ids = [[1, 1, 1, 2, 2, 2, 2, 0], [1, 1, 1, 1, 1, 2, 2, 3]]
   influence = _influence(_packed_batch(segment_ids))
-  _assert_flow_matches(influence, _allowed(segment_ids))
+  mt.assert_flow_matches(influence, _allowed(segment_ids))
   # Spelled out: the first position reads the last of its segment (no causal mask) ...
   assert influence[0, 0, 0, 2] > 0.0 and influence[0, 3, 0, 6] > 0.0
   # ... and no real token reads the other segment, the other row, or the padding.
@@ -102,7 +87,7 @@ def test_bidirectional_within_segments_nothing_across_or_from_padding():
 def test_unpacked_padding_is_inputs_zero():
   tokens = np.array([[5, 6, 7, MASK_ID, 9, 0, 0, 0], [4] * L], np.int32)
   influence = _influence({encoder.INPUTS_KEY: tokens})
-  _assert_flow_matches(influence, _allowed(tokens > 0))
+  mt.assert_flow_matches(influence, _allowed(tokens > 0))
   assert np.all(influence[0, :5, 0, 5:] == 0.0)
 
 
@@ -123,7 +108,7 @@ def test_leakage_harness_detects_broken_masks(monkeypatch):
       monkeypatch.undo()
       _influence_jit.clear_cache()  # ... and never let it serve another test
     with pytest.raises(AssertionError):
-      _assert_flow_matches(influence, _allowed(segment_ids))
+      mt.assert_flow_matches(influence, _allowed(segment_ids))
 
 
 # ---------------------------------------------------------------- packed == unpacked
@@ -154,8 +139,7 @@ def _packed(examples, length):
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_packed_equals_unpacked(tie):
-  cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, mlp_dim=64, num_layers=2,
-                    tie_embeddings=tie).with_vocab_size(100)
+  cfg = mt.tiny_config(tie_embeddings=tie)
   length = 12
   model = encoder.Model(cfg)
   params = _init(model, length)
@@ -190,12 +174,8 @@ def test_unpacked_synthetic_batch_equals_one_segment_per_row():
   assert (~real).any()  # some rows are padded
   model = encoder.Model(CONFIG)
   params = encoder.init_params(model, spec, jax.random.key(0))
-  logits = np.asarray(model.apply({"params": params}, batch))
-  assert logits.shape == (3, 12, CONFIG.vocab_size) and np.isfinite(logits).all()
-  packed = dict(batch, encoder_segment_ids=real.astype(np.int32),
-                encoder_positions=np.where(real, np.arange(12), 0).astype(np.int32))
-  np.testing.assert_allclose(np.asarray(model.apply({"params": params}, packed))[real],
-                             logits[real], atol=1e-5)
+  logits = mt.unpacked_logits_checked(model, params, batch, real, "encoder")
+  assert logits.shape == (3, 12, CONFIG.vocab_size)
 
 
 # ---------------------------------------------------------------- the feature converter
@@ -358,34 +338,12 @@ def test_synthetic_batch_matches_spec_and_bert_statistics(pack):
 
 @pytest.mark.parametrize("tie", [True, False])
 def test_params_carry_logical_axes_and_match_num_params(tie):
-  cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, mlp_dim=64, num_layers=2,
-                    tie_embeddings=tie).with_vocab_size(100)
-  boxed = _init(encoder.Model(cfg))
-  leaves = jax.tree.leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
-  assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
-  specs = jax.tree.leaves(nn.get_partition_spec(boxed),
-                          is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-  assert len(specs) == len(leaves)
-  for leaf, spec in zip(leaves, specs):
-    assert len(spec) == leaf.value.ndim
-    assert all(name in LOGICAL_AXES for name in spec), spec
-  params = nn.unbox(boxed)
-  assert sum(x.size for x in jax.tree.leaves(params)) == config_lib.num_params(cfg)
-  assert ("head" in params) != tie
+  cfg = mt.tiny_config(tie_embeddings=tie)
+  mt.assert_num_params(mt.unbox_checked(_init(encoder.Model(cfg))), cfg)
 
 
 def test_dropout_and_bfloat16():
-  cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, mlp_dim=64, num_layers=1,
-                    dropout_rate=0.5, dtype="bfloat16").with_vocab_size(100)
-  model = encoder.Model(cfg)
-  batch = encoder.synthetic_batch(encoder.batch_spec({"targets": 8}, 2), 100, 0)
-  params = _init(model, 8, 2)
-  eval_a = model.apply({"params": params}, batch)
-  train = model.apply({"params": params}, batch, deterministic=False,
-                      rngs={"dropout": jax.random.key(1)})
-  assert eval_a.dtype == jnp.float32 and np.isfinite(np.asarray(train)).all()
-  np.testing.assert_array_equal(eval_a, model.apply({"params": params}, batch))
-  assert not np.allclose(eval_a, train)
+  mt.assert_dropout_only_in_training(encoder)
 
 
 def test_tiny_model_learns_mlm():
@@ -393,36 +351,11 @@ def test_tiny_model_learns_mlm():
   spec = encoder.batch_spec({"targets": 32}, 4)
   batch = encoder.synthetic_batch(spec, CONFIG.vocab_size, 0)
   params = nn.unbox(encoder.init_params(model, spec, jax.random.key(0)))
-  opt = optax.adam(3e-3)
-
-  def loss_fn(p):
-    logits = model.apply({"params": p}, batch)
-    loss, z_loss, weight = weighted_cross_entropy(
-        logits, batch[encoder.TARGETS_KEY], batch[encoder.WEIGHTS_KEY], 1e-4)
-    return (loss + z_loss) / weight
-
-  @jax.jit
-  def step(p, s):
-    loss, g = jax.value_and_grad(loss_fn)(p)
-    u, s = opt.update(g, s, p)
-    return optax.apply_updates(p, u), s, loss
-
-  state = opt.init(params)
-  first = None
-  for _ in range(40):
-    params, state, loss = step(params, state)
-    first = float(loss) if first is None else first
-  assert float(loss) < 0.5 * first, (first, float(loss))
+  mt.assert_fits_one_batch(model, params, batch, encoder.TARGETS_KEY, encoder.WEIGHTS_KEY, 40)
 
 
 def test_imports_and_runs_without_tensorflow_or_seqio():
-  code = """
-import sys
-class _Blocker:
-  def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] in ("tensorflow", "seqio"):
-      raise ImportError("blocked: " + name)
-sys.meta_path.insert(0, _Blocker())
+  mt.assert_runs_without_tensorflow_or_seqio("""
 import jax
 from objectax.models import encoder
 from objectax.models.config import ModelConfig
@@ -432,7 +365,4 @@ model = encoder.Model(cfg)
 params = encoder.init_params(model, spec, jax.random.key(0))
 logits = model.apply({"params": params}, encoder.synthetic_batch(spec, 128, 0))
 assert logits.shape == (2, 8, 128), logits.shape
-bad = [m for m in ("tensorflow", "seqio") if m in sys.modules]
-assert not bad, bad
-"""
-  subprocess.run([sys.executable, "-c", code], check=True, cwd="/", timeout=120)
+""")

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 from objectax.models import masks
-from objectax.models.config import ModelConfig
 from objectax.models.decoder import Model
+import model_testing as mt  # pylint: disable=g-bad-import-order
 
-CONFIG = ModelConfig(d_model=16, num_heads=2, head_dim=8, mlp_dim=32,
-                     num_layers=2).with_vocab_size(100)
+CONFIG = mt.tiny_config(16)
 L = 8
 
 
@@ -101,24 +100,14 @@ def _expected_flow(batch, bidirectional: bool) -> np.ndarray:
   return allowed
 
 
-def _assert_flow_matches(influence, allowed):
-  assert np.all(influence[~allowed] == 0.0), "gradient flows where the mask forbids"
-  assert np.all(influence[allowed] > 0.0), "no gradient where the mask allows"
-
-
 def _batch(segment_ids, causal_attention=None):
   segment_ids = np.asarray(segment_ids, np.int32)
-  positions = np.zeros_like(segment_ids)
-  for b in range(segment_ids.shape[0]):
-    for s in np.unique(segment_ids[b]):
-      where = segment_ids[b] == s
-      positions[b, where] = np.arange(where.sum())
   rng = np.random.default_rng(0)
   batch = {
       "decoder_input_tokens": rng.integers(2, 100, segment_ids.shape),
       "decoder_target_tokens": rng.integers(2, 100, segment_ids.shape) * (segment_ids > 0),
       "decoder_segment_ids": segment_ids,
-      "decoder_positions": positions,
+      "decoder_positions": mt.segment_positions(segment_ids),
   }
   if causal_attention is not None:
     batch["decoder_causal_attention"] = np.asarray(causal_attention, np.int32)
@@ -128,7 +117,7 @@ def _batch(segment_ids, causal_attention=None):
 def test_causal_leakage_single_segment():
   batch = _batch([[1] * L])
   influence = _influence(batch, bidirectional=False)
-  _assert_flow_matches(influence, _expected_flow(batch, False))
+  mt.assert_flow_matches(influence, _expected_flow(batch, False))
   # The explicit statement: no future position reaches the past.
   future = np.triu(np.ones((L, L), bool), k=1)
   assert np.all(influence[0, :, 0, :][future] == 0.0)
@@ -138,7 +127,7 @@ def test_packed_segments_do_not_leak():
   batch = _batch([[1, 1, 1, 2, 2, 2, 2, 0], [1, 1, 1, 1, 1, 2, 2, 3]])
   for bidirectional in (False, True):
     influence = _influence(batch, bidirectional)
-    _assert_flow_matches(influence, _expected_flow(batch, bidirectional))
+    mt.assert_flow_matches(influence, _expected_flow(batch, bidirectional))
     assert np.all(influence[0, :3, 0, 3:] == 0.0) and np.all(influence[0, 3:7, 0, :3] == 0.0)
 
 
@@ -147,7 +136,7 @@ def test_prefix_decoder_sees_later_inputs_but_not_targets():
   causal_attention = [[1, 1, 1, 1, 0, 0, 0, 0]]
   batch = _batch([[1] * L], causal_attention)
   influence = _influence(batch, bidirectional=True)[0, :, 0, :]
-  _assert_flow_matches(influence[None, :, None, :], _expected_flow(batch, True))
+  mt.assert_flow_matches(influence[None, :, None, :], _expected_flow(batch, True))
   for q in range(4):
     for k in range(q + 1, 4):
       assert influence[q, k] > 0.0, (q, k)  # later input -> earlier input
@@ -165,7 +154,7 @@ def test_prefix_decoder_sees_later_inputs_but_not_targets():
 def test_prefix_decoder_packed_prefixes_stay_in_their_segment():
   batch = _batch([[1, 1, 1, 1, 2, 2, 2, 0]], [[1, 1, 0, 0, 1, 1, 0, 0]])
   influence = _influence(batch, bidirectional=True)
-  _assert_flow_matches(influence, _expected_flow(batch, True))
+  mt.assert_flow_matches(influence, _expected_flow(batch, True))
   assert influence[0, 0, 0, 1] > 0.0 and influence[0, 4, 0, 5] > 0.0
   assert influence[0, 3, 0, 4] == 0.0 and influence[0, 4, 0, 3] == 0.0
 
@@ -192,7 +181,7 @@ def test_leakage_test_detects_a_broken_mask(bidirectional, monkeypatch):
     monkeypatch.undo()
     _influence_jit.clear_cache()  # ... and never let it serve another test
   with pytest.raises(AssertionError):
-    _assert_flow_matches(influence, _expected_flow(batch, False))
+    mt.assert_flow_matches(influence, _expected_flow(batch, False))
 
 
 def test_docstring_worked_examples_hold():

@@ -3,9 +3,12 @@
 Imported as `objective_testing` (pytest puts this folder on sys.path).
 """
 import numpy as np
+import pytest
 import seqio
 import tensorflow as tf
 
+from objectax.data.registry import ConfigError
+from objectax.objectives import registry
 from objectax.objectives import stream
 
 
@@ -57,3 +60,77 @@ def task_pairs(task, lengths, seed):
   """(inputs, targets) lists of every example the task yields for `seed`."""
   ds = task.get_dataset(lengths.feature_lengths(), split="train", shuffle=False, seed=seed)
   return [(ex["inputs"].tolist(), ex["targets"].tolist()) for ex in ds.as_numpy_iterator()]
+
+
+def converted(converter, examples, lengths):
+  """All rows of a seqio feature converter over (inputs, targets) `examples`, unbatched."""
+  ds = tf.data.Dataset.from_generator(
+      lambda: iter(examples),
+      output_signature={"inputs": tf.TensorSpec([None], tf.int32),
+                        "targets": tf.TensorSpec([None], tf.int32)})
+  return list(converter(ds, lengths.feature_lengths()).as_numpy_iterator())
+
+
+def seeded_task_pairs(name, obj, cfg, docs, output_features, lengths):
+  """The task's (inputs, targets) pairs for seed 5, after asserting that seed 5 repeats
+  them exactly and seed 6 gives others."""
+  task = task_over_docs(name, obj, cfg, docs, output_features)
+  first = task_pairs(task, lengths, 5)
+  assert first == task_pairs(task, lengths, 5) and first != task_pairs(task, lengths, 6)
+  return first
+
+
+def pairs(examples):
+  """(inputs, targets) of each preprocessed example."""
+  return [(ex["inputs"], ex["targets"]) for ex in examples]
+
+
+def assert_reconstructs(got, raws, merge, shapes=None, **merge_kwargs):
+  """Asserts one (inputs, targets) pair per raw chunk (at least one), each of `shapes`
+  ((inputs length, targets length)) when given, and merge(inputs, targets) == the chunk."""
+  assert len(got) == len(raws) > 0
+  for (inputs, targets), raw in zip(got, raws):
+    if shapes is not None:
+      assert (np.shape(inputs), np.shape(targets)) == ((shapes[0],), (shapes[1],))
+    np.testing.assert_array_equal(merge(inputs, targets, **merge_kwargs), raw)
+
+
+def assert_same_examples(a, b):
+  """Asserts two example lists are equal: same count, same inputs and targets, in order."""
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    np.testing.assert_array_equal(x["inputs"], y["inputs"])
+    np.testing.assert_array_equal(x["targets"], y["targets"])
+
+
+def assert_seq2seq_for_decoders_and_encdec(obj):
+  """Asserts `obj` emits inputs and targets, supports the encoder-decoder and both decoders,
+  and rejects the encoder-only architecture by name."""
+  assert obj.features == ("inputs", "targets")
+  assert set(obj.architectures) == {"encoder_decoder", "causal_decoder", "prefix_decoder"}
+  with pytest.raises(ConfigError, match="does not support architecture 'encoder_only'"):
+    registry.check_architecture(obj, "encoder_only")
+
+
+def assert_rejects_bad_features(obj, cfg, sequence_length, vocab):
+  """Asserts ConfigError, naming the problem, for: no 'inputs' length, a vocabulary without
+  extra ids, and inputs and targets in different vocabularies."""
+  ds = docs_dataset([])
+  with pytest.raises(ConfigError, match="sequence_length"):
+    obj.preprocess(ds, {"targets": sequence_length["targets"]}, features(vocab), cfg)
+  with pytest.raises(ConfigError, match="extra_ids=0"):
+    obj.preprocess(ds, sequence_length,
+                   features(seqio.PassThroughVocabulary(1000, eos_id=1)), cfg)
+  with pytest.raises(ConfigError, match="same vocabulary"):
+    obj.preprocess(ds, sequence_length,
+                   {"inputs": seqio.Feature(seqio.ByteVocabulary(extra_ids=50)),
+                    "targets": seqio.Feature(vocab)}, cfg)
+
+
+def assert_exact_lengths(examples, lengths, eos_id):
+  """Asserts every example's inputs and targets are int32 of exactly lengths.inputs and
+  lengths.targets tokens, each ending in `eos_id`."""
+  for ex in examples:
+    assert ex["inputs"].shape == (lengths.inputs,) and ex["targets"].shape == (lengths.targets,)
+    assert ex["inputs"].dtype == np.int32 and ex["targets"].dtype == np.int32
+    assert ex["inputs"][-1] == eos_id and ex["targets"][-1] == eos_id

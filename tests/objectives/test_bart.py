@@ -1,6 +1,7 @@
 """BART (text infilling + sentence permutation): targets, alignment, statistics, bounds, seeds."""
 import collections
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -33,8 +34,7 @@ RAW, N, K, INPUTS_BOUND = 76, 23, 19, 73
 NUM_EXAMPLES = 1000
 
 
-def _features(inputs_eos=True, targets_eos=True, vocab=VOCAB):
-  return ot.features(vocab, inputs_eos=inputs_eos, targets_eos=targets_eos)
+_features = functools.partial(ot.features, VOCAB)  # (inputs_eos=True, targets_eos=True)
 
 
 def _docs(num_tokens, seed=0):
@@ -372,17 +372,14 @@ def test_deterministic_for_a_seed_and_different_for_another():
   docs = _docs(40 * RAW, seed=3)
   a, b, c = (_run(CFG, docs, s) for s in (11, 11, 12))
   assert len(a) == len(b) == len(c) >= 39
-  assert all(np.array_equal(x["inputs"], y["inputs"]) and
-             np.array_equal(x["targets"], y["targets"]) for x, y in zip(a, b))
+  ot.assert_same_examples(a, b)
   assert sum(not np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(a, c)) > 35
 
 
 def test_in_a_seqio_task_with_seed():
   docs = _docs(20 * RAW, seed=4)
-  task = ot.task_over_docs("objectax_test_bart", OBJ, CFG, docs, _features())
   lengths = OBJ.lengths(CFG, BUDGET)
-  first = ot.task_pairs(task, lengths, 5)
-  assert first == ot.task_pairs(task, lengths, 5) and first != ot.task_pairs(task, lengths, 6)
+  first = ot.seeded_task_pairs("objectax_test_bart", OBJ, CFG, docs, _features(), lengths)
   chunks = _reference_chunks(docs, RAW)
   assert len(first) == len(chunks)
   for (inputs, targets), chunk in zip(first, chunks):
@@ -400,27 +397,19 @@ def test_without_eos():
     assert RAW - N + 1 <= len(ex["inputs"]) <= INPUTS_BOUND - 1 and EOS not in ex["inputs"]
 
 
-def _converted(converter, examples, lengths):
-  ds = tf.data.Dataset.from_generator(
-      lambda: iter(examples),
-      output_signature={"inputs": tf.TensorSpec([None], tf.int32),
-                        "targets": tf.TensorSpec([None], tf.int32)})
-  return list(converter(ds, lengths.feature_lengths()).as_numpy_iterator())
-
-
 def test_loss_falls_on_the_whole_target_only():
   lengths = OBJ.lengths(CFG, BUDGET)
   examples = _run(CFG, _docs(8 * RAW, seed=6), 0)[:8]
   # Encoder-decoder (BART's own): the decoder reconstructs the whole chunk, all weighted.
-  for ex, out in zip(examples, _converted(seqio.EncDecFeatureConverter(pack=False), examples,
-                                           lengths)):
+  for ex, out in zip(examples, ot.converted(seqio.EncDecFeatureConverter(pack=False), examples,
+                                             lengths)):
     pad = lengths.inputs - len(ex["inputs"])
     assert out["encoder_input_tokens"].tolist() == ex["inputs"].tolist() + [0] * pad
     assert out["decoder_loss_weights"].tolist() == [1] * lengths.targets
   # Causal / prefix decoder: inputs + targets in one row, weight on the targets only; the
   # unused part of the inputs bound is padding at the end of the row.
-  for ex, out in zip(examples, _converted(decoder.feature_converter(pack=False), examples,
-                                           lengths)):
+  for ex, out in zip(examples, ot.converted(decoder.feature_converter(pack=False), examples,
+                                             lengths)):
     n_in, pad = len(ex["inputs"]), lengths.inputs - len(ex["inputs"])
     assert out["decoder_target_tokens"].tolist() == (
         ex["inputs"].tolist() + ex["targets"].tolist() + [0] * pad)
@@ -429,10 +418,7 @@ def test_loss_falls_on_the_whole_target_only():
 
 def test_registration_and_architectures():
   assert registry.get("bart") is OBJ and OBJ.config_cls is BartConfig
-  assert OBJ.features == ("inputs", "targets")
-  assert set(OBJ.architectures) == {"encoder_decoder", "causal_decoder", "prefix_decoder"}
-  with pytest.raises(ConfigError, match="does not support architecture 'encoder_only'"):
-    registry.check_architecture(OBJ, "encoder_only")
+  ot.assert_seq2seq_for_decoders_and_encdec(OBJ)
 
 
 def test_config_errors():
@@ -451,19 +437,11 @@ def test_config_errors():
   with pytest.raises(ConfigError, match="less than one kept token between spans"):
     BartConfig(mask_ratio=0.6, poisson_lambda=1.0)
   ds = ot.docs_dataset([])
-  with pytest.raises(ConfigError, match="sequence_length"):
-    OBJ.preprocess(ds, {"targets": RAW + 1}, _features(), CFG)
   with pytest.raises(ConfigError, match="needs inputs length >= 73"):
     OBJ.preprocess(ds, {"inputs": 72, "targets": RAW + 1}, _features(), CFG)
   with pytest.raises(ConfigError, match="minimum token budget is 23"):
     OBJ.preprocess(ds, {"inputs": 10, "targets": 4}, _features(), CFG)
-  with pytest.raises(ConfigError, match="extra_ids=0"):
-    OBJ.preprocess(ds, {"inputs": 73, "targets": 77},
-                   _features(vocab=seqio.PassThroughVocabulary(1000, eos_id=1)), CFG)
-  with pytest.raises(ConfigError, match="same vocabulary"):
-    OBJ.preprocess(ds, {"inputs": 73, "targets": 77},
-                   {"inputs": seqio.Feature(seqio.ByteVocabulary(extra_ids=50)),
-                    "targets": seqio.Feature(VOCAB)}, CFG)
+  ot.assert_rejects_bad_features(OBJ, CFG, {"inputs": 73, "targets": RAW + 1}, VOCAB)
   with pytest.raises(ConfigError, match="emits 'inputs' and 'targets'"):
     OBJ.preprocess(ds, {"inputs": 73, "targets": 77}, ot.features(VOCAB, names=("targets",)),
                    CFG)

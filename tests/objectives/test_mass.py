@@ -1,5 +1,6 @@
 """MASS: exact lengths, reconstruction, one contiguous fragment, uniform starts, seeding, loss."""
 import collections
+import functools
 
 import numpy as np
 import pytest
@@ -33,16 +34,11 @@ NUM_EXAMPLES = 2000
 CHI2_CRITICAL_16DOF_P001 = 39.252
 
 
-def _features(inputs_eos=True, targets_eos=True, vocab=VOCAB):
-  return ot.features(vocab, inputs_eos=inputs_eos, targets_eos=targets_eos)
+_features = functools.partial(ot.features, VOCAB)  # (inputs_eos=True, targets_eos=True)
 
 
-def _random_docs(num_tokens, seed=0):
-  """Documents of 1-299 byte ids (3..258), never the mask id, totalling >= num_tokens."""
-  return ot.random_docs(num_tokens, seed, high=FIRST_EXTRA)
-
-
-_dataset = ot.docs_dataset
+# Documents of 1-299 byte ids (3..258), never the mask id: (num_tokens, seed=0) -> docs.
+_random_docs = functools.partial(ot.random_docs, high=FIRST_EXTRA)
 
 
 def _mass(docs, seed, sequence_length, cfg=CFG, features=None):
@@ -140,16 +136,12 @@ def test_lengths_are_exact(many_examples):
   lengths, examples, raws = many_examples
   assert (lengths.raw, lengths.inputs, lengths.targets) == (32, 33, 17)
   assert len(examples) == len(raws) >= NUM_EXAMPLES
-  for ex in examples:
-    assert ex["inputs"].shape == (33,) and ex["targets"].shape == (17,)
-    assert ex["inputs"].dtype == np.int32 and ex["targets"].dtype == np.int32
-    assert ex["inputs"][-1] == EOS and ex["targets"][-1] == EOS
+  ot.assert_exact_lengths(examples, lengths, EOS)
 
 
 def test_fragment_back_in_the_masked_positions_recovers_the_raw_chunk(many_examples):
   _, examples, raws = many_examples
-  for ex, raw in zip(examples, raws):
-    np.testing.assert_array_equal(merge(ex["inputs"], ex["targets"]), raw)
+  ot.assert_reconstructs(ot.pairs(examples), raws, merge)
 
 
 def test_one_contiguous_fragment_of_exact_length_and_the_rest_untouched(many_examples):
@@ -217,9 +209,7 @@ def test_deterministic_for_a_seed_and_different_for_another():
   docs = _random_docs(300 * 32, seed=3)
   a, b, c = (_mass(docs, s, lengths) for s in (11, 11, 12))
   assert len(a) == len(b) == len(c) >= 300
-  for x, y in zip(a, b):
-    np.testing.assert_array_equal(x["inputs"], y["inputs"])
-    np.testing.assert_array_equal(x["targets"], y["targets"])
+  ot.assert_same_examples(a, b)
   # Two independent uniform starts out of 17 differ with probability 16/17 (~0.94);
   # over 300 examples the fraction's sd is ~0.014, so 0.85 is > 6 sd below it.
   differ = np.mean([fragment_start(x["inputs"][:-1], 16) != fragment_start(y["inputs"][:-1], 16)
@@ -229,35 +219,18 @@ def test_deterministic_for_a_seed_and_different_for_another():
 
 def test_in_a_seqio_task_with_seed():
   docs = _random_docs(20 * 32, seed=4)
-  task = ot.task_over_docs("objectax_test_mass", OBJ, CFG, docs, _features())
   lengths = OBJ.lengths(CFG, BUDGET)
-  first = ot.task_pairs(task, lengths, 5)
-  assert first == ot.task_pairs(task, lengths, 5) and first != ot.task_pairs(task, lengths, 6)
-  raws = _raw_chunks(docs, lengths.raw)
-  assert len(first) == len(raws)
-  for (inputs, targets), raw in zip(first, raws):
-    assert (len(inputs), len(targets)) == (lengths.inputs, lengths.targets)
-    np.testing.assert_array_equal(merge(inputs, targets), raw)
+  first = ot.seeded_task_pairs("objectax_test_mass", OBJ, CFG, docs, _features(), lengths)
+  ot.assert_reconstructs(first, _raw_chunks(docs, lengths.raw), merge,
+                         (lengths.inputs, lengths.targets))
 
 
 def test_without_eos_lengths_shift_by_one():
   docs = _random_docs(5 * 32, seed=5)
   examples = _mass(docs, 0, {"inputs": 32, "targets": 16},
                    features=_features(inputs_eos=False, targets_eos=False))
-  raws = _raw_chunks(docs, 32)
-  assert len(examples) == len(raws) > 0
-  for ex, raw in zip(examples, raws):
-    assert ex["inputs"].shape == (32,) and ex["targets"].shape == (16,)
-    assert EOS not in ex["inputs"] and EOS not in ex["targets"]
-    np.testing.assert_array_equal(merge(ex["inputs"], ex["targets"], eos_id=None), raw)
-
-
-def _converted(converter, examples, lengths):
-  ds = tf.data.Dataset.from_generator(
-      lambda: iter(examples),
-      output_signature={"inputs": tf.TensorSpec([None], tf.int32),
-                        "targets": tf.TensorSpec([None], tf.int32)})
-  return list(converter(ds, lengths.feature_lengths()).as_numpy_iterator())
+  ot.assert_reconstructs(ot.pairs(examples), _raw_chunks(docs, 32), merge, (32, 16), eos_id=None)
+  assert not any(EOS in ex["inputs"] or EOS in ex["targets"] for ex in examples)
 
 
 def test_loss_falls_on_the_fragment_only():
@@ -266,14 +239,14 @@ def test_loss_falls_on_the_fragment_only():
   examples = _mass(docs, 0, lengths.feature_lengths())[:8]
   # Encoder-decoder (MASS's own): encoder reads the masked chunk, the decoder is weighted on
   # exactly the fragment + EOS.
-  for ex, out in zip(examples, _converted(seqio.EncDecFeatureConverter(pack=False), examples,
-                                           lengths)):
+  for ex, out in zip(examples, ot.converted(seqio.EncDecFeatureConverter(pack=False), examples,
+                                             lengths)):
     np.testing.assert_array_equal(out["encoder_input_tokens"], ex["inputs"])
     np.testing.assert_array_equal(out["decoder_target_tokens"], ex["targets"])
     assert out["decoder_loss_weights"].tolist() == [1] * lengths.targets
   # Causal / prefix decoder: one stream inputs + targets, weight only on the targets part.
-  for ex, out in zip(examples, _converted(decoder.feature_converter(pack=False), examples,
-                                           lengths)):
+  for ex, out in zip(examples, ot.converted(decoder.feature_converter(pack=False), examples,
+                                             lengths)):
     np.testing.assert_array_equal(out["decoder_target_tokens"],
                                   np.concatenate([ex["inputs"], ex["targets"]]))
     assert out["decoder_loss_weights"].tolist() == [0] * lengths.inputs + [1] * lengths.targets
@@ -281,29 +254,18 @@ def test_loss_falls_on_the_fragment_only():
 
 def test_registration_and_architectures():
   assert OBJ is mass.OBJECTIVE and OBJ.config_cls is MassConfig
-  assert OBJ.features == ("inputs", "targets")
-  assert set(OBJ.architectures) == {"encoder_decoder", "causal_decoder", "prefix_decoder"}
-  with pytest.raises(ConfigError, match="does not support architecture 'encoder_only'"):
-    registry.check_architecture(OBJ, "encoder_only")
+  ot.assert_seq2seq_for_decoders_and_encdec(OBJ)
 
 
 def test_config_errors():
   for bad in (0.0, -0.5, 1.5, float("nan"), "0.5", True):
     with pytest.raises(ConfigError, match="fragment_fraction must be in"):
       MassConfig(fragment_fraction=bad)
-  ds = _dataset([])
+  ds = ot.docs_dataset([])
   with pytest.raises(ConfigError, match="makes targets of length 17, not 18"):
     OBJ.preprocess(ds, {"inputs": 33, "targets": 18}, _features(), CFG)
   with pytest.raises(ConfigError, match="minimum token budget is 5"):
     OBJ.preprocess(ds, {"inputs": 2, "targets": 1}, _features(), CFG)
-  with pytest.raises(ConfigError, match="sequence_length"):
-    OBJ.preprocess(ds, {"targets": 17}, _features(), CFG)
   with pytest.raises(ConfigError, match="output_features"):
     OBJ.preprocess(ds, {"inputs": 33, "targets": 17}, {"targets": seqio.Feature(VOCAB)}, CFG)
-  with pytest.raises(ConfigError, match="extra_ids=0"):
-    OBJ.preprocess(ds, {"inputs": 33, "targets": 17},
-                   _features(vocab=seqio.PassThroughVocabulary(1000, eos_id=1)), CFG)
-  with pytest.raises(ConfigError, match="same vocabulary"):
-    OBJ.preprocess(ds, {"inputs": 33, "targets": 17},
-                   {"inputs": seqio.Feature(seqio.ByteVocabulary(extra_ids=50)),
-                    "targets": seqio.Feature(VOCAB)}, CFG)
+  ot.assert_rejects_bad_features(OBJ, CFG, {"inputs": 33, "targets": 17}, VOCAB)

@@ -1,5 +1,6 @@
 """Span corruption: exact lengths, reconstruction, sentinels, statistics and seeding."""
 import collections
+import functools
 import math
 
 import numpy as np
@@ -25,15 +26,10 @@ CFG = SpanCorruptionConfig()
 BUDGET = 150  # -> raw 134, inputs 122, targets 28: 20 noise tokens in 7 spans.
 
 
-def _features(inputs_eos=True, targets_eos=True, vocab=VOCAB):
-  return ot.features(vocab, inputs_eos=inputs_eos, targets_eos=targets_eos)
+_features = functools.partial(ot.features, VOCAB)  # (inputs_eos=True, targets_eos=True)
 
 
-def _random_docs(num_tokens, seed=0):
-  return ot.random_docs(num_tokens, seed, high=FIRST_SENTINEL)
-
-
-_dataset = ot.docs_dataset
+_random_docs = functools.partial(ot.random_docs, high=FIRST_SENTINEL)  # (num_tokens, seed=0)
 
 
 def _corrupt(docs, seed, sequence_length, cfg=CFG, features=None):
@@ -95,15 +91,12 @@ def test_lengths_are_exact(thousand_examples):
   lengths, examples, raws = thousand_examples
   assert (lengths.raw, lengths.inputs, lengths.targets) == (134, 122, 28)
   assert len(examples) == len(raws) >= 1000
-  for ex in examples:
-    assert ex["inputs"].shape == (lengths.inputs,) and ex["targets"].shape == (lengths.targets,)
-    assert ex["inputs"][-1] == EOS and ex["targets"][-1] == EOS
+  ot.assert_exact_lengths(examples, lengths, EOS)
 
 
 def test_inputs_and_targets_reconstruct_the_raw_chunk(thousand_examples):
   _, examples, raws = thousand_examples
-  for ex, raw in zip(examples, raws):
-    np.testing.assert_array_equal(merge(ex["inputs"], ex["targets"]), raw)
+  ot.assert_reconstructs(ot.pairs(examples), raws, merge)
 
 
 def test_sentinels_are_unique_and_count_down_from_vocab_size_minus_one(thousand_examples):
@@ -170,33 +163,25 @@ def test_deterministic_for_a_seed_and_different_for_another():
   lengths = OBJ.lengths(CFG, BUDGET).feature_lengths()
   docs = _random_docs(20 * 134, seed=3)
   a, b, c = (_corrupt(docs, s, lengths) for s in (11, 11, 12))
-  assert all(np.array_equal(x["inputs"], y["inputs"]) and np.array_equal(x["targets"], y["targets"])
-             for x, y in zip(a, b))
+  ot.assert_same_examples(a, b)
   assert any(not np.array_equal(x["inputs"], y["inputs"]) for x, y in zip(a, c))
 
 
 def test_in_a_seqio_task_with_seed():
   docs = _random_docs(20 * 134, seed=4)
-  task = ot.task_over_docs("objectax_test_span_corruption", OBJ, CFG, docs, _features())
   lengths = OBJ.lengths(CFG, BUDGET)
-  first = ot.task_pairs(task, lengths, 5)
-  assert first == ot.task_pairs(task, lengths, 5) and first != ot.task_pairs(task, lengths, 6)
-  raws = _raw_chunks(docs, lengths.raw)
-  assert len(first) == len(raws)
-  for (inputs, targets), raw in zip(first, raws):
-    assert (len(inputs), len(targets)) == (lengths.inputs, lengths.targets)
-    np.testing.assert_array_equal(merge(inputs, targets), raw)
+  first = ot.seeded_task_pairs("objectax_test_span_corruption", OBJ, CFG, docs, _features(),
+                               lengths)
+  ot.assert_reconstructs(first, _raw_chunks(docs, lengths.raw), merge,
+                         (lengths.inputs, lengths.targets))
 
 
 def test_without_eos_lengths_shift_by_one():
   docs = _random_docs(5 * 134, seed=5)
   examples = _corrupt(docs, 0, {"inputs": 121, "targets": 27},
                       features=_features(inputs_eos=False, targets_eos=False))
-  raws = _raw_chunks(docs, 134)
-  assert len(examples) == len(raws) > 0
-  for ex, raw in zip(examples, raws):
-    assert ex["inputs"].shape == (121,) and ex["targets"].shape == (27,)
-    np.testing.assert_array_equal(merge(ex["inputs"], ex["targets"], eos_id=None), raw)
+  ot.assert_reconstructs(ot.pairs(examples), _raw_chunks(docs, 134), merge, (121, 27),
+                         eos_id=None)
 
 
 def test_config_errors():
@@ -206,23 +191,15 @@ def test_config_errors():
     SpanCorruptionConfig(mean_noise_span_length=0.0)
   with pytest.raises(ConfigError, match="minimum token budget is 37"):
     OBJ.lengths(CFG, 30)
-  ds = _dataset([])
+  ds = ot.docs_dataset([])
   with pytest.raises(ConfigError, match="targets length must be one of"):
     OBJ.preprocess(ds, {"inputs": 122, "targets": 30}, _features(), CFG)
   with pytest.raises(ConfigError, match="minimum token budget"):
     OBJ.preprocess(ds, {"inputs": 20, "targets": 5}, _features(), CFG)
-  with pytest.raises(ConfigError, match="sequence_length"):
-    OBJ.preprocess(ds, {"targets": 28}, _features(), CFG)
-  with pytest.raises(ConfigError, match="extra_ids=0"):
-    OBJ.preprocess(ds, {"inputs": 122, "targets": 28},
-                   _features(vocab=seqio.PassThroughVocabulary(1000, eos_id=1)), CFG)
   with pytest.raises(ConfigError, match="needs 28 extra ids"):
     OBJ.preprocess(ds, {"inputs": 512, "targets": 114},
-                   _features(vocab=seqio.ByteVocabulary(extra_ids=20)), CFG)
-  with pytest.raises(ConfigError, match="same vocabulary"):
-    OBJ.preprocess(ds, {"inputs": 122, "targets": 28},
-                   {"inputs": seqio.Feature(seqio.ByteVocabulary(extra_ids=50)),
-                    "targets": seqio.Feature(VOCAB)}, CFG)
+                   ot.features(seqio.ByteVocabulary(extra_ids=20)), CFG)
+  ot.assert_rejects_bad_features(OBJ, CFG, {"inputs": 122, "targets": 28}, VOCAB)
 
 
 @pytest.mark.parametrize("length", [2, 5, 39, 134, 568])
