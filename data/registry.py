@@ -8,7 +8,7 @@ uses it too.
 """
 from __future__ import annotations
 
-from typing import Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, Optional, TypeVar
 
 T = TypeVar("T")
 
@@ -28,9 +28,18 @@ class Registry(Generic[T]):
   objectax.data.registry.ConfigError: unknown objective 'ful_lm'; valid choices: full_lm
   """
 
-  def __init__(self, kind: str):
+  def __init__(self, kind: str, loader: Optional[Callable[[], None]] = None):
+    """`loader`, if given, registers the components (e.g. imports their modules); it runs
+    once, the first time the registry is read, so component modules may import the
+    module that holds the registry, and each other, in any order."""
     self.kind = kind
     self._items: dict[str, T] = {}
+    self._loader = loader
+
+  def _load(self) -> None:
+    if self._loader is not None:
+      loader, self._loader = self._loader, None  # once, even if loading reads the registry
+      loader()
 
   def add(self, name: str, item: T) -> T:
     if name in self._items and self._items[name] is not item:
@@ -39,6 +48,7 @@ class Registry(Generic[T]):
     return item
 
   def get(self, name: str) -> T:
+    self._load()
     try:
       return self._items[name]
     except KeyError:
@@ -47,10 +57,13 @@ class Registry(Generic[T]):
       ) from None
 
   def names(self) -> list[str]:
+    self._load()
     return list(self._items)
 
   def __contains__(self, name: str) -> bool:
+    self._load()
     return name in self._items
 
   def __iter__(self) -> Iterator[str]:
+    self._load()
     return iter(self._items)

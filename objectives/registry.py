@@ -137,7 +137,28 @@ class MixtureComponent:
   shard: Optional[tuple[int, int]] = None
 
 
-OBJECTIVES = Registry[Objective]("objective")
+def _import_objective_modules() -> None:
+  """Each objective module registers itself on import. Importing them when the registry is
+  first read, not when this module loads, lets an objective module import another (ELECTRA's
+  config extends BERT MLM's) whichever of them a user imports first."""
+  # pylint: disable=g-import-not-at-top,unused-import
+  from objectax.objectives import full_lm
+  from objectax.objectives import span_corruption
+  from objectax.objectives import mass
+  from objectax.objectives import deshuffle
+  from objectax.objectives import fim
+  from objectax.objectives import iid_denoising
+  from objectax.objectives import prefix_lm
+  from objectax.objectives import bert_mlm
+  from objectax.objectives import bart
+  from objectax.objectives import pegasus
+  from objectax.objectives import ul2
+  from objectax.objectives import electra
+  from objectax.objectives import spactor
+  from objectax.objectives import mtp
+
+
+OBJECTIVES = Registry[Objective]("objective", loader=_import_objective_modules)
 
 
 def register(objective: Objective) -> Objective:
@@ -159,22 +180,3 @@ def check_architecture(objective: Objective, arch_name: str) -> None:
     raise ConfigError(
         f"objective {objective.name!r} does not support architecture {arch_name!r}; "
         f"it supports: {', '.join(objective.architectures)}")
-
-
-# Objective modules import this module for the contract and register themselves at the end
-# of their own import, so importing any of them (or this module) first works.
-# pylint: disable=g-import-not-at-top,g-bad-import-order,unused-import,wrong-import-position
-from objectax.objectives import full_lm
-from objectax.objectives import span_corruption
-from objectax.objectives import mass
-from objectax.objectives import deshuffle
-from objectax.objectives import fim
-from objectax.objectives import iid_denoising
-from objectax.objectives import prefix_lm
-from objectax.objectives import bert_mlm
-from objectax.objectives import bart
-from objectax.objectives import pegasus
-from objectax.objectives import ul2
-from objectax.objectives import electra
-from objectax.objectives import spactor
-from objectax.objectives import mtp
