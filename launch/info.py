@@ -56,26 +56,62 @@ def vocabulary_size(vocab_cfg: vocab_lib.VocabConfig) -> int:
   return vocab_lib.get_vocabulary(vocab_cfg).vocab_size  # a user's model: read its size
 
 
-def bytes_per_device(abstract_boxed: Any, mesh_shape: dict[str, int], rules) -> int:
-  """Bytes of one device's shards of every array in the tree (ceil-divided dimensions)."""
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """One array of the state, and the piece of it each device holds."""
+  path: str
+  shape: tuple[int, ...]
+  dtype: Any
+  logical: tuple[Any, ...]  # logical axis names (None: not named)
+  spec: tuple[Any, ...]  # mesh axes per dimension (None: replicated)
+  bytes_per_device: int
+
+
+def shards(abstract_boxed: Any, mesh_shape: dict[str, int], rules) -> list[Shard]:
+  """Every array of the tree with its mesh layout and one device's bytes (ceil-divided)."""
   specs = nn.get_partition_spec(abstract_boxed)
   mesh_specs = nn.logical_to_mesh(specs, rules)
-  leaves = jax.tree.leaves(step.unbox(abstract_boxed))
-  spec_leaves = jax.tree.leaves(mesh_specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
-  total = 0
-  for leaf, spec in zip(leaves, spec_leaves, strict=True):
+  is_spec = lambda x: isinstance(x, jax.sharding.PartitionSpec)
+  leaves = jax.tree_util.tree_flatten_with_path(step.unbox(abstract_boxed))[0]
+  logical = jax.tree.leaves(specs, is_leaf=is_spec)
+  spec_leaves = jax.tree.leaves(mesh_specs, is_leaf=is_spec)
+  out = []
+  for (path, leaf), names, spec in zip(leaves, logical, spec_leaves, strict=True):
     dims = list(leaf.shape)
-    for i, axes in enumerate(tuple(spec)[:len(dims)]):
+    spec = tuple(spec) + (None,) * (len(dims) - len(tuple(spec)))
+    for i, axes in enumerate(spec[:len(dims)]):
       if axes is None:
         continue
       axes = (axes,) if isinstance(axes, str) else tuple(axes)
       dims[i] = -(-dims[i] // math.prod(mesh_shape[a] for a in axes))
-    total += math.prod(dims) * np.dtype(leaf.dtype).itemsize
-  return total
+    out.append(Shard(path="/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path),
+                     shape=tuple(leaf.shape), dtype=leaf.dtype,
+                     logical=tuple(names) + (None,) * (len(dims) - len(tuple(names))),
+                     spec=spec[:len(dims)],
+                     bytes_per_device=math.prod(dims) * np.dtype(leaf.dtype).itemsize))
+  return out
 
 
-def compute(num_devices: int | None = None) -> Info:
-  """Figures for the gin-configured experiment on `num_devices` (default: this host's)."""
+def bytes_per_device(abstract_boxed: Any, mesh_shape: dict[str, int], rules) -> int:
+  """Bytes of one device's shards of every array in the tree (ceil-divided dimensions)."""
+  return sum(s.bytes_per_device for s in shards(abstract_boxed, mesh_shape, rules))
+
+
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """The configured run, traced abstractly: what `info` and `plan` read."""
+  exp: config.Experiment
+  arch: arch_registry.Architecture
+  model: ModelConfig
+  lengths: objective_registry.TaskLengths
+  mesh: dict[str, int]
+  mesh_cfg: sharding.MeshConfig
+  batch_per_replica: int  # examples per data-parallel shard (data x fsdp)
+  abstract: Any  # the TrainState's shapes, logical-axis boxes kept
+
+
+def setup(num_devices: int | None = None) -> Setup:
+  """Traces the gin-configured experiment's state for `num_devices` (default: this host's)."""
   exp = config.Experiment()
   arch = arch_registry.get(exp.arch)
   objective = objective_registry.get(exp.objective)
@@ -88,23 +124,36 @@ def compute(num_devices: int | None = None) -> Info:
   if n < 1:
     raise ConfigError(f"--devices must be at least 1, got {n}")
   mesh_shape = dict(zip(sharding.MESH_AXES, mesh_cfg.shape(n)))
-  per_replica = max(1, tc.batch_size // (mesh_shape["data"] * mesh_shape["fsdp"]))
+  replicas = mesh_shape["data"] * mesh_shape["fsdp"]
+  if tc.batch_size % replicas:
+    raise ConfigError(f"TrainConfig.batch_size={tc.batch_size} must be divisible by the "
+                      f"data-parallel size {replicas} (data x fsdp of mesh {mesh_shape})")
+  per_replica = tc.batch_size // replicas
   # The state's shapes do not depend on the batch: trace with one example per replica.
-  spec = arch.batch_spec(lengths.feature_lengths(), per_replica, pack=exp.pack,
+  spec = arch.batch_spec(lengths.feature_lengths(), 1, pack=exp.pack,
                          concat_length=lengths.concat)
   model, _ = model_objectives.build(arch, model_cfg, objective, objective.config_cls(),
                                     model_objectives.Vocab(vocabulary_size(vocab_cfg),
                                                            vocab_cfg.extra_ids))
   abstract = step.abstract_state(model, step.make_optimizer(tc), spec)
-  rules = sharding.rules(mesh_cfg)
-  params_bytes = bytes_per_device(abstract.params, mesh_shape, rules)
-  opt_bytes = bytes_per_device(abstract.opt_state, mesh_shape, rules)
-  num_params = sum(math.prod(x.shape) for x in jax.tree.leaves(step.unbox(abstract.params)))
-  return Info(experiment=exp.name, arch=exp.arch, model=model_cfg, num_params=num_params,
-              flops_per_token=arch.flops_per_token(model_cfg, lengths.feature_lengths(), lengths.concat),
-              sequence_length=lengths.budget, mesh=mesh_shape, rules=mesh_cfg.rules,
-              param_bytes_per_device=params_bytes, optimizer_bytes_per_device=opt_bytes,
-              two_stacks=len(arch.model_lengths(lengths.feature_lengths(), lengths.concat)) > 1)
+  return Setup(exp=exp, arch=arch, model=model_cfg, lengths=lengths, mesh=mesh_shape,
+               mesh_cfg=mesh_cfg, batch_per_replica=per_replica, abstract=abstract)
+
+
+def compute(num_devices: int | None = None) -> Info:
+  """Figures for the gin-configured experiment on `num_devices` (default: this host's)."""
+  su = setup(num_devices)
+  rules = sharding.rules(su.mesh_cfg)
+  feature_lengths = su.lengths.feature_lengths()
+  return Info(experiment=su.exp.name, arch=su.exp.arch, model=su.model,
+              num_params=sum(math.prod(x.shape)
+                             for x in jax.tree.leaves(step.unbox(su.abstract.params))),
+              flops_per_token=su.arch.flops_per_token(su.model, feature_lengths,
+                                                      su.lengths.concat),
+              sequence_length=su.lengths.budget, mesh=su.mesh, rules=su.mesh_cfg.rules,
+              param_bytes_per_device=bytes_per_device(su.abstract.params, su.mesh, rules),
+              optimizer_bytes_per_device=bytes_per_device(su.abstract.opt_state, su.mesh, rules),
+              two_stacks=len(su.arch.model_lengths(feature_lengths, su.lengths.concat)) > 1)
 
 
 def _gb(n: int) -> str:
