@@ -5,6 +5,7 @@
   objectax inspect OBJECTIVE [--text TEXT] [--seed N] [gin flags]
   objectax bench data [--budget N] [--seconds S] [--objective NAME ...]
   objectax info [--devices N] [gin flags]
+  objectax plan [--devices N] [--device_memory_gib G] [gin flags]
   objectax list
 
 `objectax train` with no flags runs gin/run/quickstart.gin (causal decoder, full LM, tiny
@@ -74,6 +75,19 @@ def _parser() -> argparse.ArgumentParser:
       epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
   info.add_argument("--devices", type=int, default=None,
                     help="number of devices the mesh spans (default: this host's)")
+  plan = sub.add_parser(
+      "plan", help="each parameter's sharding and the per-device bytes of parameters, "
+                   "optimizer state and activations on the configured mesh, without the devices",
+      description="Print every array of the train state with its logical and mesh axes and "
+                  "the bytes one device holds, then per-device totals: parameters, optimizer "
+                  "state, an activation estimate, and their sum (abstract evaluation: no "
+                  "devices, no data). Gin flags as for train.",
+      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  plan.add_argument("--devices", type=int, default=None,
+                    help="number of devices the mesh spans (default: this host's)")
+  plan.add_argument("--device_memory_gib", type=float, default=None,
+                    help="memory of one device (e.g. 32 for TPU v4, 80 for H100): says "
+                         "whether the total fits")
   sub.add_parser("list", help="list the registered architectures, objectives, corpora, sizes "
                               "and gin files",
                  description="List every name a gin config may use.")
@@ -185,6 +199,14 @@ def run(argv: list[str] | None = None) -> int:
       from objectax.launch import info as info_lib
       configure.parse(files or [QUICKSTART], bindings)
       print(info_lib.render(info_lib.compute(args.devices)))
+      return 0
+    if args.command == "plan":
+      from objectax.launch import info as info_lib, plan as plan_lib
+      configure.parse(files or [QUICKSTART], bindings)
+      su = info_lib.setup(args.devices)
+      print(plan_lib.render(su))
+      if args.device_memory_gib:
+        print(plan_lib.fits(su, args.device_memory_gib))
       return 0
     if args.command == "inspect":
       from objectax.launch import inspect_example

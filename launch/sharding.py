@@ -20,6 +20,7 @@ from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from objectax.data.registry import ConfigError, Registry
+from objectax.models.layers import LOGICAL_AXES
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -41,9 +42,19 @@ RULE_PRESETS.add("fsdp_tensor", (
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-  """The device mesh: axis sizes in MESH_AXES order (one may be -1) and a rule preset."""
+  """The device mesh: axis sizes in MESH_AXES order (one may be -1) and a rule preset.
+
+  Attributes:
+    axes: ((mesh axis, size), ...) in MESH_AXES order; one size may be -1 (the rest of
+      the devices).
+    rules: a RULE_PRESETS name.
+    rule_overrides: ((logical axis, mesh axes or None), ...) replacing or adding entries
+      of the preset, e.g. (("vocab", "fsdp"),) to shard the vocabulary over fsdp too;
+      mesh axes may be one name or a tuple of names.
+  """
   axes: tuple[tuple[str, int], ...] = (("data", -1), ("fsdp", 1), ("tensor", 1))
   rules: str = "data_parallel"
+  rule_overrides: tuple[tuple[str, Any], ...] = ()
 
   def __post_init__(self):
     object.__setattr__(self, "axes", tuple((str(n), int(s)) for n, s in self.axes))
@@ -55,6 +66,20 @@ class MeshConfig:
       raise ConfigError(
           f"MeshConfig.axes {list(self.axes)}: sizes must be positive, with at most one -1")
     RULE_PRESETS.get(self.rules)
+    for entry in self.rule_overrides:
+      if not isinstance(entry, (tuple, list)) or len(entry) != 2:
+        raise ConfigError(f"MeshConfig.rule_overrides entry {entry!r} must be a pair "
+                          "(logical axis, mesh axes)")
+      logical, mesh_axes = entry
+      if logical not in LOGICAL_AXES:
+        raise ConfigError(f"MeshConfig.rule_overrides names unknown logical axis {logical!r}; "
+                          f"valid choices: {', '.join(LOGICAL_AXES)}")
+      names = () if mesh_axes is None else (
+          (mesh_axes,) if isinstance(mesh_axes, str) else tuple(mesh_axes))
+      unknown = [a for a in names if a not in MESH_AXES]
+      if unknown:
+        raise ConfigError(f"MeshConfig.rule_overrides maps {logical!r} to unknown mesh axis "
+                          f"{unknown[0]!r}; valid choices: {', '.join(MESH_AXES)}")
 
   def shape(self, num_devices: int) -> tuple[int, ...]:
     """Axis sizes with the -1 filled in; a mesh that doesn't divide the devices fails here."""
@@ -80,7 +105,11 @@ def make_mesh(cfg: MeshConfig, devices: Sequence[jax.Device] | None = None) -> M
 
 
 def rules(cfg: MeshConfig) -> tuple[tuple[str, Any], ...]:
-  return RULE_PRESETS.get(cfg.rules)
+  """The preset's (logical axis, mesh axes) pairs with the overrides applied."""
+  table = dict(RULE_PRESETS.get(cfg.rules))
+  for logical, mesh_axes in cfg.rule_overrides:
+    table[logical] = tuple(mesh_axes) if isinstance(mesh_axes, list) else mesh_axes
+  return tuple(table.items())
 
 
 def data_parallel_size(mesh: Mesh) -> int:

@@ -1,0 +1,115 @@
+"""`objectax plan`: how a configured run lays out on a mesh, before the devices exist.
+
+For every array of the train state: its shape, logical axes, the mesh axes they map to and
+the bytes one device holds (from abstract evaluation, as `objectax info`). Layers that
+repeat are folded into one line (`block_*`, x24). Then the per-device totals: parameters,
+optimizer state, an estimate of the activations a training step keeps for its backward
+pass, and their sum, so a user knows whether a 1B or 11B model fits a slice.
+
+The activation estimate counts, per layer and token, the tensors a plain (no remat)
+backward pass reads, in the activation dtype: the residual stream and the two norm outputs
+(3 D), q, k, v and the attention output (4 H K), the attention probabilities (H x keys),
+the MLP's hidden activations (3 F gated, 2 F not); plus cross-attention in encoder-decoder
+decoders (q, output: 2 H K; probabilities H x S), and the float32 logits and their
+gradient (2 V per output token). Tensor parallelism divides the head, MLP and vocabulary
+terms; the batch is split over data x fsdp. XLA's scheduling and fusion move the real
+figure; treat it as the order of magnitude, within a factor of about 2.
+"""
+from __future__ import annotations
+
+import collections
+import math
+import re
+
+import jax.numpy as jnp
+
+from objectax.launch import info as info_lib
+from objectax.launch import sharding
+from objectax.models.config import ModelConfig
+
+_LAYER_INDEX = re.compile(r"(?<=_)\d+(?=/|$)")
+
+
+def _per_token_layer_elements(cfg: ModelConfig, keys: int, tensor: int, cross_keys: int = 0) -> float:
+  """Stored activation elements per token of one layer (see the module docstring)."""
+  heads_kv = cfg.num_heads * cfg.head_dim / tensor
+  mlp = (3 if cfg.mlp_gated else 2) * cfg.mlp_dim / tensor
+  per_token = 3 * cfg.d_model + 4 * heads_kv + cfg.num_heads / tensor * keys + mlp
+  if cross_keys:
+    per_token += 2 * heads_kv + cfg.num_heads / tensor * cross_keys + cfg.d_model
+  return per_token
+
+
+def activation_bytes(su: info_lib.Setup) -> int:
+  """Estimated bytes of activations one device keeps for a training step's backward."""
+  cfg = su.model
+  tensor = su.mesh["tensor"]
+  itemsize = jnp.dtype(cfg.dtype).itemsize
+  lengths = su.arch.model_lengths(su.lengths.feature_lengths(), su.lengths.concat)
+  b = su.batch_per_replica
+  if "decoder" in lengths and "encoder" in lengths:  # encoder-decoder
+    s, t = lengths["encoder"], lengths["decoder"]
+    elements = (cfg.encoder_layers * s * _per_token_layer_elements(cfg, s, tensor)
+                + cfg.num_layers * t * _per_token_layer_elements(cfg, t, tensor, cross_keys=s)
+                + cfg.num_layers * s * 2 * cfg.num_heads * cfg.head_dim / tensor)  # cross k, v
+    out_tokens = t
+  else:
+    length = next(iter(lengths.values()))
+    elements = cfg.num_layers * length * _per_token_layer_elements(cfg, length, tensor)
+    out_tokens = length
+  logits = out_tokens * 2 * cfg.vocab_size / tensor * 4  # float32 logits and their gradient
+  return int(b * (elements * itemsize + logits))
+
+
+def _fold(name: str) -> str:
+  return _LAYER_INDEX.sub("*", name)
+
+
+def render(su: info_lib.Setup) -> str:
+  rules = sharding.rules(su.mesh_cfg)
+  params = info_lib.shards(su.abstract.params, su.mesh, rules)
+  opt = info_lib.shards(su.abstract.opt_state, su.mesh, rules)
+  groups: dict[tuple, list[info_lib.Shard]] = collections.defaultdict(list)
+  for s in params:
+    groups[(_fold(s.path), s.shape, s.logical, s.spec)].append(s)
+  fmt = lambda axes: "(" + ", ".join("-" if a is None else (a if isinstance(a, str) else
+                                                          "+".join(a)) for a in axes) + ")"
+  rows = [("parameter", "shape", "logical axes", "mesh axes", "per device")]
+  for (name, shape, logical, spec), members in groups.items():
+    count = f" x{len(members)}" if len(members) > 1 else ""
+    rows.append((name + count, "x".join(map(str, shape)), fmt(logical), fmt(spec),
+                 info_lib._gb(sum(m.bytes_per_device for m in members))))  # pylint: disable=protected-access
+  widths = [max(len(r[i]) for r in rows) for i in range(5)]
+  table = ["  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+  p_bytes = sum(s.bytes_per_device for s in params)
+  o_bytes = sum(s.bytes_per_device for s in opt)
+  a_bytes = activation_bytes(su)
+  num_params = sum(math.prod(s.shape) for s in params)
+  devices = math.prod(su.mesh.values())
+  gb = info_lib._gb  # pylint: disable=protected-access
+  return "\n".join([
+      f"plan {su.exp.name} ({su.exp.arch}): {num_params:,} parameters on mesh {su.mesh} "
+      f"({devices} devices), rules {su.mesh_cfg.rules!r}, {su.batch_per_replica} examples of "
+      f"{su.lengths.budget} tokens per data shard",
+      *table,
+      "per device:",
+      f"  parameters        {gb(p_bytes)}",
+      f"  optimizer state   {gb(o_bytes)}",
+      f"  activations       {gb(a_bytes)} (estimate, no rematerialisation, {su.model.dtype})",
+      f"  total             {gb(p_bytes + o_bytes + a_bytes)}",
+  ])
+
+
+def total_bytes(su: info_lib.Setup) -> int:
+  rules = sharding.rules(su.mesh_cfg)
+  return (info_lib.bytes_per_device(su.abstract.params, su.mesh, rules)
+          + info_lib.bytes_per_device(su.abstract.opt_state, su.mesh, rules)
+          + activation_bytes(su))
+
+
+def fits(su: info_lib.Setup, device_memory_gib: float) -> str:
+  """One line: whether the per-device total fits a device of that memory."""
+  total = total_bytes(su) / 2**30
+  verdict = "fits" if total <= device_memory_gib else "does NOT fit"
+  return (f"{verdict}: {total:.2f} GiB of {device_memory_gib:g} GiB per device "
+          f"({100 * total / device_memory_gib:.0f}%)")
