@@ -59,11 +59,17 @@ class TrainConfig:
   keep_checkpoints: int = 3
   log_every: int = 10
   workdir: str = ""                    # "" = ./workdir/<experiment name>
+  # Input shards the source is split into (0 = one per process). The global batches depend
+  # on this number alone, so fixing it keeps the data stream when the process count changes.
+  input_shards: int = 0
 
   def __post_init__(self):
     for field in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints",
                   "log_every", "eval_batches"):
       if getattr(self, field) <= 0:
         raise ConfigError(f"TrainConfig.{field}={getattr(self, field)} must be positive")
+    if not isinstance(self.input_shards, int) or self.input_shards < 0:
+      raise ConfigError(f"TrainConfig.input_shards={self.input_shards!r} must be >= 0 "
+                        "(0 = one per process)")
     if self.warmup_steps < 0:
       raise ConfigError(f"TrainConfig.warmup_steps={self.warmup_steps} must be >= 0")

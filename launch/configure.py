@@ -38,10 +38,11 @@ def configurables() -> dict[str, type]:
   """The gin-bound config classes, by name (importing them registers them with gin)."""
   # pylint: disable=g-import-not-at-top
   from objectax.data import sources, vocab
-  from objectax.launch import config, sharding
+  from objectax.launch import config, distributed, sharding
   from objectax.models.config import ModelConfig
   from objectax.objectives import registry as objective_registry
-  classes = [config.Experiment, config.TrainConfig, sharding.MeshConfig, ModelConfig,
+  classes = [config.Experiment, config.TrainConfig, sharding.MeshConfig,
+             distributed.DistributedConfig, ModelConfig,
              vocab.VocabConfig, sources.LocalTextConfig, sources.TfdsConfig]
   classes += [objective_registry.get(n).config_cls for n in objective_registry.OBJECTIVES.names()]
   return {c.__name__: c for c in classes}

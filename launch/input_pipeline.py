@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from objectax.data import pydocs, sources, tasks
 from objectax.data import vocab as vocab_lib
+from objectax.data.registry import ConfigError
 from objectax.objectives import registry as objective_registry
 
 Batch = Mapping[str, np.ndarray]
@@ -57,21 +58,46 @@ def build_task_input(exp, objective_cfg, vocab_cfg: vocab_lib.VocabConfig, archi
   )
 
 
+def resolve_input_shards(input_shards: int, global_batch_size: int) -> int:
+  """The number of input shards (0: one per process), checked against processes and batch."""
+  shards = input_shards or jax.process_count()
+  if shards % jax.process_count() or global_batch_size % shards:
+    raise ConfigError(
+        f"TrainConfig.input_shards={shards} must be a multiple of the process count "
+        f"{jax.process_count()} and divide TrainConfig.batch_size={global_batch_size}")
+  return shards
+
+
 def _host_dataset(ti: TaskInput, split: str, global_batch_size: int, *, shuffle: bool,
-                  seed: int) -> tf.data.Dataset:
-  ds = seqio.get_dataset(
+                  seed: int, input_shards: int = 0) -> tf.data.Dataset:
+  """This process's rows of every global batch.
+
+  The source is split into `input_shards` shards (seqio.ShardInfo); each global batch is
+  shard 0's batch_size / input_shards examples, then shard 1's, and so on. Process p reads
+  its own consecutive block of shards, so the processes read disjoint data, and the
+  global batch depends on `input_shards` alone, not on how many processes share them:
+  one process reading 2 shards gives exactly the batches of two processes reading one
+  each.
+  """
+  shards = resolve_input_shards(input_shards, global_batch_size)
+  per_process = shards // jax.process_count()
+  first = jax.process_index() * per_process
+  datasets = [seqio.get_dataset(
       ti.task.name,
       task_feature_lengths=ti.task_feature_lengths,
       feature_converter=ti.feature_converter,
       dataset_split=split,
       shuffle=shuffle,
       num_epochs=None,  # repeat forever; the trainer decides how many batches to take
-      shard_info=seqio.ShardInfo(index=jax.process_index(), num_shards=jax.process_count()),
+      shard_info=seqio.ShardInfo(index=index, num_shards=shards),
       seed=seed,
-      batch_size=global_batch_size // jax.process_count(),
+      batch_size=global_batch_size // shards,
       verbose=False,
-  )
-  return ds
+  ) for index in range(first, first + per_process)]
+  if len(datasets) == 1:
+    return datasets[0]
+  return tf.data.Dataset.zip(tuple(datasets)).map(
+      lambda *parts: {k: tf.concat([p[k] for p in parts], axis=0) for k in parts[0]})
 
 
 class TrainStream:
@@ -84,8 +110,9 @@ class TrainStream:
   """
 
   def __init__(self, ti: TaskInput, global_batch_size: int, seed: int, *,
-               start_position: int = 0, state_path: str | None = None):
-    ds = _host_dataset(ti, "train", global_batch_size, shuffle=True, seed=seed)
+               start_position: int = 0, state_path: str | None = None, input_shards: int = 0):
+    ds = _host_dataset(ti, "train", global_batch_size, shuffle=True, seed=seed,
+                       input_shards=input_shards)
     self.restored_from = None
     if state_path is None and start_position:
       ds = ds.skip(start_position)
@@ -104,9 +131,11 @@ class TrainStream:
     tf.train.Checkpoint(iterator=self._iterator).write(path)
 
 
-def eval_batches(ti: TaskInput, global_batch_size: int, num_batches: int) -> list[Batch]:
+def eval_batches(ti: TaskInput, global_batch_size: int, num_batches: int, *,
+                 input_shards: int = 0) -> list[Batch]:
   """A fixed list of validation batches (same every call), so losses compare across steps."""
-  ds = _host_dataset(ti, "validation", global_batch_size, shuffle=False, seed=0)
+  ds = _host_dataset(ti, "validation", global_batch_size, shuffle=False, seed=0,
+                     input_shards=input_shards)
   return list(ds.take(num_batches).as_numpy_iterator())
 
 

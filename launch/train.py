@@ -17,7 +17,7 @@ import numpy as np
 
 from objectax.data import vocab as vocab_lib
 from objectax.data.registry import ConfigError
-from objectax.launch import checkpoints, config, input_pipeline, metrics as metrics_lib, sharding
+from objectax.launch import checkpoints, config, distributed, input_pipeline, metrics as metrics_lib, sharding
 from objectax.launch import step as step_lib
 from objectax.models import model_objectives
 from objectax.models import registry as arch_registry
@@ -66,6 +66,7 @@ def resolve_config() -> Resolved:
 def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   """Runs (or resumes) the configured experiment; returns the end-of-run summary."""
   t_start = time.perf_counter()
+  joined = distributed.initialize()  # before anything asks JAX for devices
   cfg = resolve_config()
   exp, tc = cfg.exp, cfg.train
   workdir = resolve_workdir(exp, tc, workdir)
@@ -75,6 +76,9 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   say = (lambda *a: None) if quiet or not chief else (
       lambda msg: print(f"objectax: {msg}", flush=True))
   say(f"experiment {exp.name} -> {workdir}")
+  if jax.process_count() > 1:
+    say(f"{jax.process_count()} processes ({joined}), {jax.local_device_count()} devices each")
+  input_shards = input_pipeline.resolve_input_shards(tc.input_shards, tc.batch_size)
 
   # Data first: it validates lengths and corpus, and fixes the vocabulary size.
   ti = input_pipeline.build_task_input(exp, cfg.objective_cfg, cfg.vocab, cfg.arch)
@@ -101,7 +105,7 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   writer = metrics_lib.MetricsWriter(workdir, enabled=chief)
   # What the data position means: a checkpoint only resumes the same stream.
   stream_id = {"task": ti.task.name, "seed": tc.seed, "batch_size": tc.batch_size,
-               "process_count": jax.process_count(), "lengths": lengths}
+               "input_shards": input_shards, "lengths": lengths}
   if ckpt.latest_step() is not None:
     state, data_position = ckpt.restore(abstract)
     start_step = int(state.step)
@@ -113,7 +117,11 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
             f"another workdir")
     say(f"resuming from checkpoint step {start_step} (data position "
         f"{data_position['batches_consumed']} batches)")
+    # Each process saved the iterator of its own block of input shards; with another process
+    # count those blocks differ, so the stream is rebuilt by skipping batches instead.
+    same_processes = data_position.get("process_count", jax.process_count()) == jax.process_count()
   else:
+    same_processes = True
     with sharding.activate(mesh, cfg.mesh):
       state = init()
     start_step = 0
@@ -130,7 +138,8 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
                         in_shardings=(state_shardings.params, batch_shardings))
 
   eval_set = [input_pipeline.to_global(b, batch_sharding)
-              for b in input_pipeline.eval_batches(ti, tc.batch_size, tc.eval_batches)]
+              for b in input_pipeline.eval_batches(ti, tc.batch_size, tc.eval_batches,
+                                                           input_shards=input_shards)]
 
   def evaluate(params) -> float:
     with sharding.activate(mesh, cfg.mesh):
@@ -147,9 +156,10 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
     loss0 = next((r["eval_loss"] for r in history if r["step"] == 0 and "eval_loss" in r),
                  float("nan"))
 
+  iterator_state = ckpt.saved_iterator(start_step) if same_processes else None
   try:
     train_iter = input_pipeline.TrainStream(ti, tc.batch_size, tc.seed, start_position=start_step,
-                                            state_path=ckpt.saved_iterator(start_step))
+                                            state_path=iterator_state, input_shards=input_shards)
   except Exception as e:  # TF reports a bad iterator file in many ways; all mean the same
     raise ConfigError(f"the data iterator state {ckpt.saved_iterator(start_step)} could not be "
                       f"restored ({type(e).__name__}); delete that file to resume by skipping "
@@ -200,7 +210,8 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
             log(step, m)
           pending = None
           if itstime(step, tc.checkpoint_every):
-            ckpt.save(step, state, {"batches_consumed": step, **stream_id}, stream=train_iter)
+            ckpt.save(step, state, {"batches_consumed": step, **stream_id,
+                                     "process_count": jax.process_count()}, stream=train_iter)
           if itstime(step, tc.eval_every):
             final_eval = evaluate(state.params)
             writer.write(step, {"eval_loss": final_eval})
