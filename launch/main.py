@@ -6,6 +6,7 @@
   objectax bench data [--budget N] [--seconds S] [--objective NAME ...]
   objectax info [--devices N] [gin flags]
   objectax plan [--devices N] [--device_memory_gib G] [gin flags]
+  objectax launch {tpu,slurm} [launcher flags] [--dry_run] -- [train flags]
   objectax list
 
 `objectax train` with no flags runs gin/run/quickstart.gin (causal decoder, full LM, tiny
@@ -88,6 +89,8 @@ def _parser() -> argparse.ArgumentParser:
   plan.add_argument("--device_memory_gib", type=float, default=None,
                     help="memory of one device (e.g. 32 for TPU v4, 80 for H100): says "
                          "whether the total fits")
+  sub.add_parser("launch", help="run on every worker of a TPU pod slice or every task of a "
+                                "SLURM job (`objectax launch {tpu,slurm} --help`)", add_help=False)
   sub.add_parser("list", help="list the registered architectures, objectives, corpora, sizes "
                               "and gin files",
                  description="List every name a gin config may use.")
@@ -170,6 +173,9 @@ def _import_tensorflow_quietly() -> None:
 
 def run(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
+  if argv[:1] == ["launch"]:  # its own parser: the train flags after `--` are passed through
+    from objectax.launch import launchers  # pylint: disable=g-import-not-at-top
+    return launchers.run(argv[1:])
   files, bindings, rest = _split_gin_flags(argv)
   parser = _parser()
   args = parser.parse_args(rest)

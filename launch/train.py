@@ -27,7 +27,13 @@ from objectax.objectives import registry as objective_registry
 
 def resolve_workdir(exp: config.Experiment, tc: config.TrainConfig, workdir: str | None) -> str:
   """The workdir, created and probed for writing before anything expensive happens."""
-  path = os.path.abspath(workdir or tc.workdir or os.path.join("workdir", exp.name))
+  path = workdir or tc.workdir or os.path.join("workdir", exp.name)
+  if "://" in path:
+    raise ConfigError(
+        f"workdir {path} is a URL; metrics and iterator files are written with plain file "
+        "I/O, so give a path every host can write: a shared filesystem or a bucket mounted "
+        "with gcsfuse (e.g. /gcs/BUCKET/run)")
+  path = os.path.abspath(path)
   try:
     os.makedirs(path, exist_ok=True)
     probe = os.path.join(path, f".write_probe_{jax.process_index()}")
