@@ -47,6 +47,12 @@ class Registry(Generic[T]):
     self._items[name] = item
     return item
 
+  def sort(self, key: Callable[[str, T], object]) -> None:
+    """Reorders the components by key(name, component) (stable): listings and the valid
+    choices in errors then do not depend on which module happened to be imported first."""
+    ranked = sorted(enumerate(self._items.items()), key=lambda i_kv: (key(*i_kv[1]), i_kv[0]))
+    self._items = {name: item for _, (name, item) in ranked}
+
   def get(self, name: str) -> T:
     self._load()
     try:

@@ -137,25 +137,20 @@ class MixtureComponent:
   shard: Optional[tuple[int, int]] = None
 
 
+# The objective modules, in the order `objectax objectives` lists them.
+_MODULES = ("full_lm", "span_corruption", "mass", "deshuffle", "fim", "iid_denoising",
+            "prefix_lm", "bert_mlm", "bart", "pegasus", "ul2", "electra", "spactor", "mtp")
+
+
 def _import_objective_modules() -> None:
   """Each objective module registers itself on import. Importing them when the registry is
   first read, not when this module loads, lets an objective module import another (ELECTRA's
   config extends BERT MLM's) whichever of them a user imports first."""
-  # pylint: disable=g-import-not-at-top,unused-import
-  from objectax.objectives import full_lm
-  from objectax.objectives import span_corruption
-  from objectax.objectives import mass
-  from objectax.objectives import deshuffle
-  from objectax.objectives import fim
-  from objectax.objectives import iid_denoising
-  from objectax.objectives import prefix_lm
-  from objectax.objectives import bert_mlm
-  from objectax.objectives import bart
-  from objectax.objectives import pegasus
-  from objectax.objectives import ul2
-  from objectax.objectives import electra
-  from objectax.objectives import spactor
-  from objectax.objectives import mtp
+  import importlib  # pylint: disable=g-import-not-at-top
+  for module in _MODULES:
+    importlib.import_module(f"objectax.objectives.{module}")
+  rank = {f"objectax.objectives.{m}": i for i, m in enumerate(_MODULES)}
+  OBJECTIVES.sort(lambda name, obj: rank.get(obj.config_cls.__module__, len(rank)))
 
 
 OBJECTIVES = Registry[Objective]("objective", loader=_import_objective_modules)
