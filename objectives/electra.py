@@ -16,7 +16,6 @@ import dataclasses
 
 import gin
 
-from objectax.data.registry import ConfigError
 from objectax.objectives import bert_mlm
 from objectax.objectives import registry
 
@@ -41,13 +40,8 @@ class ElectraConfig(bert_mlm.BertMLMConfig):
 
   def __post_init__(self):
     super().__post_init__()
-    if not bert_mlm._is_number(self.generator_fraction) or not 0.0 < self.generator_fraction <= 1.0:  # pylint: disable=protected-access
-      raise ConfigError(f"ElectraConfig.generator_fraction must be in (0, 1], got "
-                        f"{self.generator_fraction!r}")
-    for field in ("generator_weight", "discriminator_weight"):
-      value = getattr(self, field)
-      if not bert_mlm._is_number(value) or value < 0:  # pylint: disable=protected-access
-        raise ConfigError(f"ElectraConfig.{field} must be a number >= 0, got {value!r}")
+    registry.check_fields(self, "fraction", "generator_fraction")
+    registry.check_fields(self, "weight", "generator_weight", "discriminator_weight")
 
 
 OBJECTIVE = registry.register(registry.Objective(

@@ -28,12 +28,11 @@ class MtpConfig(full_lm.FullLMConfig):
   extra_head_weight: float = 1.0
 
   def __post_init__(self):
-    n = self.num_predicted_tokens
-    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-      raise ConfigError(f"MtpConfig.num_predicted_tokens must be an int >= 1, got {n!r}")
-    w = self.extra_head_weight
-    if not isinstance(w, (int, float)) or isinstance(w, bool) or w < 0:
-      raise ConfigError(f"MtpConfig.extra_head_weight must be a number >= 0, got {w!r}")
+    registry.check_fields(self, "count", "num_predicted_tokens")
+    registry.check_fields(self, "weight", "extra_head_weight")
+    if self.num_predicted_tokens < 1:
+      raise ConfigError(f"MtpConfig.num_predicted_tokens must be >= 1, got "
+                        f"{self.num_predicted_tokens}")
 
 
 OBJECTIVE = registry.register(registry.Objective(

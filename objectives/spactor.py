@@ -17,7 +17,6 @@ import dataclasses
 
 import gin
 
-from objectax.data.registry import ConfigError
 from objectax.objectives import registry
 from objectax.objectives import span_corruption
 
@@ -43,16 +42,9 @@ class SpactorConfig(span_corruption.SpanCorruptionConfig):
 
   def __post_init__(self):
     super().__post_init__()
-    if not isinstance(self.tau, int) or isinstance(self.tau, bool) or self.tau < 0:
-      raise ConfigError(f"SpactorConfig.tau must be an int >= 0, got {self.tau!r}")
-    for field in ("mask_rate", "generator_fraction"):
-      value = getattr(self, field)
-      if not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
-        raise ConfigError(f"SpactorConfig.{field} must be in (0, 1], got {value!r}")
-    for field in ("mlm_weight", "rtd_weight"):
-      value = getattr(self, field)
-      if not isinstance(value, (int, float)) or value < 0:
-        raise ConfigError(f"SpactorConfig.{field} must be a number >= 0, got {value!r}")
+    registry.check_fields(self, "count", "tau")
+    registry.check_fields(self, "fraction", "mask_rate", "generator_fraction")
+    registry.check_fields(self, "weight", "mlm_weight", "rtd_weight")
 
 
 OBJECTIVE = registry.register(registry.Objective(

@@ -298,3 +298,17 @@ def test_model_objectives_are_refused_on_other_architectures():
       if other != arch:
         with pytest.raises(Exception, match=f"supports: {arch}"):
           objective_registry.check_architecture(objective, other)
+
+
+@pytest.mark.parametrize("name,kwargs,message", [
+    ("electra", {"generator_fraction": 0.0}, "ElectraConfig.generator_fraction must be in (0, 1]"),
+    ("electra", {"discriminator_weight": -1.0}, "discriminator_weight must be a number >= 0"),
+    ("spactor", {"tau": -1}, "SpactorConfig.tau must be an int >= 0"),
+    ("spactor", {"mask_rate": 1.5}, "SpactorConfig.mask_rate must be in (0, 1]"),
+    ("mtp", {"num_predicted_tokens": 0}, "MtpConfig.num_predicted_tokens must be >= 1"),
+])
+def test_bad_model_objective_settings_are_one_line_errors(name, kwargs, message):
+  from objectax.data.registry import ConfigError  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError) as e:
+    objective_registry.get(name).config_cls(**kwargs)
+  assert str(e.value).splitlines()[0].startswith(message)
