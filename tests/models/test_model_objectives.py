@@ -302,7 +302,7 @@ def test_model_objectives_are_refused_on_other_architectures():
 
 @pytest.mark.parametrize("name,kwargs,message", [
     ("electra", {"generator_fraction": 0.0}, "ElectraConfig.generator_fraction must be in (0, 1]"),
-    ("electra", {"discriminator_weight": -1.0}, "discriminator_weight must be a number >= 0"),
+    ("electra", {"discriminator_weight": -1.0}, "ElectraConfig.discriminator_weight must be a number >= 0"),
     ("spactor", {"tau": -1}, "SpactorConfig.tau must be an int >= 0"),
     ("spactor", {"mask_rate": 1.5}, "SpactorConfig.mask_rate must be in (0, 1]"),
     ("mtp", {"num_predicted_tokens": 0}, "MtpConfig.num_predicted_tokens must be >= 1"),
