@@ -8,6 +8,7 @@ denoiser's realized share and proves that nothing was changed on the way through
 from __future__ import annotations
 
 import collections
+import itertools
 
 import numpy as np
 import pytest
@@ -29,11 +30,16 @@ def vocabulary(tfds_data_dir) -> seqio.Vocabulary:
   return vocab_lib.get_vocabulary(vocab_lib.VocabConfig(), data_dir=tfds_data_dir)
 
 
-def _examples(provider, lengths, num, seed=SEED):
+def _stream(provider, lengths, seed=SEED):
+  """The provider's endless training stream as (inputs, targets) tuples, read lazily."""
   ds = provider.get_dataset(lengths.feature_lengths(), split="train", shuffle=True, seed=seed,
                             num_epochs=None)
-  return [(tuple(ex["inputs"].tolist()), tuple(ex["targets"].tolist()))
-          for ex in ds.take(num).as_numpy_iterator()]
+  return ((tuple(ex["inputs"].tolist()), tuple(ex["targets"].tolist()))
+          for ex in ds.as_numpy_iterator())
+
+
+def _examples(provider, lengths, num, seed=SEED):
+  return list(itertools.islice(_stream(provider, lengths, seed), num))
 
 
 def _attribute(mixture, lengths, num):
@@ -43,8 +49,8 @@ def _attribute(mixture, lengths, num):
   streams = {}
   for task in mixture.tasks:
     name = task.name.rsplit("_", 1)[1]
-    # A component can supply at most all mixture examples; read what the rates make likely.
-    streams[name] = iter(_examples(task, lengths, num))
+    # Read lazily: each component's stream only as far as the mixture draws from it.
+    streams[name] = _stream(task, lengths)
   heads = {name: next(it) for name, it in streams.items()}
   names = []
   for ex in mixed:

@@ -101,15 +101,25 @@ CAUSAL_DECODER_OBJECTIVES = [n for n in objective_registry.OBJECTIVES.names()
                              if "causal_decoder" in objective_registry.get(n).architectures]
 
 
+# One objective of each layout trains here by default (targets only; fixed inputs; a varying
+# split; a non-exact length; a mixture; a model-side loss). The slow grid
+# (tests/launch/test_grid.py --slow) trains every one of them for 20 steps.
+TRAINED_BY_DEFAULT = {"full_lm", "span_corruption", "prefix_lm", "bart", "ul2", "mtp"}
+
+
 @pytest.mark.parametrize("objective", CAUSAL_DECODER_OBJECTIVES)
 def test_objective_is_one_binding_and_loss_falls_on_targets_only(objective, tfds_data_dir,
                                                                  tmp_path):
-  """Every objective the causal decoder supports trains on it; an objective with inputs runs
-  as concat(inputs, targets) with loss weight exactly on the target part."""
-  s = _train(tmp_path / "wd", f"Experiment.objective={objective}", "TrainConfig.steps=2",
-             "TrainConfig.eval_every=2", "TrainConfig.checkpoint_every=2")
-  assert s["experiment"] == f"causal_decoder_{objective}_tiny_pydocs"
-  assert s["final_step"] == 2 and np.isfinite(s["final_eval_loss"])
+  """Every objective the causal decoder supports is one binding; an objective with inputs
+  runs as concat(inputs, targets) with loss weight exactly on the target part."""
+  bindings = [f"Experiment.objective={objective}", "TrainConfig.steps=2",
+              "TrainConfig.eval_every=2", "TrainConfig.checkpoint_every=2"]
+  if objective in TRAINED_BY_DEFAULT:
+    s = _train(tmp_path / "wd", *bindings)
+    assert s["experiment"] == f"causal_decoder_{objective}_tiny_pydocs"
+    assert s["final_step"] == 2 and np.isfinite(s["final_eval_loss"])
+  else:
+    configure.parse(["run/quickstart.gin"], [*FAST, *bindings])
 
   # The batches the causal decoder trains on, straight from the training pipeline.
   cfg = train.resolve_config()
@@ -146,37 +156,14 @@ def test_objective_is_one_binding_and_loss_falls_on_targets_only(objective, tfds
   # Gradients of the training loss reach the logits only at target positions.
   from objectax.models import losses  # pylint: disable=g-import-not-at-top
   model = cfg.arch.make_model(cfg.model.with_vocab_size(ti.vocabulary.vocab_size))
-  params = model.init(jax.random.key(0), batch)["params"]
-  logits = model.apply({"params": params}, batch)
+  params = jax.jit(model.init)(jax.random.key(0), batch)["params"]
+  logits = jax.jit(model.apply)({"params": params}, batch)
 
   def loss_of_logits(lg):
     l, z, w = losses.weighted_cross_entropy(lg, batch["decoder_target_tokens"], weights, 1e-4)
     return (l + z) / w
   g = np.abs(np.asarray(jax.grad(loss_of_logits)(logits))).sum(-1)
   assert np.all(g[weights == 0] == 0) and np.all(g[weights == 1] > 0)
-
-
-def test_same_losses_on_one_device_and_an_8_device_fsdp_mesh(tfds_data_dir, tmp_path):
-  """The mesh changes where arrays live, never what is computed."""
-  common = ["TrainConfig.steps=3", "TrainConfig.eval_every=3", "TrainConfig.checkpoint_every=3",
-            "Experiment.sequence_length=64", "TrainConfig.batch_size=8",
-            "TrainConfig.eval_batches=2", "TrainConfig.log_every=1"]
-  configure.parse(["run/quickstart.gin"], common)
-  one = train.train(str(tmp_path / "one"), quiet=True)
-  env = {**os.environ, "TFDS_DATA_DIR": tfds_data_dir,
-         "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  cmd = [sys.executable, "-m", "objectax.launch.main", "train", f"--workdir={tmp_path / 'eight'}",
-         "--gin_file=run/quickstart.gin", "--gin_file=mesh/fsdp.gin",
-         *[f"--gin.{b}" for b in common]]
-  out = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-  assert out.returncode == 0, out.stdout + out.stderr
-  assert "mesh {'data': 1, 'fsdp': 8, 'tensor': 1} on 8 cpu device(s)" in out.stdout, out.stdout
-  rows = lambda d: [json.loads(l) for l in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-  for a, b in zip(rows("one"), rows("eight"), strict=True):
-    assert a["step"] == b["step"]
-    for key in ("loss", "eval_loss", "grad_norm"):
-      if key in a:
-        np.testing.assert_allclose(a[key], b[key], rtol=2e-5, err_msg=f"{key} step {a['step']}")
 
 
 def test_divergence_stops_in_one_line_and_keeps_checkpoints(tfds_data_dir, tmp_path, capsys):
