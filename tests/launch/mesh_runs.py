@@ -3,7 +3,9 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python mesh_runs.py runs.json
 
 runs.json: a list of {"workdir", "gin_files", "bindings", "drop_checkpoint" (optional step
-whose checkpoint and iterator state are deleted after the run, to simulate a crash)}.
+whose checkpoint and iterator state are deleted after the run, to simulate a crash),
+"keep_metrics" (optional path: metrics.jsonl is copied there after the run, before a later
+resume rewrites it)}.
 Each run is `objectax train` with those flags; the metrics land in its workdir. One process
 for all runs pays the imports once.
 """
@@ -22,6 +24,8 @@ def main(path: str) -> None:
     summary = train.train(run["workdir"], quiet=True)
     print(json.dumps({"workdir": run["workdir"], "start_step": summary["start_step"],
                       "final_step": summary["final_step"]}), flush=True)
+    if run.get("keep_metrics"):
+      shutil.copy(f"{run['workdir']}/metrics.jsonl", run["keep_metrics"])
     step = run.get("drop_checkpoint")
     if step is not None:
       shutil.rmtree(f"{run['workdir']}/checkpoints/{step}")

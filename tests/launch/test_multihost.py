@@ -44,8 +44,8 @@ def _rows(workdir):
     return [json.loads(line) for line in f]
 
 
-def test_two_processes_reproduce_one_process_on_the_same_devices(tfds_data_dir, tmp_path):
-  """Also: a checkpoint of the two-process run resumes in one process on the same stream."""
+def _one_and_two_processes(tmp_path, tfds_data_dir):
+  """The same run in one 8-device process and in two 4-device processes on loopback."""
   one_dir, two_dir = tmp_path / "one", tmp_path / "two"
   one_dir.mkdir()
   two_dir.mkdir()
@@ -57,7 +57,11 @@ def test_two_processes_reproduce_one_process_on_the_same_devices(tfds_data_dir, 
            for i in range(2)]
   outs = [_finish(p) for p in procs]
   assert "process 0 of 2: 4 local devices" in outs[0] and "process 1 of 2" in outs[1]
+  return one_dir, two_dir
 
+
+def test_two_processes_reproduce_one_process_on_the_same_devices(tfds_data_dir, tmp_path):
+  one_dir, two_dir = _one_and_two_processes(tmp_path, tfds_data_dir)
   one, two = _rows(one_dir / "wd"), _rows(two_dir / "wd")  # process 0 alone writes metrics
   assert [r["step"] for r in one] == [r["step"] for r in two]
   for a, b in zip(one, two):
@@ -65,20 +69,6 @@ def test_two_processes_reproduce_one_process_on_the_same_devices(tfds_data_dir, 
       if key in a:
         np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=f"{key} step {a['step']}")
   assert sorted(os.listdir(two_dir / "wd" / "checkpoints")) == ["2", "4"]
-
-  # The two-process checkpoint of step 2 resumes in one process (the input shards fix the
-  # stream; the per-process iterator files no longer apply, so it skips 2 batches).
-  import shutil  # pylint: disable=g-import-not-at-top
-  shutil.rmtree(two_dir / "wd" / "checkpoints" / "4")
-  resumed_dir = tmp_path / "resumed"
-  resumed_dir.mkdir()
-  _finish(_worker(resumed_dir, two_dir / "wd", 8, BINDINGS, tfds_data_dir))
-  resumed = [r for r in _rows(two_dir / "wd") if r["step"] > 2]
-  assert [r["step"] for r in resumed] == [r["step"] for r in one if r["step"] > 2]
-  for a, b in zip([r for r in one if r["step"] > 2], resumed):
-    for key in ("loss", "eval_loss"):
-      if key in a:
-        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=f"resumed {key} step {a['step']}")
 
   # Each process fed half of every global batch; the halves never share an example, and
   # together they are exactly the single process's global batch.
@@ -90,6 +80,25 @@ def test_two_processes_reproduce_one_process_on_the_same_devices(tfds_data_dir, 
     assert first.shape[0] == second.shape[0] == batch.shape[0] // 2
     np.testing.assert_array_equal(np.concatenate([first, second]), batch)
     assert not {r.tobytes() for r in first} & {r.tobytes() for r in second}
+
+
+@pytest.mark.slow
+def test_a_two_process_checkpoint_resumes_in_one_process(tfds_data_dir, tmp_path):
+  """The input shards fix the stream; the per-process iterator files no longer apply, so the
+  single process skips the consumed batches and lands on the same losses."""
+  one_dir, two_dir = _one_and_two_processes(tmp_path, tfds_data_dir)
+  one = _rows(one_dir / "wd")
+  import shutil  # pylint: disable=g-import-not-at-top
+  shutil.rmtree(two_dir / "wd" / "checkpoints" / "4")
+  resumed_dir = tmp_path / "resumed"
+  resumed_dir.mkdir()
+  _finish(_worker(resumed_dir, two_dir / "wd", 8, BINDINGS, tfds_data_dir))
+  resumed = [r for r in _rows(two_dir / "wd") if r["step"] > 2]
+  assert [r["step"] for r in resumed] == [r["step"] for r in one if r["step"] > 2]
+  for a, b in zip([r for r in one if r["step"] > 2], resumed):
+    for key in ("loss", "eval_loss"):
+      if key in a:
+        np.testing.assert_allclose(b[key], a[key], rtol=1e-5, err_msg=f"resumed {key} step {a['step']}")
 
 
 def test_cluster_detection_and_bad_coordinator_settings():
