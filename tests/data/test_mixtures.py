@@ -30,6 +30,23 @@ def vocabulary(tfds_data_dir) -> seqio.Vocabulary:
   return vocab_lib.get_vocabulary(vocab_lib.VocabConfig(), data_dir=tfds_data_dir)
 
 
+@pytest.fixture(autouse=True)
+def small_shuffle_buffers(monkeypatch):
+  """Shuffle buffers of 64 instead of seqio's 1,000 for the UL2 tasks these tests build.
+
+  Starting a mixture fills one buffer per denoiser (7,000 preprocessed examples), which
+  dominated these tests' time; shares, mode tokens and determinism do not depend on the
+  buffer size. The tasks get their own buffer back after each test."""
+  original = seqio.Task.get_dataset
+
+  def get_dataset(self, *args, **kwargs):
+    if self.name.startswith("pydocs_ul2_"):
+      kwargs.setdefault("shuffle_buffer_size", 64)
+    return original(self, *args, **kwargs)
+
+  monkeypatch.setattr(seqio.Task, "get_dataset", get_dataset)
+
+
 def _stream(provider, lengths, seed=SEED):
   """The provider's endless training stream as (inputs, targets) tuples, read lazily."""
   ds = provider.get_dataset(lengths.feature_lengths(), split="train", shuffle=True, seed=seed,
@@ -80,20 +97,24 @@ def test_ul2_lengths_fill_one_budget():
   assert obj.lengths(cfg, 626).inputs == 625  # the S-denoiser's longest prefix + [S2S]
 
 
-def test_ul2_mixture_shares_and_mode_tokens(vocabulary):
-  """10,000 examples: each denoiser within 2 points of 1/7; every example starts with its mode."""
+@pytest.mark.parametrize("num", [
+    3_000, pytest.param(10_000, marks=pytest.mark.slow, id="10000")])
+def test_ul2_mixture_shares_and_mode_tokens(vocabulary, num):
+  """Each denoiser's share is 1/7 (within 2 points over 10,000 examples, the issue's figure;
+  within 4 standard errors over 3,000 by default); every example starts with its mode."""
   obj = objective_registry.get("ul2")
   cfg = Ul2Config()
   lengths = obj.lengths(cfg, BUDGET)
   mixture = tasks.get_task("pydocs", "ul2", cfg, vocabulary, BUDGET)
   assert isinstance(mixture, seqio.Mixture) and len(mixture.tasks) == 7
-  names, mixed = _attribute(mixture, lengths, 10_000)
+  names, mixed = _attribute(mixture, lengths, num)
   shares = {n: c / len(names) for n, c in collections.Counter(names).items()}
   assert set(shares) == set(MODE_OF)
+  # seqio samples i.i.d. with the rates: the standard error of a 1/7 share is 0.35 points
+  # over 10k examples (2 points is about 6 of them) and 0.64 points over 3k.
+  tolerance = 0.02 if num >= 10_000 else 4 * np.sqrt((1 / 7) * (6 / 7) / num)
   for name, share in shares.items():
-    # seqio samples i.i.d. with the rates: the standard error of a 1/7 share over 10k
-    # examples is 0.35 points, so the issue's 2 points is about 6 standard errors.
-    assert abs(share - 1 / 7) < 0.02, shares
+    assert abs(share - 1 / 7) < tolerance, shares
   mode_ids = {m: vocab_lib.mode_token_ids(vocabulary, m) for m in vocab_lib.MODE_TOKENS}
   assert all(len(ids) == 1 for ids in mode_ids.values())  # single pieces in our vocabulary
   all_modes = {ids[0] for ids in mode_ids.values()}

@@ -27,6 +27,14 @@ def _build(arch_name, objective_name, **cfg_overrides):
   return model_objectives.build(arch_registry.get(arch_name), CONFIG, objective, cfg, VOCAB)
 
 
+@functools.lru_cache(maxsize=None)
+def _setup(arch_name, objective_name, batch_fn, **cfg_overrides):
+  """(model, loss, params) built once per configuration and batch kind (tests share them;
+  a test that changes params works on a copy)."""
+  model, loss = _build(arch_name, objective_name, **cfg_overrides)
+  return model, loss, _init(model, batch_fn())
+
+
 def _init(model, batch):
   init = jax.jit(lambda rng, b: model.init(rng, b, deterministic=True)["params"])
   return nn.meta.unbox(init(jax.random.key(0), batch))
@@ -56,6 +64,7 @@ def _grad_norms(fn, params):
 # ----------------------------------------------------------------------------- multi-token
 
 
+@functools.lru_cache(maxsize=None)
 def _decoder_batch(seed=0):
   spec = decoder.batch_spec({"targets": 24}, 3, pack=True)
   return {k: jnp.asarray(v) for k, v in decoder.synthetic_batch(spec, 290, seed).items()}
@@ -93,8 +102,8 @@ def test_mtp_with_one_head_is_the_causal_decoder():
 
 def test_mtp_heads_add_blocks_and_sum_their_losses():
   batch = _decoder_batch()
-  model, loss = _build("causal_decoder", "mtp", num_predicted_tokens=3, extra_head_weight=0.5)
-  params = _init(model, batch)
+  model, loss, params = _setup("causal_decoder", "mtp", _decoder_batch, num_predicted_tokens=3,
+                               extra_head_weight=0.5)
   extra = _paths(params) - _paths(_init(arch_registry.get("causal_decoder").make_model(CONFIG),
                                         batch))
   assert {p.split("/")[0] for p in extra} == {"mtp_block_2", "mtp_block_3", "mtp_norm_2",
@@ -112,8 +121,8 @@ def test_mtp_heads_never_see_later_tokens():
   """Head k's logits at t depend on no token after t: perturbing token s changes no logit of
   any head before s, and (packed) nothing in another document."""
   batch = _decoder_batch()
-  model, _ = _build("causal_decoder", "mtp", num_predicted_tokens=3)
-  params = _init(model, batch)
+  model, _, params = _setup("causal_decoder", "mtp", _decoder_batch, num_predicted_tokens=3,
+                            extra_head_weight=0.5)
   run = jax.jit(lambda b: model.apply({"params": params}, b, method=mtp.MtpDecoder.all_logits))
   base = [np.asarray(x) for x in run(batch)]
   s = 11
@@ -131,6 +140,7 @@ def test_mtp_heads_never_see_later_tokens():
 # ----------------------------------------------------------------------------- ELECTRA
 
 
+@functools.lru_cache(maxsize=None)
 def _electra_batch(seed=0, length=32, rows=4):
   """An EO batch as electra's data side makes it: 15% selected, 85% masked / 15% kept."""
   rng = np.random.default_rng(seed)
@@ -159,8 +169,7 @@ def test_electra_keeps_the_encoder_parameters_and_adds_a_narrow_generator():
 
 def test_electra_replaces_only_selected_tokens_with_ordinary_samples():
   batch = _electra_batch()
-  model, _ = _build("encoder_only", "electra")
-  params = _init(model, batch)
+  model, _, params = _setup("encoder_only", "electra", _electra_batch)
   out = model.apply({"params": params}, batch, jax.random.key(3), method=rtd.ElectraEncoder.forward)
   selected = np.asarray(batch[encoder.TARGETS_KEY]) > 0
   corrupted, replaced = np.asarray(out.corrupted_BL), np.asarray(out.replaced_BL)
@@ -174,8 +183,8 @@ def test_electra_gradients_respect_the_stop_gradient_and_the_padding():
   """RTD reaches no generator weight (its samples are discrete); the MLM reaches no
   discriminator block; the shared embedding gets both; padding gives no RTD gradient."""
   batch = _electra_batch()
-  model, _ = _build("encoder_only", "electra")
-  params = _init(model, batch)
+  model, _, params = _setup("encoder_only", "electra", _electra_batch)
+  params = jax.tree.map(lambda x: x, params)  # a copy: the cached params stay as built
   # The RTD head's output starts at zero, which would hide its gradient to the blocks.
   params["rtd_head"]["out"] = jax.random.normal(jax.random.key(1), params["rtd_head"]["out"].shape)
 
@@ -203,8 +212,7 @@ def test_electra_gradients_respect_the_stop_gradient_and_the_padding():
 
 def test_electra_loss_is_the_weighted_sum():
   batch = _electra_batch()
-  model, loss = _build("encoder_only", "electra", generator_weight=1.0, discriminator_weight=50.0)
-  params = _init(model, batch)
+  model, loss, params = _setup("encoder_only", "electra", _electra_batch)  # weights 1 and 50
   objective, m = _loss(loss, model, params, batch)
   np.testing.assert_allclose(m["loss"], m["mlm_loss"] + 50.0 * m["rtd_loss"], rtol=1e-6)
   np.testing.assert_allclose(objective, m["loss"] + m["z_loss"], rtol=1e-6)
