@@ -145,11 +145,13 @@ def compute(num_devices: int | None = None) -> Info:
   su = setup(num_devices)
   rules = sharding.rules(su.mesh_cfg)
   feature_lengths = su.lengths.feature_lengths()
+  objective = objective_registry.get(su.exp.objective)
   return Info(experiment=su.exp.name, arch=su.exp.arch, model=su.model,
               num_params=sum(math.prod(x.shape)
                              for x in jax.tree.leaves(step.unbox(su.abstract.params))),
-              flops_per_token=su.arch.flops_per_token(su.model, feature_lengths,
-                                                      su.lengths.concat),
+              flops_per_token=model_objectives.flops_per_token(
+                  su.arch, su.model, objective, objective.config_cls(), feature_lengths,
+                  su.lengths.concat),
               sequence_length=su.lengths.budget, mesh=su.mesh, rules=su.mesh_cfg.rules,
               param_bytes_per_device=bytes_per_device(su.abstract.params, su.mesh, rules),
               optimizer_bytes_per_device=bytes_per_device(su.abstract.opt_state, su.mesh, rules),

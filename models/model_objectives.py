@@ -27,7 +27,7 @@ The loss contract, shared by every objective:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Optional, Protocol
 
 import flax.linen as nn
 import jax
@@ -77,10 +77,14 @@ class ModelObjective:
       modules subclass the architecture's model, so its parameters keep their names and
       a checkpoint's trunk restores into the plain architecture.
     make_loss: objective cfg -> LossFn.
+    extra_flops: (ModelConfig, objective cfg, model lengths) -> training FLOPs per token
+      the objective adds to (or, negative, removes from) the architecture's count, in the
+      architecture's unit (per token of the streams its `flops_per_token` divides by).
   """
   name: str
   make_model: Callable[[Any, ModelConfig, Any, Vocab], nn.Module]
   make_loss: Callable[[Any], LossFn]
+  extra_flops: Optional[Callable[[ModelConfig, Any, Mapping[str, int]], float]] = None
 
 
 MODEL_OBJECTIVES = Registry[ModelObjective]("model objective")
@@ -124,6 +128,27 @@ def build(arch: Any, model_cfg: ModelConfig, objective: Any, objective_cfg: Any,
     raise ConfigError(f"objective {objective.name!r} needs ordinary tokens beside PAD/EOS/UNK "
                       f"and {vocab.extra_ids} sentinels; the vocabulary has {vocab.size} ids")
   return mo.make_model(arch, model_cfg, objective_cfg, vocab), mo.make_loss(objective_cfg)
+
+
+def flops_per_token(arch: Any, model_cfg: ModelConfig, objective: Any, objective_cfg: Any,
+                    feature_lengths: Mapping[str, int], concat: int = 0) -> float:
+  """Training FLOPs per token: the architecture's, plus what a model-side objective adds
+  (extra heads, a generator; SpacTor's count is that of its hybrid stage)."""
+  flops = arch.flops_per_token(model_cfg, feature_lengths, concat)
+  name = getattr(objective, "model_objective", None)
+  if name:
+    extra = MODEL_OBJECTIVES.get(name).extra_flops
+    if extra is not None:
+      flops += extra(model_cfg, objective_cfg, arch.model_lengths(feature_lengths, concat))
+  return flops
+
+
+def block_flops_per_token(cfg: ModelConfig, keys: int) -> float:
+  """One self-attention + MLP block, per token: 6 x its matmul parameters plus the PaLM
+  attention term 12 H K x keys (as config.flops_per_token counts each layer)."""
+  inner = cfg.num_heads * cfg.head_dim
+  matmul = 4 * cfg.d_model * inner + (3 if cfg.mlp_gated else 2) * cfg.d_model * cfg.mlp_dim
+  return 6.0 * matmul + 12.0 * inner * keys
 
 
 # The model-side objectives register themselves on import.

@@ -109,4 +109,11 @@ def make_loss(cfg: Any) -> mo.LossFn:
   return loss
 
 
-mo.MODEL_OBJECTIVES.add("mtp", mo.ModelObjective("mtp", make_model, make_loss))
+def extra_flops(model_cfg: ModelConfig, cfg: Any, lengths: Mapping[str, int]) -> float:
+  """Each extra head: one block over the row and one more unembedding, per token."""
+  per_head = (mo.block_flops_per_token(model_cfg, lengths["decoder"])
+              + 6.0 * model_cfg.d_model * model_cfg.vocab_size)
+  return (cfg.num_predicted_tokens - 1) * per_head
+
+
+mo.MODEL_OBJECTIVES.add("mtp", mo.ModelObjective("mtp", make_model, make_loss, extra_flops))

@@ -287,5 +287,28 @@ def spactor_loss(cfg: Any) -> mo.LossFn:
   return loss
 
 
-mo.MODEL_OBJECTIVES.add("electra", mo.ModelObjective("electra", make_electra, electra_loss))
-mo.MODEL_OBJECTIVES.add("spactor", mo.ModelObjective("spactor", make_spactor, spactor_loss))
+def _generator_and_head_flops(model_cfg: ModelConfig, fraction: float, length: int) -> float:
+  """Per token the generator reads: its blocks, the two projections, the tied logits over
+  the vocabulary, and the RTD head (D x D and D x 1)."""
+  g_cfg = generator_config(model_cfg, fraction)
+  d, d_g = model_cfg.d_model, g_cfg.d_model
+  return (g_cfg.num_layers * mo.block_flops_per_token(g_cfg, length)
+          + 6.0 * (2 * d * d_g + d * model_cfg.vocab_size + d * d + d))
+
+
+def electra_flops(model_cfg: ModelConfig, cfg: Any, lengths: Mapping[str, int]) -> float:
+  """The generator and RTD head; minus the encoder's LM head, which ELECTRA never runs."""
+  return (_generator_and_head_flops(model_cfg, cfg.generator_fraction, lengths["encoder"])
+          - 6.0 * model_cfg.d_model * model_cfg.vocab_size)
+
+
+def spactor_flops(model_cfg: ModelConfig, cfg: Any, lengths: Mapping[str, int]) -> float:
+  """The hybrid stage: generator and RTD head over the encoder tokens, per example token."""
+  s, t = lengths["encoder"], lengths["decoder"]
+  return _generator_and_head_flops(model_cfg, cfg.generator_fraction, s) * s / (s + t)
+
+
+mo.MODEL_OBJECTIVES.add("electra", mo.ModelObjective("electra", make_electra, electra_loss,
+                                                     electra_flops))
+mo.MODEL_OBJECTIVES.add("spactor", mo.ModelObjective("spactor", make_spactor, spactor_loss,
+                                                     spactor_flops))

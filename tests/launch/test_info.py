@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import jax
+
 from objectax.launch import configure, info, main
 from objectax.models import config as model_config_lib
 
@@ -82,3 +84,38 @@ def test_cli_prints_the_figures_and_rejects_bad_meshes(capsys):
                    "--gin.MeshConfig.axes=(('data', 4), ('fsdp', -1), ('tensor', 1))"]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "does not divide 6 devices" in err[0]
+
+
+def _matmul_params(tree, prefix):
+  """Parameters of 2-d or larger arrays under top-level keys starting with `prefix`."""
+  import math  # pylint: disable=g-import-not-at-top
+  from objectax.launch import step  # pylint: disable=g-import-not-at-top
+  params = step.unbox(tree)
+  return sum(math.prod(x.shape) for k, v in params.items() if k.startswith(prefix)
+             for x in jax.tree.leaves(v) if x.ndim >= 2)
+
+
+def test_flops_count_the_parameters_model_side_objectives_add():
+  """Extra heads and generators add 6 FLOPs per matmul parameter (counted from the real
+  parameter tree) plus their attention; ELECTRA drops the encoder's unused LM head."""
+  base = _info("Experiment.objective=full_lm").flops_per_token
+  configure.parse(["run/quickstart.gin"], ["Experiment.objective=mtp"])
+  su = info.setup(1)
+  m, length = su.model, su.lengths.budget
+  attention = 12 * m.num_heads * m.head_dim * length
+  extra = 6 * _matmul_params(su.abstract.params, "mtp_block_") + 3 * (
+      6 * m.d_model * m.vocab_size + attention)
+  assert abs(info.compute(1).flops_per_token - base - extra) < 1e-6 * base
+
+  configure.parse(["run/quickstart.gin"], ["Experiment.arch=encoder_only",
+                                           "Experiment.objective=bert_mlm"])
+  mlm = info.compute(1).flops_per_token
+  configure.parse(["run/quickstart.gin"], ["Experiment.arch=encoder_only",
+                                           "Experiment.objective=electra"])
+  su = info.setup(1)
+  gen = su.abstract.params  # generator + rtd head matmuls, tied generator logits, attention
+  from objectax.models import rtd  # pylint: disable=g-import-not-at-top
+  g = rtd.generator_config(su.model, 0.25)
+  extra = (6 * (_matmul_params(gen, "generator") + _matmul_params(gen, "rtd_head") + m.d_model)
+           + g.num_layers * 12 * g.num_heads * g.head_dim * length)
+  assert abs(info.compute(1).flops_per_token - mlm - extra) < 1e-6 * mlm
