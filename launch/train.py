@@ -18,6 +18,7 @@ import numpy as np
 from objectax.data import vocab as vocab_lib
 from objectax.data.registry import ConfigError
 from objectax.launch import checkpoints, config, distributed, input_pipeline, metrics as metrics_lib, sharding
+from objectax.launch import mfu as mfu_lib
 from objectax.launch import step as step_lib
 from objectax.models import model_objectives
 from objectax.models import registry as arch_registry
@@ -133,6 +134,11 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
     start_step = 0
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
   say(f"model {exp.arch}/{exp.size}: {n_params / 1e6:.2f}M parameters")
+  flops_per_token = model_objectives.flops_per_token(cfg.arch, model_cfg, cfg.objective,
+                                                     cfg.objective_cfg, lengths, ti.lengths.concat)
+  peak_flops, peak_source = mfu_lib.run_peak_flops()
+  say(f"MFU = tokens/s x {flops_per_token:.4g} training FLOPs per token / "
+      f"{peak_flops / 1e12:.3g} TFLOP/s peak ({peak_source})")
 
   batch_sharding = sharding.batch_sharding(mesh)
   batch_shardings = {k: batch_sharding for k in spec}
@@ -197,8 +203,9 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
     now = time.perf_counter()
     tps = (step - step_log) * tokens_per_batch / max(now - t_log, 1e-9)
     t_log, step_log = now, step
-    writer.write(step, {**m, "tokens_per_second": tps})
-    progress.update(step, m["loss"], tps)
+    utilisation = mfu_lib.mfu(tps, flops_per_token, peak_flops)
+    writer.write(step, {**m, "tokens_per_second": tps, "mfu": utilisation})
+    progress.update(step, m["loss"], tps, extra=f"  MFU {utilisation:.1%}")
 
   try:
     with sharding.activate(mesh, cfg.mesh):

@@ -29,6 +29,11 @@ def test_run_writes_outputs_and_resumes(tfds_data_dir, tmp_path):
   assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
   assert [r["step"] for r in rows if "eval_loss" in r] == [0, 3, 6]
   assert all(np.isfinite(r["loss"]) and r["tokens_per_second"] > 0 for r in rows if "loss" in r)
+  # MFU on every log line: tokens/s x FLOPs per token / peak, so mfu / tokens_per_second is
+  # one constant for the run.
+  ratios = [r["mfu"] / r["tokens_per_second"] for r in rows if "loss" in r]
+  assert all(0 < r["mfu"] < 1 for r in rows if "loss" in r)
+  np.testing.assert_allclose(ratios, ratios[0], rtol=1e-9)
   assert "Experiment.objective = 'full_lm'" in (wd / "config.gin").read_text()
   assert "TrainConfig.steps = 6" in (wd / "config.gin").read_text()
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd / "tensorboard"))
