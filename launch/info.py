@@ -102,6 +102,8 @@ class Setup:
   """The configured run, traced abstractly: what `info` and `plan` read."""
   exp: config.Experiment
   arch: arch_registry.Architecture
+  objective: objective_registry.Objective
+  objective_cfg: Any
   model: ModelConfig
   lengths: objective_registry.TaskLengths
   mesh: dict[str, int]
@@ -119,7 +121,8 @@ def setup(num_devices: int | None = None) -> Setup:
   tc, mesh_cfg = config.TrainConfig(), sharding.MeshConfig()
   vocab_cfg = vocab_lib.VocabConfig()
   model_cfg = ModelConfig().with_vocab_size(vocabulary_size(vocab_cfg))
-  lengths = objective.lengths(objective.config_cls(), exp.sequence_length)
+  objective_cfg = objective.config_cls()
+  lengths = objective.lengths(objective_cfg, exp.sequence_length)
   n = jax.device_count() if num_devices is None else num_devices
   if n < 1:
     raise ConfigError(f"--devices must be at least 1, got {n}")
@@ -132,12 +135,13 @@ def setup(num_devices: int | None = None) -> Setup:
   # The state's shapes do not depend on the batch: trace with one example per replica.
   spec = arch.batch_spec(lengths.feature_lengths(), 1, pack=exp.pack,
                          concat_length=lengths.concat)
-  model, _ = model_objectives.build(arch, model_cfg, objective, objective.config_cls(),
+  model, _ = model_objectives.build(arch, model_cfg, objective, objective_cfg,
                                     model_objectives.Vocab(vocabulary_size(vocab_cfg),
                                                            vocab_cfg.extra_ids))
   abstract = step.abstract_state(model, step.make_optimizer(tc), spec)
-  return Setup(exp=exp, arch=arch, model=model_cfg, lengths=lengths, mesh=mesh_shape,
-               mesh_cfg=mesh_cfg, batch_per_replica=per_replica, abstract=abstract)
+  return Setup(exp=exp, arch=arch, objective=objective, objective_cfg=objective_cfg,
+               model=model_cfg, lengths=lengths, mesh=mesh_shape, mesh_cfg=mesh_cfg,
+               batch_per_replica=per_replica, abstract=abstract)
 
 
 def compute(num_devices: int | None = None) -> Info:
@@ -145,12 +149,11 @@ def compute(num_devices: int | None = None) -> Info:
   su = setup(num_devices)
   rules = sharding.rules(su.mesh_cfg)
   feature_lengths = su.lengths.feature_lengths()
-  objective = objective_registry.get(su.exp.objective)
   return Info(experiment=su.exp.name, arch=su.exp.arch, model=su.model,
               num_params=sum(math.prod(x.shape)
                              for x in jax.tree.leaves(step.unbox(su.abstract.params))),
               flops_per_token=model_objectives.flops_per_token(
-                  su.arch, su.model, objective, objective.config_cls(), feature_lengths,
+                  su.arch, su.model, su.objective, su.objective_cfg, feature_lengths,
                   su.lengths.concat),
               sequence_length=su.lengths.budget, mesh=su.mesh, rules=su.mesh_cfg.rules,
               param_bytes_per_device=bytes_per_device(su.abstract.params, su.mesh, rules),

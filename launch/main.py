@@ -209,10 +209,7 @@ def run(argv: list[str] | None = None) -> int:
     if args.command == "plan":
       from objectax.launch import info as info_lib, plan as plan_lib
       configure.parse(files or [QUICKSTART], bindings)
-      su = info_lib.setup(args.devices)
-      print(plan_lib.render(su))
-      if args.device_memory_gib:
-        print(plan_lib.fits(su, args.device_memory_gib))
+      print(plan_lib.render(info_lib.setup(args.devices), args.device_memory_gib))
       return 0
     if args.command == "inspect":
       from objectax.launch import inspect_example

@@ -65,7 +65,9 @@ def _fold(name: str) -> str:
   return _LAYER_INDEX.sub("*", name)
 
 
-def render(su: info_lib.Setup) -> str:
+def render(su: info_lib.Setup, device_memory_gib: float | None = None) -> str:
+  """The table and the per-device totals; with `device_memory_gib`, a last line saying
+  whether the total fits a device of that memory."""
   rules = sharding.rules(su.mesh_cfg)
   params = info_lib.shards(su.abstract.params, su.mesh, rules)
   opt = info_lib.shards(su.abstract.opt_state, su.mesh, rules)
@@ -97,19 +99,11 @@ def render(su: info_lib.Setup) -> str:
       f"  optimizer state   {gb(o_bytes)}",
       f"  activations       {gb(a_bytes)} (estimate, no rematerialisation, {su.model.dtype})",
       f"  total             {gb(p_bytes + o_bytes + a_bytes)}",
+      *([_verdict(p_bytes + o_bytes + a_bytes, device_memory_gib)] if device_memory_gib else []),
   ])
 
 
-def total_bytes(su: info_lib.Setup) -> int:
-  rules = sharding.rules(su.mesh_cfg)
-  return (info_lib.bytes_per_device(su.abstract.params, su.mesh, rules)
-          + info_lib.bytes_per_device(su.abstract.opt_state, su.mesh, rules)
-          + activation_bytes(su))
-
-
-def fits(su: info_lib.Setup, device_memory_gib: float) -> str:
-  """One line: whether the per-device total fits a device of that memory."""
-  total = total_bytes(su) / 2**30
-  verdict = "fits" if total <= device_memory_gib else "does NOT fit"
-  return (f"{verdict}: {total:.2f} GiB of {device_memory_gib:g} GiB per device "
-          f"({100 * total / device_memory_gib:.0f}%)")
+def _verdict(total_bytes: int, device_memory_gib: float) -> str:
+  total = total_bytes / 2**30
+  return (f"{'fits' if total <= device_memory_gib else 'does NOT fit'}: {total:.2f} GiB of "
+          f"{device_memory_gib:g} GiB per device ({100 * total / device_memory_gib:.0f}%)")

@@ -78,10 +78,6 @@ MIN_BUDGET = 2  # Two tokens always hold a non-EOS candidate (EOS never follows 
 BLOCK = 64  # chunks masked per vectorized map call.
 
 
-def _is_number(x) -> bool:
-  return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class BertMLMConfig:
@@ -104,11 +100,11 @@ class BertMLMConfig:
   def __post_init__(self):
     name = type(self).__name__
     p = self.masked_lm_prob
-    if not _is_number(p) or not 0.0 < p <= 1.0:
+    if not registry.is_number(p) or not 0.0 < p <= 1.0:
       raise ConfigError(f"{name}.masked_lm_prob must be in (0, 1], got {p!r}")
     for field in ("mask_fraction", "random_fraction"):
       value = getattr(self, field)
-      if not _is_number(value) or not 0.0 <= value <= 1.0:
+      if not registry.is_number(value) or not 0.0 <= value <= 1.0:
         raise ConfigError(f"{name}.{field} must be in [0, 1], got {value!r}")
     if self.mask_fraction + self.random_fraction > 1.0 + 1e-9:
       raise ConfigError(f"{name}.mask_fraction + random_fraction must be <= 1, got "

@@ -26,8 +26,8 @@ ARCHITECTURES = ("causal_decoder", "prefix_decoder", "encoder_decoder", "encoder
 def check_fields(cfg: Any, kind: str, *fields: str) -> None:
   """ConfigError, in one line, unless each named field of `cfg` holds a valid value of `kind`:
   "fraction" (a number in (0, 1]), "weight" (a number >= 0) or "count" (an int >= 0)."""
-  valid = {"fraction": ("in (0, 1]", lambda v: _is_number(v) and 0.0 < v <= 1.0),
-           "weight": ("a number >= 0", lambda v: _is_number(v) and v >= 0),
+  valid = {"fraction": ("in (0, 1]", lambda v: is_number(v) and 0.0 < v <= 1.0),
+           "weight": ("a number >= 0", lambda v: is_number(v) and v >= 0),
            "count": ("an int >= 0", lambda v: isinstance(v, int) and not isinstance(v, bool)
                      and v >= 0)}[kind]
   for field in fields:
@@ -36,7 +36,8 @@ def check_fields(cfg: Any, kind: str, *fields: str) -> None:
       raise ConfigError(f"{type(cfg).__name__}.{field} must be {valid[0]}, got {value!r}")
 
 
-def _is_number(x: Any) -> bool:
+def is_number(x: Any) -> bool:
+  """A real int or float (bools are not numbers here)."""
   return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
