@@ -38,13 +38,21 @@ def configurables() -> dict[str, type]:
   """The gin-bound config classes, by name (importing them registers them with gin)."""
   # pylint: disable=g-import-not-at-top
   from objectax.data import sources, vocab
-  from objectax.launch import config, distributed, sharding
-  from objectax.models.config import ModelConfig
   from objectax.objectives import registry as objective_registry
-  classes = [config.Experiment, config.TrainConfig, sharding.MeshConfig,
-             distributed.DistributedConfig, ModelConfig,
+  classes = [*model_configurables().values(),
              vocab.VocabConfig, sources.LocalTextConfig, sources.TfdsConfig]
   classes += [objective_registry.get(n).config_cls for n in objective_registry.OBJECTIVES.names()]
+  return {c.__name__: c for c in classes}
+
+
+def model_configurables() -> dict[str, type]:
+  """The configurables that need neither TensorFlow nor seqio (`objectax bench model` on a
+  GPU host): experiment, training, mesh, distribution and model shapes."""
+  # pylint: disable=g-import-not-at-top
+  from objectax.launch import config, distributed, sharding
+  from objectax.models.config import ModelConfig
+  classes = [config.Experiment, config.TrainConfig, sharding.MeshConfig,
+             distributed.DistributedConfig, ModelConfig]
   return {c.__name__: c for c in classes}
 
 
@@ -109,7 +117,8 @@ def _included_files(path: str, seen: set[str] | None = None) -> list[str]:
   return out
 
 
-def _parse_gin(files: list[str], bindings: list[str], classes: dict[str, type]) -> None:
+def _parse_gin(files: list[str], bindings: list[str], classes: dict[str, type],
+               skip_unknown: bool = False) -> None:
   gin.clear_config()
   if GIN_DIR not in gin.config._LOCATION_PREFIXES:  # pylint: disable=protected-access
     gin.add_config_file_search_path(GIN_DIR)  # once: gin appends, even duplicates
@@ -119,7 +128,8 @@ def _parse_gin(files: list[str], bindings: list[str], classes: dict[str, type]) 
   level = root.level
   root.setLevel(logging.CRITICAL)
   try:
-    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False)
+    gin.parse_config_files_and_bindings(files, bindings, finalize_config=False,
+                                        skip_unknown=skip_unknown)
   except Exception as e:  # ValueError, SyntaxError, OSError, tokenize.TokenError: one line
     raise ConfigError(_explain(e, classes)) from None
   finally:
@@ -133,8 +143,12 @@ def bound_or_default(cls: type, field: str):
     return {f.name: f.default for f in dataclasses.fields(cls)}[field]
 
 
-def parse(gin_files: list[str], bindings: list[str]) -> None:
+def parse(gin_files: list[str], bindings: list[str], *, model_only: bool = False) -> None:
   """Clears gin, then parses files and bindings; raises ConfigError in one line.
+
+  model_only: register only `model_configurables` (no TensorFlow or seqio imported) and
+  skip bindings of any other configurable (objective and corpus settings), for paths that
+  train on synthetic batches.
 
   The size is one switch, `Experiment.size`: its file `gin/size/<size>.gin` is applied
   first, so the experiment's files and the command line's bindings override it.
@@ -142,7 +156,7 @@ def parse(gin_files: list[str], bindings: list[str]) -> None:
   include a size file (the name and the model would disagree).
   """
   from objectax.launch.config import Experiment  # pylint: disable=g-import-not-at-top
-  classes = configurables()
+  classes = model_configurables() if model_only else configurables()
   size_dir = os.path.join(GIN_DIR, "size")
   files, size_bindings = [], []
   for path in (resolve_gin_file(f) for f in gin_files):
@@ -156,10 +170,10 @@ def parse(gin_files: list[str], bindings: list[str]) -> None:
                         f"{', '.join(f[:-4] for f in axis_choices('size'))})")
     files.append(path)
   bindings = size_bindings + [normalize_binding(b) for b in bindings]
-  _parse_gin(files, bindings, classes)  # first pass: which size?
+  _parse_gin(files, bindings, classes, model_only)  # first pass: which size?
   size = bound_or_default(Experiment, "size")
   check_size(size)
-  _parse_gin([os.path.join(size_dir, f"{size}.gin"), *files], bindings, classes)
+  _parse_gin([os.path.join(size_dir, f"{size}.gin"), *files], bindings, classes, model_only)
   check_types(classes)
 
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from objectax.launch import config, sharding
-from objectax.models import model_objectives
+from objectax.models import layers, model_objectives
 
 
 @flax.struct.dataclass
@@ -36,8 +36,19 @@ def learning_rate_schedule(tc: config.TrainConfig) -> optax.Schedule:
       decay_steps=tc.steps, end_value=tc.learning_rate * tc.end_lr_fraction)
 
 
+def decay_matrices_only(params: Any) -> Any:
+  """True for matrices (weight decay), False for vectors such as norm scales.
+
+  A scanned stack (ModelConfig.scan_layers) stacks its blocks' parameters on a leading
+  layers axis, which does not count: its norm scales stay undecayed, as in the plain path.
+  """
+  def is_matrix(path, p):
+    scanned = any(str(getattr(k, "key", "")).startswith(layers.SCAN_PREFIX) for k in path)
+    return p.ndim - scanned >= 2
+  return jax.tree_util.tree_map_with_path(is_matrix, params)
+
+
 def make_optimizer(tc: config.TrainConfig) -> optax.GradientTransformation:
-  decay_matrices_only = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
   return optax.chain(
       optax.clip_by_global_norm(tc.clip_grad_norm),
       optax.adamw(learning_rate_schedule(tc), b1=tc.adam_b1, b2=tc.adam_b2,

@@ -26,6 +26,16 @@ POSITION_EMBEDDINGS = ("rope", "relative", "none")
 # tanh approximation, as T5X's "gelu" (flax.linen.gelu = jax.nn.gelu, approximate=True).
 MLP_ACTIVATIONS = ("silu", "gelu", "relu")
 
+# Fast paths (issue 7). Each gives the plain path's loss (tests/models/test_fast_paths.py).
+# remat: what the backward pass recomputes per block instead of keeping it (jax.checkpoint
+# policies): nothing ("none"), everything ("full"), everything but the matmul outputs
+# ("save_dots", jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
+REMAT_POLICIES = ("none", "full", "save_dots")
+# attention: "xla" (jax.nn.dot_product_attention's portable path) or "cudnn" (the cuDNN
+# fused flash-attention kernel; GPU with bfloat16/float16 activations only, elsewhere it
+# falls back to "xla" with one warning).
+ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
+
 # Vocabulary rows are padded to a multiple of this so that the embedding and logits
 # matmuls tile evenly (TPU MXU/GPU tensor cores like multiples of 128).
 VOCAB_MULTIPLE = 128
@@ -74,6 +84,15 @@ class ModelConfig:
     mlp_activation: one of MLP_ACTIVATIONS.
     mlp_gated: True = act(x W_gate) * (x W_up) then W_down (three matrices, GLU);
       False = act(x W_up) W_down (two matrices, T5 v1.0's ReLU MLP).
+    remat: one of REMAT_POLICIES, applied to every block of every stack.
+    scan_layers: run each stack's blocks with one `nn.scan` (one compiled block, the
+      parameters stacked on a leading "layers" axis under `scan_<stack>`) instead of a
+      Python loop; compiles in time independent of depth. The checkpoint layout differs
+      from the unscanned one (`stack_block_params` converts).
+    attention: one of ATTENTION_IMPLEMENTATIONS.
+    logits_chunk: 0 = compute the (B, L, V) logits at once; N > 0 = the data-only loss
+      computes logits and cross-entropy over N tokens at a time, recomputing them in the
+      backward pass, so (B, L, V) float32 logits are never held (large vocabularies).
   """
 
   vocab_size: int = 0
@@ -93,6 +112,10 @@ class ModelConfig:
   relative_attention_max_distance: int = 128
   mlp_activation: str = "silu"
   mlp_gated: bool = True
+  remat: str = "none"
+  scan_layers: bool = False
+  attention: str = "xla"
+  logits_chunk: int = 0
 
   def __post_init__(self):
     for name in ("d_model", "num_heads", "head_dim", "mlp_dim", "num_layers"):
@@ -118,6 +141,16 @@ class ModelConfig:
           f"{', '.join(MLP_ACTIVATIONS)}")
     if not isinstance(self.mlp_gated, bool):
       raise ConfigError(f"ModelConfig.mlp_gated={self.mlp_gated!r} must be True or False")
+    for name, choices in (("remat", REMAT_POLICIES), ("attention", ATTENTION_IMPLEMENTATIONS)):
+      if getattr(self, name) not in choices:
+        raise ConfigError(f"ModelConfig.{name}={getattr(self, name)!r} is not valid; valid "
+                          f"choices: {', '.join(choices)}")
+    if not isinstance(self.scan_layers, bool):
+      raise ConfigError(f"ModelConfig.scan_layers={self.scan_layers!r} must be True or False")
+    if (not isinstance(self.logits_chunk, int) or isinstance(self.logits_chunk, bool)
+        or self.logits_chunk < 0):
+      raise ConfigError(f"ModelConfig.logits_chunk={self.logits_chunk!r} must be an integer "
+                        ">= 0 (0 = logits at once)")
     if self.position_embedding == "rope" and self.head_dim % 2:
       raise ConfigError(
           f"ModelConfig.head_dim={self.head_dim} must be even (rotary embedding "

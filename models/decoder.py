@@ -55,7 +55,7 @@ class Model(nn.Module):
     config_lib._require_vocab(cfg)  # pylint: disable=protected-access
     self.embed = layers.Embed(cfg)
     self.embed_dropout = nn.Dropout(rate=cfg.dropout_rate)
-    self.blocks = [layers.Block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
+    self.blocks = layers.stack(cfg, layers.Block, cfg.num_layers, "block")
     self.final_norm = layers.RMSNorm(cfg)
     if cfg.position_embedding == "relative":
       # One table for the stack, causal buckets even for the prefix decoder, as in the
@@ -68,6 +68,16 @@ class Model(nn.Module):
     """Logits (float32) for every position of `batch["decoder_input_tokens"]`."""
     x_BLD = self.embed(batch["decoder_input_tokens"])
     return self.logits_from_embeddings(x_BLD, batch, deterministic=deterministic)
+
+  def hidden(self, batch: Mapping[str, jax.Array], *, deterministic: bool = True) -> jax.Array:
+    """The final-normed residual stream the logits are read from (chunked loss)."""
+    x_BLD, _ = self.trunk(self.embed(batch["decoder_input_tokens"]), batch,
+                          deterministic=deterministic)
+    return self.final_norm(x_BLD)
+
+  def output_kernel(self) -> tuple[jax.Array, float | None]:
+    """(kernel, divisor) with logits = hidden @ kernel / divisor (`layers.output_kernel`)."""
+    return layers.output_kernel(self.embed, self.head_DV)
 
   def logits_from_embeddings(self, x_BLD: jax.Array, batch: Mapping[str, jax.Array], *,
                              deterministic: bool = True) -> jax.Array:
@@ -93,8 +103,7 @@ class Model(nn.Module):
                  else None)
     if cfg.dropout_rate > 0.0:
       x_BLD = self.embed_dropout(x_BLD, deterministic=deterministic)
-    for block in self.blocks:
-      x_BLD = block(x_BLD, mask_B1LL, positions_BL, deterministic, bias_BHLL)
+    x_BLD = layers.run_stack(self.blocks, x_BLD, mask_B1LL, positions_BL, deterministic, bias_BHLL)
     return x_BLD, Context(mask_B1LL, positions_BL, bias_BHLL)
 
 

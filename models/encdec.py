@@ -67,11 +67,9 @@ class Model(nn.Module):
     config_lib._require_vocab(cfg)  # pylint: disable=protected-access
     self.embed = layers.Embed(cfg)  # shared by encoder, decoder and (tied) output
     self.embed_dropout = nn.Dropout(rate=cfg.dropout_rate)
-    self.encoder_blocks = [layers.Block(cfg, name=f"encoder_block_{i}")
-                           for i in range(cfg.encoder_layers)]
+    self.encoder_blocks = layers.stack(cfg, layers.Block, cfg.encoder_layers, "encoder_block")
     self.encoder_norm = layers.RMSNorm(cfg)
-    self.decoder_blocks = [layers.DecoderBlock(cfg, name=f"decoder_block_{i}")
-                           for i in range(cfg.num_layers)]
+    self.decoder_blocks = layers.stack(cfg, layers.DecoderBlock, cfg.num_layers, "decoder_block")
     self.decoder_norm = layers.RMSNorm(cfg)
     if cfg.position_embedding == "relative":
       # One table per stack, shared by its layers (T5X t5/network.py: Encoder and Decoder
@@ -103,14 +101,32 @@ class Model(nn.Module):
     bias_BHSS = (self.encoder_relpos_bias(positions_BS)
                  if self.config.position_embedding == "relative" else None)
     x_BSD = self._embed_dropout(x_BSD, deterministic)
-    for block in self.encoder_blocks:
-      x_BSD = block(x_BSD, mask_B1SS, positions_BS, deterministic, bias_BHSS)
+    x_BSD = layers.run_stack(self.encoder_blocks, x_BSD, mask_B1SS, positions_BS, deterministic,
+                             bias_BHSS)
     return layers.constrain(self.encoder_norm(x_BSD))
 
   def decode_embeddings(self, x_BTD: jax.Array, encoded_BSD: jax.Array,
                         batch: Mapping[str, jax.Array], *,
                         deterministic: bool = True) -> jax.Array:
     """Decoder logits from its input embeddings and the encoder output."""
+    return layers.output_logits(self.embed, self.head_DV, self.decoder_hidden(
+        x_BTD, encoded_BSD, batch, deterministic=deterministic))
+
+  def hidden(self, batch: Mapping[str, jax.Array], *, deterministic: bool = True) -> jax.Array:
+    """The decoder's final-normed hidden states the logits are read from (chunked loss)."""
+    encoded_BSD = self.encode_embeddings(self.embed(batch["encoder_input_tokens"]), batch,
+                                         deterministic=deterministic)
+    return self.decoder_hidden(self.embed(batch["decoder_input_tokens"]), encoded_BSD, batch,
+                               deterministic=deterministic)
+
+  def output_kernel(self) -> tuple[jax.Array, float | None]:
+    """(kernel, divisor) with logits = hidden @ kernel / divisor (`layers.output_kernel`)."""
+    return layers.output_kernel(self.embed, self.head_DV)
+
+  def decoder_hidden(self, x_BTD: jax.Array, encoded_BSD: jax.Array,
+                     batch: Mapping[str, jax.Array], *,
+                     deterministic: bool = True) -> jax.Array:
+    """The decoder stack and its final norm, before the output projection."""
     cfg = self.config
     segment_ids_BT = decoder_segment_ids(batch)
     positions_BT = _positions(batch, "decoder_positions", batch["decoder_input_tokens"])
@@ -123,11 +139,9 @@ class Model(nn.Module):
     bias_BHTT = (self.decoder_relpos_bias(positions_BT)
                  if cfg.position_embedding == "relative" else None)
     x_BTD = self._embed_dropout(x_BTD, deterministic)
-    for block in self.decoder_blocks:
-      x_BTD = block(x_BTD, encoded_BSD, self_mask_B1TT, cross_mask_B1TS, positions_BT,
-                    deterministic, bias_BHTT)
-    x_BTD = self.decoder_norm(x_BTD)
-    return layers.output_logits(self.embed, self.head_DV, x_BTD)
+    x_BTD = layers.run_stack(self.decoder_blocks, x_BTD, encoded_BSD, self_mask_B1TT,
+                             cross_mask_B1TS, positions_BT, deterministic, bias_BHTT)
+    return self.decoder_norm(x_BTD)
 
   def _embed_dropout(self, x_BLD: jax.Array, deterministic: bool) -> jax.Array:
     if self.config.dropout_rate > 0.0:

@@ -61,7 +61,7 @@ class Model(nn.Module):
     config_lib._require_vocab(cfg)  # pylint: disable=protected-access
     self.embed = layers.Embed(cfg)
     self.embed_dropout = nn.Dropout(rate=cfg.dropout_rate)
-    self.blocks = [layers.Block(cfg, name=f"block_{i}") for i in range(cfg.num_layers)]
+    self.blocks = layers.stack(cfg, layers.Block, cfg.num_layers, "block")
     self.final_norm = layers.RMSNorm(cfg)
     if cfg.position_embedding == "relative":
       # Bidirectional buckets, as T5's encoder (T5X t5/network.py Encoder `relpos_bias`).
@@ -95,10 +95,18 @@ class Model(nn.Module):
                  else None)
     if cfg.dropout_rate > 0.0:
       x_BLD = self.embed_dropout(x_BLD, deterministic=deterministic)
-    for block in self.blocks:
-      x_BLD = block(x_BLD, mask_B1LL, positions_BL, deterministic=deterministic,
-                    bias_BHLL=bias_BHLL)
+    x_BLD = layers.run_stack(self.blocks, x_BLD, mask_B1LL, positions_BL, deterministic,
+                             bias_BHLL)
     return self.final_norm(x_BLD)
+
+  def hidden(self, batch: Mapping[str, jax.Array], *, deterministic: bool = True) -> jax.Array:
+    """The final-normed hidden states the logits are read from (chunked loss)."""
+    return self.hidden_from_embeddings(self.embed(batch[INPUTS_KEY]), batch,
+                                       deterministic=deterministic)
+
+  def output_kernel(self) -> tuple[jax.Array, float | None]:
+    """(kernel, divisor) with logits = hidden @ kernel / divisor (`layers.output_kernel`)."""
+    return layers.output_kernel(self.embed, self.head_DV)
 
 
 def segment_ids(batch: Mapping[str, jax.Array]) -> jax.Array:

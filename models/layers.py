@@ -95,10 +95,8 @@ class Embed(nn.Module):
     return x_BLD.astype(_dtype(self.config.dtype))
 
   def attend(self, x_BLD: jax.Array) -> jax.Array:
-    """Tied output logits in float32 (stability of the softmax over V)."""
-    logits_BLV = jnp.einsum("BLD,VD->BLV", x_BLD.astype(jnp.float32),
-                            self.embedding_VD.astype(jnp.float32))
-    return logits_BLV / jnp.sqrt(jnp.float32(self.config.d_model))
+    """Tied output logits, float32 (stability of the softmax over V); see `project`."""
+    return project(x_BLD, *output_kernel(self, None))
 
 
 def untied_head(module: nn.Module, config: ModelConfig) -> jax.Array | None:
@@ -116,9 +114,28 @@ def untied_head(module: nn.Module, config: ModelConfig) -> jax.Array | None:
 
 def output_logits(embed: Embed, head_DV: jax.Array | None, x_BLD: jax.Array) -> jax.Array:
   """float32 logits: through the tied embedding, or the untied head when there is one."""
+  return project(x_BLD, *output_kernel(embed, head_DV))
+
+
+def output_kernel(embed: Embed, head_DV: jax.Array | None) -> tuple[jax.Array, float | None]:
+  """(D x V kernel in the activation dtype, divisor or None) with logits = x @ kernel / divisor.
+
+  Tied: the embedding table transposed, divided by sqrt(D) after the matmul (T5X). Untied:
+  the head, not rescaled.
+  """
+  dtype = _dtype(embed.config.dtype)
   if head_DV is None:
-    return embed.attend(x_BLD)
-  return jnp.einsum("BLD,DV->BLV", x_BLD.astype(jnp.float32), head_DV.astype(jnp.float32))
+    return embed.embedding_VD.T.astype(dtype), float(np.sqrt(embed.config.d_model))
+  return head_DV.astype(dtype), None
+
+
+def project(x_BLD: jax.Array, kernel_DV: jax.Array, divisor: float | None) -> jax.Array:
+  """float32 logits x @ kernel (/ divisor): operands in the activation dtype (bfloat16 runs
+  the largest matmul of a big-vocabulary model on the fast path), products summed in
+  float32, as MaxText and T5X do."""
+  logits_BLV = jnp.einsum("BLD,DV->BLV", x_BLD.astype(kernel_DV.dtype), kernel_DV,
+                          preferred_element_type=jnp.float32)
+  return logits_BLV if divisor is None else logits_BLV / jnp.float32(divisor)
 
 
 def apply_rope(x_BLHK: jax.Array, positions_BL: jax.Array, max_wavelength: float) -> jax.Array:
@@ -268,9 +285,65 @@ class Attention(nn.Module):
         raise ValueError("RoPE needs positions and keys from the queries' own sequence")
       q_BLHK = apply_rope(q_BLHK, positions_BL, cfg.rope_max_wavelength)
       k_BSHK = apply_rope(k_BSHK, positions_BL, cfg.rope_max_wavelength)
-    out_BLHK = jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHK, bias=bias_BHLS,
-                                            mask=mask_B1LS)
+    out_BLHK = dot_product_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, bias_BHLS,
+                                     cfg.attention)
     return jnp.einsum("BLHK,HKD->BLD", out_BLHK, wo_HKD)
+
+
+# A masked logit in the cuDNN path: finite, so a row with no visible key (cross-attention
+# of decoder padding) gives a uniform average instead of NaN, and far enough below any
+# real logit that exp() underflows to exactly 0, as in the XLA path.
+_CUDNN_MASKED = -1e9
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+  if message not in _warned:
+    _warned.add(message)
+    print(f"objectax: {message}", flush=True)
+
+
+def cudnn_unsupported(q_BLHK: jax.Array) -> str | None:
+  """Why the cuDNN fused attention cannot run these queries here, or None if it can.
+
+  cuDNN's flash attention (jax.nn.dot_product_attention(implementation="cudnn")) needs an
+  NVIDIA GPU, float16/bfloat16 operands and a head width that is a multiple of 8, at most
+  128 (cuDNN 9's fused kernels).
+  """
+  platform = jax.devices()[0].platform
+  if platform != "gpu":
+    return f"the backend is {platform}, not gpu"
+  if q_BLHK.dtype not in (jnp.bfloat16, jnp.float16):
+    return f"activations are {q_BLHK.dtype} (cuDNN needs bfloat16 or float16)"
+  k = q_BLHK.shape[-1]
+  if k % 8 or k > 128:
+    return f"head_dim {k} is not a multiple of 8 up to 128"
+  return None
+
+
+def dot_product_attention(q_BLHK: jax.Array, k_BSHK: jax.Array, v_BSHK: jax.Array,
+                          mask_B1LS: jax.Array, bias_BHLS: jax.Array | None,
+                          implementation: str) -> jax.Array:
+  """Softmax attention with a boolean mask (B, 1, L, S) and an optional additive bias.
+
+  "xla": `jax.nn.dot_product_attention` with mask and bias (every backend). "cudnn": the
+  cuDNN fused kernel; the mask, which carries packing (segment ids), padding and
+  causality, becomes an additive bias (0 or -1e9), added to T5's relative bias if any.
+  Where cuDNN cannot run (`cudnn_unsupported`) the XLA path runs instead, with one warning.
+  """
+  if implementation == "cudnn":
+    reason = cudnn_unsupported(q_BLHK)
+    if reason is None:
+      bias_B_LS = jnp.where(mask_B1LS, 0.0, _CUDNN_MASKED).astype(q_BLHK.dtype)
+      if bias_BHLS is not None:
+        bias_B_LS = bias_B_LS + bias_BHLS.astype(q_BLHK.dtype)
+      try:
+        return jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHK, bias=bias_B_LS,
+                                            implementation="cudnn")
+      except (ValueError, NotImplementedError, RuntimeError) as e:  # this cuDNN refuses it
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    _warn_once(f"ModelConfig.attention='cudnn' falls back to 'xla': {reason}")
+  return jax.nn.dot_product_attention(q_BLHK, k_BSHK, v_BSHK, bias=bias_BHLS, mask=mask_B1LS)
 
 
 class Mlp(nn.Module):
@@ -315,6 +388,7 @@ class Block(nn.Module):
   """
 
   config: ModelConfig
+  scanned: bool = False  # inside nn.scan: return (x, None), the carry and no output
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, mask_B1LL: jax.Array, positions_BL: jax.Array,
@@ -327,7 +401,8 @@ class Block(nn.Module):
     x_BLD = x_BLD + _dropout(h_BLD, cfg.dropout_rate, deterministic)
     h_BLD = Mlp(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x_BLD))
     x_BLD = x_BLD + _dropout(h_BLD, cfg.dropout_rate, deterministic)
-    return constrain(x_BLD)
+    x_BLD = constrain(x_BLD)
+    return (x_BLD, None) if self.scanned else x_BLD
 
 
 class DecoderBlock(nn.Module):
@@ -344,6 +419,7 @@ class DecoderBlock(nn.Module):
   """
 
   config: ModelConfig
+  scanned: bool = False  # inside nn.scan: return (x, None)
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, encoded_BSD: jax.Array, self_mask_B1LL: jax.Array,
@@ -363,7 +439,8 @@ class DecoderBlock(nn.Module):
     x_BLD = x_BLD + _dropout(h_BLD, cfg.dropout_rate, deterministic)
     h_BLD = Mlp(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x_BLD))
     x_BLD = x_BLD + _dropout(h_BLD, cfg.dropout_rate, deterministic)
-    return constrain(x_BLD)
+    x_BLD = constrain(x_BLD)
+    return (x_BLD, None) if self.scanned else x_BLD
 
 
 def _uses_rope(config: ModelConfig) -> bool:
@@ -375,3 +452,60 @@ def _dropout(x: jax.Array, rate: float, deterministic: bool) -> jax.Array:
   if rate == 0.0 or deterministic:
     return x
   return nn.Dropout(rate=rate)(x, deterministic=False)
+
+
+# --- Stacks of blocks: a Python loop, or one nn.scan; optionally rematerialised. --------
+
+SCAN_PREFIX = "scan_"  # a scanned stack's parameters live under scan_<stack name>
+
+_REMAT_POLICIES = {
+    "full": None,  # jax.checkpoint's default: save nothing, recompute the whole block
+    "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+# Index of `deterministic` in each block's __call__, counting `self` as 0 (nn.remat's
+# static_argnums convention): a Python bool, so it must be static under remat.
+_DETERMINISTIC_ARG = {"Block": 4, "DecoderBlock": 6}
+
+
+def stack(config: ModelConfig, block_cls: type, num_layers: int, name: str) -> list[nn.Module] | nn.Module:
+  """The blocks of one stack, as `config` says: a list of `block_cls` named
+  `<name>_<i>` (the plain layout), or one scanned module named `scan_<name>` whose
+  parameters have a leading axis of `num_layers` (logical axis "layers").
+
+  Call it from `setup` and apply the result with `run_stack`.
+  """
+  cls = block_cls
+  if config.remat != "none":
+    cls = nn.remat(cls, policy=_REMAT_POLICIES[config.remat], prevent_cse=not config.scan_layers,
+                   static_argnums=(_DETERMINISTIC_ARG[block_cls.__name__],))
+  if not config.scan_layers:
+    return [cls(config, name=f"{name}_{i}") for i in range(num_layers)]
+  num_args = _DETERMINISTIC_ARG[block_cls.__name__]  # every argument after x, bias included
+  scanned = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                    in_axes=(nn.broadcast,) * num_args, length=num_layers,
+                    metadata_params={nn.PARTITION_NAME: "layers"})
+  return scanned(config, scanned=True, name=f"{SCAN_PREFIX}{name}")
+
+
+def run_stack(blocks: list[nn.Module] | nn.Module, x_BLD: jax.Array, *args) -> jax.Array:
+  """Applies a `stack` to the residual stream; `args` are each block's other arguments."""
+  if isinstance(blocks, (list, tuple)):
+    for block in blocks:
+      x_BLD = block(x_BLD, *args)
+    return x_BLD
+  x_BLD, _ = blocks(x_BLD, *args)
+  return x_BLD
+
+
+def stack_block_params(params: dict, name: str, num_layers: int) -> dict:
+  """Plain-layout parameters -> the scanned layout of the stack `name` (a copy).
+
+  {name_0: tree, ..., name_{n-1}: tree} becomes {scan_name: tree of arrays stacked on a
+  new leading axis}; everything else is kept. Lets a plain checkpoint run with
+  scan_layers=True (and the tests compare the two paths from one initialisation).
+  """
+  out = {k: v for k, v in params.items() if not k.startswith(f"{name}_")}
+  layers_ = [params[f"{name}_{i}"] for i in range(num_layers)]
+  out[f"{SCAN_PREFIX}{name}"] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers_)
+  return out

@@ -51,3 +51,48 @@ def weighted_cross_entropy(
   z_loss_sum = jnp.sum(z_BL * weights_BL)
   loss_sum = jnp.sum(ce_BL * weights_BL)
   return loss_sum, z_loss_sum, jnp.sum(weights_BL)
+
+
+def chunked_cross_entropy(
+    hidden_BLD: jax.Array,
+    kernel_DV: jax.Array,
+    targets_BL: jax.Array,
+    weights_BL: jax.Array,
+    z_loss: float,
+    chunk: int,
+    divisor: float | None = None,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """`weighted_cross_entropy` of logits = hidden @ kernel (/ divisor), `chunk` tokens at a time.
+
+  The matmul runs as `models.layers.project` does: operands in the kernel's dtype, float32
+  sums.
+
+  The B*L tokens are cut into chunks of `chunk` (the last padded with weight 0); a scan
+  computes each chunk's float32 logits and their loss sums, under `jax.checkpoint`, so the
+  backward pass recomputes a chunk's logits instead of keeping all (B, L, V) of them: the
+  peak memory of the loss is one (chunk, V) block instead of (B*L, V). The result equals
+  the unchunked loss up to float32 summation order.
+  """
+  d = hidden_BLD.shape[-1]
+  x_ND = hidden_BLD.reshape(-1, d)
+  n = x_ND.shape[0]
+  num_chunks = -(-n // chunk)
+  pad = num_chunks * chunk - n
+  x_CKD = jnp.pad(x_ND, ((0, pad), (0, 0))).reshape(num_chunks, chunk, d)
+  t_CK = jnp.pad(targets_BL.reshape(-1), (0, pad)).reshape(num_chunks, chunk)
+  w_CK = jnp.pad(weights_BL.reshape(-1).astype(jnp.float32), (0, pad)).reshape(num_chunks, chunk)
+
+  @jax.checkpoint
+  def chunk_sums(x_KD, t_K, w_K):
+    logits_KV = jnp.einsum("KD,DV->KV", x_KD.astype(kernel_DV.dtype), kernel_DV,
+                           preferred_element_type=jnp.float32)
+    if divisor is not None:
+      logits_KV = logits_KV / jnp.float32(divisor)
+    loss, z, weight = weighted_cross_entropy(logits_KV[None], t_K[None], w_K[None], z_loss)
+    return jnp.stack([loss, z, weight])
+
+  def body(total_3, xs):
+    return total_3 + chunk_sums(*xs), None
+
+  total_3, _ = jax.lax.scan(body, jnp.zeros((3,), jnp.float32), (x_CKD, t_CK, w_CK))
+  return total_3[0], total_3[1], total_3[2]

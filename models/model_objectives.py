@@ -93,24 +93,39 @@ MODEL_OBJECTIVES = Registry[ModelObjective]("model objective")
 def mean_cross_entropy(logits_BLV: jax.Array, targets_BL: jax.Array, weights_BL: jax.Array,
                        z_loss: float) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(cross-entropy mean, z-loss mean, weight sum) over the weighted positions."""
-  loss_sum, z_sum, weight_sum = losses.weighted_cross_entropy(logits_BLV, targets_BL,
-                                                              weights_BL, z_loss)
-  denom = jnp.maximum(weight_sum, 1.0)  # per-token mean over the global batch (P9)
-  return loss_sum / denom, z_sum / denom, weight_sum
+  return _means(*losses.weighted_cross_entropy(logits_BLV, targets_BL, weights_BL, z_loss))
 
 
-def token_loss(targets_key: str, weights_key: str) -> LossFn:
-  """The loss of every data-only objective: weighted cross-entropy of the model's logits."""
+def token_loss(targets_key: str, weights_key: str, logits_chunk: int = 0) -> LossFn:
+  """The loss of every data-only objective: weighted cross-entropy of the model's logits.
+
+  With `logits_chunk` > 0 (ModelConfig.logits_chunk) the logits are never formed whole:
+  the model returns its final hidden states and output kernel, and
+  `losses.chunked_cross_entropy` computes the same sums `logits_chunk` tokens at a time.
+  """
 
   def loss(model, params, batch, *, rng, step, evaluate, z_loss):
     del step
     rngs = None if evaluate else {"dropout": rng}
-    logits_BLV = model.apply({"params": params}, batch, deterministic=evaluate, rngs=rngs)
-    ce, z, weight = mean_cross_entropy(logits_BLV, batch[targets_key], batch[weights_key],
-                                       z_loss)
+    if logits_chunk:
+      hidden_BLD = model.apply({"params": params}, batch, deterministic=evaluate, rngs=rngs,
+                               method="hidden")
+      kernel_DV, divisor = model.apply({"params": params}, method="output_kernel")
+      sums = losses.chunked_cross_entropy(hidden_BLD, kernel_DV, batch[targets_key],
+                                          batch[weights_key], z_loss, logits_chunk, divisor)
+      ce, z, weight = _means(*sums)
+    else:
+      logits_BLV = model.apply({"params": params}, batch, deterministic=evaluate, rngs=rngs)
+      ce, z, weight = mean_cross_entropy(logits_BLV, batch[targets_key], batch[weights_key],
+                                         z_loss)
     return ce + z, {"loss": ce, "z_loss": z, "target_tokens": weight}
 
   return loss
+
+
+def _means(loss_sum: jax.Array, z_sum: jax.Array, weight_sum: jax.Array):
+  denom = jnp.maximum(weight_sum, 1.0)  # per-token mean over the global batch (P9)
+  return loss_sum / denom, z_sum / denom, weight_sum
 
 
 def build(arch: Any, model_cfg: ModelConfig, objective: Any, objective_cfg: Any,
@@ -122,7 +137,8 @@ def build(arch: Any, model_cfg: ModelConfig, objective: Any, objective_cfg: Any,
   """
   name = getattr(objective, "model_objective", None)
   if not name:
-    return arch.make_model(model_cfg), token_loss(arch.targets_key, arch.weights_key)
+    return arch.make_model(model_cfg), token_loss(arch.targets_key, arch.weights_key,
+                                                  model_cfg.logits_chunk)
   mo = MODEL_OBJECTIVES.get(name)
   if vocab.size - vocab.extra_ids <= 3:
     raise ConfigError(f"objective {objective.name!r} needs ordinary tokens beside PAD/EOS/UNK "
