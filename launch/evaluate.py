@@ -1,0 +1,196 @@
+"""`objectax eval --workdir=DIR`: restore a run's checkpoint and score it on the yardstick.
+
+Reads DIR/config.gin (the operative config the trainer wrote, parsed as `objectax train`
+parses gin files; extra --gin.X=Y bindings apply on top, e.g. a TfdsConfig.data_dir valid
+on this host), restores the latest checkpoint (or --step N) onto the run's mesh, runs the
+evaluations of `yardstick.py` and prints a table. DIR/eval/yardstick.json holds the same
+numbers for the grid runner:
+
+  {"workdir", "experiment", "arch", "objective", "size", "corpus", "step",
+   "sequence_length", "documents", "vocab_size", "uniform_bits_per_token",
+   "settings": {...}, "evaluations": {name: {"bits_per_byte", "bits_per_token",
+   "bits_per_target_token", "tokens_per_byte", "nats", "scored_tokens", "bytes",
+   "target_nats", "target_tokens", "examples", "description", "skipped"}},
+   "wall_seconds"}
+
+Rates of a skipped evaluation are null. `uniform_bits_per_token` = log2(V) of the model's
+logits, what a model with uniform output scores.
+
+The checkpoint is opened read-only: evaluating a run that is still training neither
+deletes its in-progress temporaries nor prunes its steps. One process; the parameters of
+a model-side objective's extra modules (ELECTRA's generator, MTP heads) are restored and
+ignored, the architecture's own model scores. No mode token is prepended: a UL2 model is
+scored as it reads unmarked text.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import orbax.checkpoint as ocp
+import seqio
+import tensorflow as tf
+
+from objectax.data import sources
+from objectax.data.registry import ConfigError
+from objectax.launch import configure, input_pipeline, sharding, yardstick
+from objectax.launch import step as step_lib
+from objectax.launch import train
+from objectax.models import model_objectives
+
+
+def _stderr(msg: str) -> None:
+  print(f"objectax eval: {msg}", file=sys.stderr, flush=True)
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+  """The complete checkpoint steps under DIR/checkpoints, oldest first (may be empty)."""
+  directory = os.path.join(workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory)
+                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+def _pick_step(workdir: str, step: Optional[int]) -> int:
+  steps = checkpoint_steps(workdir)
+  if not steps:
+    raise ConfigError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}; train first "
+                      "(objectax train --workdir=DIR)")
+  if step is None:
+    return steps[-1]
+  if step not in steps:
+    raise ConfigError(f"no checkpoint step {step} in {workdir}; valid choices: "
+                      f"{', '.join(map(str, steps))}")
+  return step
+
+
+def _restore(workdir: str, step: int, abstract) -> object:
+  """The train state of `step`, on the shardings of `abstract`, read-only."""
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # orbax warns that a read-only directory is read-only
+  manager = None
+  try:
+    manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")),
+        options=ocp.CheckpointManagerOptions(create=False, read_only=True,
+                                             save_interval_steps=0),
+        item_names=("state", "data"))
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+  except Exception as e:  # orbax raises many types; all mean "cannot use this checkpoint"
+    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+    raise ConfigError(f"checkpoint step {step} in {workdir} could not be restored "
+                      f"({first})") from e
+  finally:
+    if manager is not None:
+      manager.close()
+    absl_logger.setLevel(level)
+  return restored.state
+
+
+def held_out(corpus: str, vocabulary: Any, num_documents: int,
+             max_tokens: int) -> list[yardstick.Document]:
+  """The first `num_documents` validation documents of `corpus` with >= 2 tokens.
+
+  Tokenised exactly as training tokenises (rekey, then seqio.preprocessors.tokenize, i.e.
+  the vocabulary's encode_tf; seqio's Python encode differs on a few documents), then
+  truncated to `max_tokens`.
+  """
+  spec = sources.get_corpus(corpus)
+  spec.prepare()
+  ds = spec.make_source().get_dataset(split="validation", shuffle=False)
+  ds = seqio.preprocessors.rekey(ds, key_map={"targets": spec.text_key})
+  ds = seqio.preprocessors.tokenize(
+      ds, {"targets": seqio.Feature(vocabulary, add_eos=False)}, copy_pretokenized=True)
+  ds = ds.filter(lambda ex: tf.size(ex["targets"]) >= 2).take(num_documents)
+  return [yardstick.make_document(vocabulary, ex["targets_pretokenized"].decode("utf-8"),
+                                  ex["targets"], max_tokens) for ex in ds.as_numpy_iterator()]
+
+
+def evaluate_workdir(workdir: str, *, step: Optional[int] = None, documents: int = 64,
+                     bindings: tuple[str, ...] = (),
+                     say: Callable[[str], None] = _stderr) -> dict:
+  """Scores DIR's checkpoint on the yardstick; writes and returns DIR/eval/yardstick.json
+  (the returned dict also holds the printed "table"). Re-parses gin: the caller's bindings
+  are replaced by DIR's config."""
+  t_start = time.perf_counter()
+  workdir = os.path.abspath(workdir)
+  config_path = os.path.join(workdir, "config.gin")
+  if not os.path.isfile(config_path):
+    raise ConfigError(f"{workdir} is not a training workdir (no config.gin); pass the "
+                      "--workdir of an `objectax train` run")
+  settings = yardstick.Settings(documents=documents)
+  chosen = _pick_step(workdir, step)
+  configure.parse([config_path], list(bindings))
+  cfg = train.resolve_config()
+  exp = cfg.exp
+  yardstick.LAYOUTS.get(exp.arch)  # an architecture without a layout fails here, in one line
+  say(f"{exp.name} step {chosen} from {workdir}")
+
+  ti = input_pipeline.build_task_input(exp, cfg.objective_cfg, cfg.vocab, cfg.arch)
+  vocabulary = ti.vocabulary
+  model_cfg = cfg.model.with_vocab_size(vocabulary.vocab_size)
+  # The checkpoint holds the whole train state of the model training built (a model-side
+  # objective's extra modules included); restore it all, score with the architecture's own.
+  train_model, _ = model_objectives.build(
+      cfg.arch, model_cfg, cfg.objective, cfg.objective_cfg,
+      model_objectives.Vocab(vocabulary.vocab_size, vocabulary.extra_ids))
+  mesh = sharding.make_mesh(cfg.mesh)
+  spec = cfg.arch.batch_spec(dict(ti.task_feature_lengths), cfg.train.batch_size,
+                             pack=exp.pack, concat_length=ti.lengths.concat)
+  with sharding.activate(mesh, cfg.mesh):
+    abstract, _, _ = step_lib.abstract_and_init(
+        train_model, step_lib.make_optimizer(cfg.train), spec, mesh, cfg.mesh, cfg.train.seed)
+  params = _restore(workdir, chosen, abstract).params
+
+  docs = held_out(exp.corpus, vocabulary, documents, exp.sequence_length)
+  fewer = f" (the split has no more of >= 2 tokens)" if len(docs) < documents else ""
+  say(f"held-out text: the first {len(docs)} validation documents of {exp.corpus}{fewer}, "
+      f"truncated to {exp.sequence_length} tokens")
+  dp = sharding.data_parallel_size(mesh)
+  settings = dataclasses.replace(settings, batch_size=-(-settings.batch_size // dp) * dp)
+  batch_sharding = sharding.batch_sharding(mesh)
+  put = lambda batch: {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
+  with sharding.activate(mesh, cfg.mesh):
+    scores = yardstick.evaluate(cfg.arch.make_model(model_cfg), params, exp.arch, docs,
+                                vocab_size=vocabulary.vocab_size,
+                                sequence_length=exp.sequence_length, settings=settings,
+                                put=put, say=say)
+  result = {
+      "workdir": workdir, "experiment": exp.name, "arch": exp.arch, "objective": exp.objective,
+      "size": exp.size, "corpus": exp.corpus, "step": chosen,
+      "sequence_length": exp.sequence_length, "documents": len(docs),
+      "vocab_size": model_cfg.vocab_size,
+      "uniform_bits_per_token": math.log2(model_cfg.vocab_size),
+      "settings": dataclasses.asdict(settings),
+      "evaluations": {s.name: s.as_dict() for s in scores},
+      "wall_seconds": time.perf_counter() - t_start,
+  }
+  os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+  path = os.path.join(workdir, "eval", "yardstick.json")
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=1)
+  say(f"wrote {path} in {result['wall_seconds']:.0f} s")
+  result["table"] = yardstick.render_table(scores)
+  return result
+
+
+def run(workdir: Optional[str], step: Optional[int], documents: int,
+        bindings: tuple[str, ...] = ()) -> None:
+  """The command: evaluate, then print the header and the table on stdout."""
+  if not workdir:
+    raise ConfigError("objectax eval needs --workdir=DIR (the workdir of a training run)")
+  result = evaluate_workdir(workdir, step=step, documents=documents, bindings=bindings)
+  print(f"{result['experiment']} step {result['step']}: {result['documents']} held-out "
+        f"sequences of <= {result['sequence_length']} tokens; uniform output = "
+        f"{result['uniform_bits_per_token']:.4f} bits/token")
+  print(result["table"])
