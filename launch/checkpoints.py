@@ -5,7 +5,8 @@ data position) and ``data_iterators/<step>/process_<i>.*`` (each host's tf.data 
 state, written right after the Orbax save is started; a step whose iterator file is
 missing resumes by skipping batches instead).
 
-Periodic, asynchronous, keeping the last N. A checkpoint is written to a temporary
+Periodic, asynchronous by default (`async_save=False`, from TrainConfig.async_checkpoints,
+makes each save block until written), keeping the last N. A checkpoint is written to a temporary
 directory and renamed when complete, so a run killed mid-save (even with `kill -9`) leaves
 the previous checkpoints intact; leftover temporaries are cleaned up on the next start.
 A checkpoint that cannot be read is reported in one line and left where it is.
@@ -24,7 +25,7 @@ from objectax.data.registry import ConfigError
 
 class Checkpointer:
 
-  def __init__(self, workdir: str, *, keep: int):
+  def __init__(self, workdir: str, *, keep: int, async_save: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.iterator_directory = os.path.abspath(os.path.join(workdir, "data_iterators"))
     self.manager = ocp.CheckpointManager(
@@ -34,7 +35,7 @@ class Checkpointer:
             max_to_keep=keep,
             create=True,
             cleanup_tmp_directories=True,
-            enable_async_checkpointing=True,
+            enable_async_checkpointing=async_save,
         ),
         item_names=("state", "data"),
     )
@@ -67,7 +68,7 @@ class Checkpointer:
     return path if os.path.exists(path + ".index") else None
 
   def save(self, step: int, state: Any, data: dict, *, stream=None) -> bool:
-    """Starts an async save of `state` and `data`; writes the data iterator's state too."""
+    """Saves `state` and `data` (in the background if async), and the data iterator's state."""
     saved = self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data),

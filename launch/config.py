@@ -62,6 +62,11 @@ class TrainConfig:
   # Input shards the source is split into (0 = one per process). The global batches depend
   # on this number alone, so fixing it keeps the data stream when the process count changes.
   input_shards: int = 0
+  # Global batches built ahead of the step that consumes them, by a background thread, so
+  # reading, numpy conversion and the host->device copy overlap the running step (0 = off).
+  prefetch_batches: int = 2
+  # Orbax writes checkpoints in the background (False: each save blocks the loop until done).
+  async_checkpoints: bool = True
 
   def __post_init__(self):
     for field in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints",
@@ -71,5 +76,8 @@ class TrainConfig:
     if not isinstance(self.input_shards, int) or self.input_shards < 0:
       raise ConfigError(f"TrainConfig.input_shards={self.input_shards!r} must be >= 0 "
                         "(0 = one per process)")
+    if not isinstance(self.prefetch_batches, int) or self.prefetch_batches < 0:
+      raise ConfigError(f"TrainConfig.prefetch_batches={self.prefetch_batches!r} must be >= 0 "
+                        "(0 = no prefetch)")
     if self.warmup_steps < 0:
       raise ConfigError(f"TrainConfig.warmup_steps={self.warmup_steps} must be >= 0")

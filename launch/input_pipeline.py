@@ -5,11 +5,17 @@ become one global array with `jax.make_array_from_process_local_data`. The posit
 the training stream is simply the number of batches consumed: the stream is deterministic
 for a seed, so a resumed run skips that many batches and sees exactly what it would have
 seen without the interruption.
+
+`DevicePrefetcher` keeps the next few batches already on the devices, built by a background
+thread while the current step runs, and never reads past a checkpoint step, so a
+checkpoint's data position stays exact.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
-from typing import Mapping
+import threading
+from typing import Callable, Mapping
 
 import jax
 import numpy as np
@@ -143,3 +149,105 @@ def to_global(batch: Batch, sharding: jax.sharding.Sharding) -> dict[str, jax.Ar
   """Host-local numpy batch -> one global array per feature, split over the batch axis."""
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in batch.items()}
+
+
+class DevicePrefetcher:
+  """Global batches for steps `start + 1 .. stop`, up to `depth` of them built ahead.
+
+  A background thread pulls host batches from `stream` and turns them into global arrays
+  (`to_global`: numpy conversion and host->device copy) while the step that consumes the
+  previous batch runs (jit dispatch returns at once). `depth=0` does the same work in the
+  caller's thread when a batch is asked for, with no thread at all.
+
+  Exact checkpoints: the stream's state saved at step S must be its state after exactly S
+  batches. The thread never pulls batch q while some step b with `hold_after(b)`, b < q,
+  has been asked for and neither the batch after it has been asked for nor `save` called:
+  it drains at each checkpoint step, and `save` checks that nothing was read ahead before
+  writing the stream's state, then lets it read ahead again. The cost is at most one
+  batch not prefetched per checkpoint.
+  """
+
+  def __init__(self, stream, sharding: jax.sharding.Sharding, *, depth: int, start: int,
+               stop: int, hold_after: Callable[[int], bool] = lambda step: False):
+    self._stream = stream
+    self._sharding = sharding
+    self._depth = depth
+    self._stop = stop
+    self._hold_after = hold_after
+    self._start = start
+    self._requested = start  # batches the caller has asked for (absolute position)
+    self._claimed = start    # batches the thread has started pulling from the stream
+    self._released = start   # steps up to here hold nothing back (their state is saved)
+    self._ready: collections.deque = collections.deque()
+    self._error: BaseException | None = None
+    self._closed = False
+    self._cond = threading.Condition()
+    self._thread = None
+    if depth > 0:
+      self._thread = threading.Thread(target=self._work, name="objectax-prefetch", daemon=True)
+      self._thread.start()
+
+  def _may_pull(self, q: int) -> bool:
+    """Batch q may be pulled now: within depth of the caller, past no held checkpoint step."""
+    if q > self._stop or q > self._requested + self._depth:
+      return False
+    first = max(self._requested, self._released + 1)
+    return not any(self._hold_after(b) for b in range(first, q))
+
+  def _work(self) -> None:
+    while True:
+      with self._cond:
+        while not self._closed and not self._may_pull(self._claimed + 1):
+          self._cond.wait()
+        if self._closed:
+          return
+        self._claimed += 1
+      try:
+        batch = to_global(next(self._stream), self._sharding)
+      except BaseException as e:  # pylint: disable=broad-except  (re-raised in the caller)
+        with self._cond:
+          self._error = e
+          self._cond.notify_all()
+        return
+      with self._cond:
+        self._ready.append(batch)
+        self._cond.notify_all()
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict[str, jax.Array]:
+    with self._cond:
+      if self._requested >= self._stop:
+        raise StopIteration
+      self._requested += 1
+      if self._thread is None:
+        self._claimed += 1
+      else:
+        self._cond.notify_all()  # a held checkpoint step is passed: the thread may go on
+        while not self._ready and self._error is None:
+          self._cond.wait()
+        if self._ready:
+          return self._ready.popleft()
+        raise self._error
+    return to_global(next(self._stream), self._sharding)
+
+  def save(self, path: str) -> None:
+    """Writes the stream's state; valid only at a held step, where nothing was read ahead."""
+    with self._cond:
+      if self._claimed != self._requested:
+        raise RuntimeError(
+            f"data stream read {self._claimed - self._requested} batches past step "
+            f"{self._requested}; its state there is not exact (is the step in hold_after?)")
+      self._stream.save(path)
+      self._released = self._requested  # saved: reading ahead may resume at once
+      self._cond.notify_all()
+
+  def close(self) -> None:
+    """Stops the thread (it finishes a pull in progress, if any, and exits)."""
+    with self._cond:
+      self._closed = True
+      self._ready.clear()
+      self._cond.notify_all()
+    if self._thread is not None:
+      self._thread.join(timeout=60)

@@ -5,6 +5,7 @@ this module wires them to the data, the checkpoints and the user's terminal.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -44,6 +45,77 @@ def resolve_workdir(exp: config.Experiment, tc: config.TrainConfig, workdir: str
   except OSError as e:
     raise ConfigError(f"workdir {path} is not writable ({e.strerror}); pass --workdir=DIR") from None
   return path
+
+
+class WaitClock:
+  """How much of the step time the loop spends blocked on the next batch.
+
+  The fraction is (time inside `waiting`) / (loop wall time minus time inside
+  `not_a_step`: checkpoint saves, evaluation), both counted from the end of the run's
+  first step: that step compiles, and would swamp both figures.
+
+  It bounds the time the devices idle for data from above: between log steps the loop does
+  not wait for the devices and may run ahead of them, and a wait then costs them nothing.
+  """
+
+  def __init__(self):
+    self._t0 = None          # start of the timed window (end of the first step)
+    self._first_open = False
+    self._steps = 0          # timed steps closed so far
+    self._wait = self._excluded = 0.0
+    self._t_end = None
+    self._last = (0.0, 0.0)  # (wait, elapsed) at the previous interval_fraction call
+
+  def step_begins(self, first: bool) -> None:
+    """Marks the start of a step (or, with first=False after the loop, the end of the last)."""
+    now = time.perf_counter()
+    if first:
+      self._first_open = True
+      return
+    if self._first_open:
+      self._first_open, self._t0 = False, now
+    elif self._t0 is not None:
+      self._steps += 1
+    self._t_end = now
+
+  def _timed(self) -> bool:
+    return self._t0 is not None
+
+  @contextlib.contextmanager
+  def waiting(self):
+    t = time.perf_counter()
+    yield
+    if self._timed():
+      self._wait += time.perf_counter() - t
+
+  @contextlib.contextmanager
+  def not_a_step(self):
+    t = time.perf_counter()
+    yield
+    if self._timed():
+      self._excluded += time.perf_counter() - t
+
+  def _elapsed(self, now: float) -> float:
+    return now - self._t0 - self._excluded
+
+  def interval_fraction(self) -> float | None:
+    """The fraction since the previous call; None before any timed time has passed."""
+    if not self._timed():
+      return None
+    elapsed = self._elapsed(time.perf_counter())
+    wait, elapsed_since = self._wait - self._last[0], elapsed - self._last[1]
+    if elapsed_since <= 0:
+      return None
+    self._last = (self._wait, elapsed)
+    return min(1.0, wait / elapsed_since)
+
+  def run_fraction(self) -> float | None:
+    if not self._steps:
+      return None
+    return min(1.0, self._wait / self._elapsed(self._t_end))
+
+  def seconds_per_step(self) -> float | None:
+    return self._elapsed(self._t_end) / self._steps if self._steps else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +180,8 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
                             concat_length=ti.lengths.concat)
   with sharding.activate(mesh, cfg.mesh):
     abstract, state_shardings, init = step_lib.abstract_and_init(model, tx, spec, mesh, cfg.mesh, tc.seed)
-  ckpt = checkpoints.Checkpointer(workdir, keep=tc.keep_checkpoints)
+  ckpt = checkpoints.Checkpointer(workdir, keep=tc.keep_checkpoints,
+                                  async_save=tc.async_checkpoints)
   writer = metrics_lib.MetricsWriter(workdir, enabled=chief)
   # What the data position means: a checkpoint only resumes the same stream.
   stream_id = {"task": ti.task.name, "seed": tc.seed, "batch_size": tc.batch_size,
@@ -184,9 +257,15 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   rng = jax.random.key(tc.seed + 1)
   progress = metrics_lib.Progress(tc.steps, start_step, enabled=not quiet)
   itstime = lambda step, every: step % every == 0 or step == tc.steps
+  # Batches for the steps ahead, built while the current one runs; drained at each
+  # checkpoint step so the saved data position is exact.
+  batches = input_pipeline.DevicePrefetcher(
+      train_iter, batch_sharding, depth=tc.prefetch_batches, start=start_step, stop=tc.steps,
+      hold_after=lambda step: itstime(step, tc.checkpoint_every))
   pending = None  # (step, metrics) of the previous step, read after the next is dispatched
   t_log, step_log = time.perf_counter(), start_step
   final_eval = None
+  clock = WaitClock()
 
   def fetch(step: int, m: dict) -> dict:
     """Host copy of a step's metrics; a NaN/Inf stops the run before that state is saved."""
@@ -204,13 +283,17 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
     tps = (step - step_log) * tokens_per_batch / max(now - t_log, 1e-9)
     t_log, step_log = now, step
     utilisation = mfu_lib.mfu(tps, flops_per_token, peak_flops)
-    writer.write(step, {**m, "tokens_per_second": tps, "mfu": utilisation})
+    wait = clock.interval_fraction()
+    writer.write(step, {**m, "tokens_per_second": tps, "mfu": utilisation,
+                        **({} if wait is None else {"data_wait_fraction": wait})})
     progress.update(step, m["loss"], tps, extra=f"  MFU {utilisation:.1%}")
 
   try:
     with sharding.activate(mesh, cfg.mesh):
       for step in range(start_step + 1, tc.steps + 1):
-        batch = input_pipeline.to_global(next(train_iter), batch_sharding)
+        clock.step_begins(first=step == start_step + 1)
+        with clock.waiting():
+          batch = next(batches)
         state, step_metrics = train_step(state, batch, rng)
         # Step N-1's metrics are read only now, after step N is dispatched: no stall.
         if pending is not None and itstime(pending[0], tc.log_every):
@@ -223,15 +306,19 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
             log(step, m)
           pending = None
           if itstime(step, tc.checkpoint_every):
-            ckpt.save(step, state, {"batches_consumed": step, **stream_id,
-                                     "process_count": jax.process_count()}, stream=train_iter)
+            with clock.not_a_step():
+              ckpt.save(step, state, {"batches_consumed": step, **stream_id,
+                                       "process_count": jax.process_count()}, stream=batches)
           if itstime(step, tc.eval_every):
-            final_eval = evaluate(state.params)
+            with clock.not_a_step():
+              final_eval = evaluate(state.params)
             writer.write(step, {"eval_loss": final_eval})
             progress.message(f"step {step} validation loss {final_eval:.4f}")
       if pending is not None:
         log(pending[0], fetch(*pending))
+      clock.step_begins(first=False)  # closes the last step
   finally:  # also on errors: finish in-flight checkpoint writes, flush the logs
+    batches.close()
     progress.close()
     ckpt.close()
     writer.close()
@@ -243,10 +330,14 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
       "wall_seconds": time.perf_counter() - t_start, "parameters": n_params,
       "data_resume": ("none" if not start_step else
                       "iterator_state" if train_iter.restored_from else "skip_batches"),
+      # Over this run's steps after its first (compilation); None when there were none.
+      "data_wait_fraction": clock.run_fraction(), "seconds_per_step": clock.seconds_per_step(),
   }
   drop = (1 - final_eval / loss0) * 100 if loss0 == loss0 else float("nan")
+  wait = summary["data_wait_fraction"]
   say(f"done: {exp.name} step {summary['final_step']} in {summary['wall_seconds']:.0f} s; "
-      f"validation loss {loss0:.4f} -> {final_eval:.4f} ({drop:.1f}% below step 0); workdir {workdir}")
+      f"validation loss {loss0:.4f} -> {final_eval:.4f} ({drop:.1f}% below step 0); "
+      f"data wait {'n/a' if wait is None else f'{wait:.2%}'} of step time; workdir {workdir}")
   if chief:
     with open(os.path.join(workdir, "summary.json"), "w") as f:
       json.dump(summary, f, indent=1)
