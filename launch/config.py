@@ -27,15 +27,21 @@ class Experiment:
   corpus: str = "pydocs"
   sequence_length: int = 128
   pack: bool = True
+  # Appended to the name when set: a run at the same grid point that differs otherwise,
+  # e.g. "lm_adapted" for a run started from another run's parameters (gin/adapt/).
+  variant: str = ""
 
   def __post_init__(self):
     if self.sequence_length < 2:
       raise ConfigError(f"Experiment.sequence_length={self.sequence_length} must be >= 2")
+    if not isinstance(self.variant, str) or not all(c.isalnum() or c in "_-" for c in self.variant):
+      raise ConfigError(f"Experiment.variant={self.variant!r} must be letters, digits, '_' or '-'")
 
   @property
   def name(self) -> str:
     """Grid coordinates; the same string names the gin experiment file and the workdir leaf."""
-    return f"{self.arch}_{self.objective}_{self.size}_{self.corpus}"
+    base = f"{self.arch}_{self.objective}_{self.size}_{self.corpus}"
+    return f"{base}_{self.variant}" if self.variant else base
 
 
 @gin.configurable
@@ -67,6 +73,10 @@ class TrainConfig:
   prefetch_batches: int = 2
   # Orbax writes checkpoints in the background (False: each save blocks the loop until done).
   async_checkpoints: bool = True
+  # A fresh run starts from the parameters of this run (its workdir, or one checkpoints/<step>
+  # folder) instead of a random init: step 0, new optimizer, its own data (launch/adapt.py).
+  init_from: str = ""
+  init_from_step: int = -1             # -1 = the latest checkpoint of init_from
 
   def __post_init__(self):
     for field in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints",

@@ -149,6 +149,9 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   cfg = resolve_config()
   exp, tc = cfg.exp, cfg.train
   workdir = resolve_workdir(exp, tc, workdir)
+  if tc.init_from:  # a bad source fails now, before data and compilation
+    from objectax.launch import adapt  # pylint: disable=g-import-not-at-top
+    adapt.resolve_source(tc.init_from, tc.init_from_step)
   mesh = sharding.make_mesh(cfg.mesh)
   sharding.check_batch_size(tc.batch_size, mesh)
   chief = jax.process_index() == 0  # one host prints and writes the shared files
@@ -205,6 +208,13 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
     with sharding.activate(mesh, cfg.mesh):
       state = init()
     start_step = 0
+    if tc.init_from:
+      from objectax.launch import adapt  # pylint: disable=g-import-not-at-top
+      params, source_step, left_behind = adapt.restore_params(tc.init_from, tc.init_from_step,
+                                                              abstract.params)
+      state = state.replace(params=params)
+      say(f"parameters from {tc.init_from} step {source_step}; optimizer and step start afresh"
+          + (f" ({len(left_behind)} checkpoint parameters not used)" if left_behind else ""))
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
   say(f"model {exp.arch}/{exp.size}: {n_params / 1e6:.2f}M parameters")
   flops_per_token = model_objectives.flops_per_token(cfg.arch, model_cfg, cfg.objective,
