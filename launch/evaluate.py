@@ -16,6 +16,13 @@ numbers for the grid runner:
 Rates of a skipped evaluation are null. `uniform_bits_per_token` = log2(V) of the model's
 logits, what a model with uniform output scores.
 
+Then the zero-shot rank classification of `zeroshot.py` (default: every built-in task of
+data/zeroshot_tasks.py; --zeroshot TASK chooses, --no_zeroshot skips) prints its own table
+and writes DIR/eval/zeroshot.json: the same run identification, "settings", and
+  "tasks": {name: {"accuracy", "accuracy_norm", "chance", "examples", "correct",
+                   "correct_norm", "description"}}, "skipped": {name: reason}
+Task names and the data of TFDS-backed tasks are checked before anything is restored.
+
 The checkpoint is opened read-only: evaluating a run that is still training neither
 deletes its in-progress temporaries nor prunes its steps. One process; the parameters of
 a model-side objective's extra modules (ELECTRA's generator, MTP heads) are restored and
@@ -31,16 +38,16 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 import orbax.checkpoint as ocp
 import seqio
 import tensorflow as tf
 
-from objectax.data import sources
+from objectax.data import sources, zeroshot_tasks
 from objectax.data.registry import ConfigError
-from objectax.launch import configure, input_pipeline, sharding, yardstick
+from objectax.launch import configure, input_pipeline, sharding, yardstick, zeroshot
 from objectax.launch import step as step_lib
 from objectax.launch import train
 from objectax.models import model_objectives
@@ -118,10 +125,18 @@ def held_out(corpus: str, vocabulary: Any, num_documents: int,
 
 def evaluate_workdir(workdir: str, *, step: Optional[int] = None, documents: int = 64,
                      bindings: tuple[str, ...] = (),
-                     say: Callable[[str], None] = _stderr) -> dict:
+                     say: Callable[[str], None] = _stderr,
+                     zeroshot_names: Optional[Sequence[str]] = None,
+                     zeroshot_examples: int = 128, zeroshot_seed: int = 0) -> dict:
   """Scores DIR's checkpoint on the yardstick; writes and returns DIR/eval/yardstick.json
   (the returned dict also holds the printed "table"). Re-parses gin: the caller's bindings
-  are replaced by DIR's config."""
+  are replaced by DIR's config.
+
+  Then the zero-shot tasks `zeroshot_names` (None: every built-in task; empty: none), with
+  `zeroshot_examples` examples per built-in task drawn with `zeroshot_seed`; their report
+  (DIR/eval/zeroshot.json, plus its "table") is the returned dict's "zeroshot" (absent
+  when none ran).
+  """
   t_start = time.perf_counter()
   workdir = os.path.abspath(workdir)
   config_path = os.path.join(workdir, "config.gin")
@@ -134,6 +149,8 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, documents: int
   cfg = train.resolve_config()
   exp = cfg.exp
   yardstick.LAYOUTS.get(exp.arch)  # an architecture without a layout fails here, in one line
+  zs_names = zeroshot.select(zeroshot_names)
+  zeroshot_tasks.check_available(zs_names)  # absent TFDS data fails before any restore
   say(f"{exp.name} step {chosen} from {workdir}")
 
   ti = input_pipeline.build_task_input(exp, cfg.objective_cfg, cfg.vocab, cfg.arch)
@@ -152,22 +169,26 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, documents: int
         train_model, step_lib.make_optimizer(cfg.train), spec, mesh, cfg.mesh, cfg.train.seed)
   params = _restore(workdir, chosen, abstract).params
 
-  docs = held_out(exp.corpus, vocabulary, documents, exp.sequence_length)
+  # The held-out text is the run's own corpus, or, for a run on prompt/answer pairs
+  # (multitask finetuning), the embedded text corpus its vocabulary was trained on.
+  text_corpus = exp.corpus if sources.get_corpus(exp.corpus).kind == "text" else "pydocs"
+  docs = held_out(text_corpus, vocabulary, documents, exp.sequence_length)
   fewer = f" (the split has no more of >= 2 tokens)" if len(docs) < documents else ""
-  say(f"held-out text: the first {len(docs)} validation documents of {exp.corpus}{fewer}, "
+  say(f"held-out text: the first {len(docs)} validation documents of {text_corpus}{fewer}, "
       f"truncated to {exp.sequence_length} tokens")
   dp = sharding.data_parallel_size(mesh)
   settings = dataclasses.replace(settings, batch_size=-(-settings.batch_size // dp) * dp)
   batch_sharding = sharding.batch_sharding(mesh)
   put = lambda batch: {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
+  model = cfg.arch.make_model(model_cfg)
   with sharding.activate(mesh, cfg.mesh):
-    scores = yardstick.evaluate(cfg.arch.make_model(model_cfg), params, exp.arch, docs,
+    scores = yardstick.evaluate(model, params, exp.arch, docs,
                                 vocab_size=vocabulary.vocab_size,
                                 sequence_length=exp.sequence_length, settings=settings,
                                 put=put, say=say)
   result = {
       "workdir": workdir, "experiment": exp.name, "arch": exp.arch, "objective": exp.objective,
-      "size": exp.size, "corpus": exp.corpus, "step": chosen,
+      "size": exp.size, "corpus": exp.corpus, "text_corpus": text_corpus, "step": chosen,
       "sequence_length": exp.sequence_length, "documents": len(docs),
       "vocab_size": model_cfg.vocab_size,
       "uniform_bits_per_token": math.log2(model_cfg.vocab_size),
@@ -181,16 +202,40 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, documents: int
     json.dump(result, f, indent=1)
   say(f"wrote {path} in {result['wall_seconds']:.0f} s")
   result["table"] = yardstick.render_table(scores)
+
+  if zs_names:
+    run_id = {k: result[k] for k in ("workdir", "experiment", "arch", "objective", "size",
+                                     "corpus", "step", "sequence_length", "vocab_size")}
+    request = zeroshot_tasks.Request(
+        num_examples=zeroshot_examples, seed=zeroshot_seed,
+        texts=lambda: zeroshot.validation_texts(text_corpus))
+    with sharding.activate(mesh, cfg.mesh):
+      result["zeroshot"] = zeroshot.run_report(
+          model, params, exp.arch, vocabulary, zs_names, request,
+          os.path.join(workdir, "eval", "zeroshot.json"), run_id,
+          sequence_length=exp.sequence_length, batch_size=settings.batch_size, put=put,
+          say=say)
   return result
 
 
 def run(workdir: Optional[str], step: Optional[int], documents: int,
-        bindings: tuple[str, ...] = ()) -> None:
-  """The command: evaluate, then print the header and the table on stdout."""
+        bindings: tuple[str, ...] = (), zeroshot_names: Optional[Sequence[str]] = None,
+        no_zeroshot: bool = False) -> None:
+  """The command: evaluate, then print the header and the tables on stdout.
+
+  `zeroshot_names`: --zeroshot TASK (repeatable; None: every built-in task);
+  `no_zeroshot`: --no_zeroshot.
+  """
   if not workdir:
     raise ConfigError("objectax eval needs --workdir=DIR (the workdir of a training run)")
-  result = evaluate_workdir(workdir, step=step, documents=documents, bindings=bindings)
+  if no_zeroshot and zeroshot_names:
+    raise ConfigError("objectax eval: pass either --zeroshot TASK or --no_zeroshot, not both")
+  result = evaluate_workdir(workdir, step=step, documents=documents, bindings=bindings,
+                            zeroshot_names=() if no_zeroshot else zeroshot_names)
   print(f"{result['experiment']} step {result['step']}: {result['documents']} held-out "
         f"sequences of <= {result['sequence_length']} tokens; uniform output = "
         f"{result['uniform_bits_per_token']:.4f} bits/token")
   print(result["table"])
+  if "zeroshot" in result:
+    print()
+    print(result["zeroshot"]["table"])

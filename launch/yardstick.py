@@ -305,6 +305,10 @@ class Score:
   target_tokens: int = 0
   examples: int = 0
   skipped: Optional[str] = None
+  # Per held-out document, in document order (the grid runner's paired bootstrap resamples
+  # documents): nats over its scored tokens, and the UTF-8 bytes those tokens own.
+  example_nats: tuple[float, ...] = ()
+  example_bytes: tuple[int, ...] = ()
 
   def _ratio(self, num: float, den: float) -> float:
     return num / den if den and self.skipped is None else float("nan")
@@ -334,7 +338,8 @@ class Score:
             "tokens_per_byte": finite(self.tokens_per_byte), "nats": self.nats,
             "scored_tokens": self.scored_tokens, "bytes": self.num_bytes,
             "target_nats": self.target_nats, "target_tokens": self.target_tokens,
-            "examples": self.examples}
+            "examples": self.examples, "example_nats": list(self.example_nats),
+            "example_bytes": list(self.example_bytes)}
 
 
 def pooled(name: str, description: str, scores: Sequence[Score]) -> Score:
@@ -343,8 +348,13 @@ def pooled(name: str, description: str, scores: Sequence[Score]) -> Score:
   if skipped:
     return Score(name, description, skipped=skipped)
   total = lambda f: sum(getattr(s, f) for s in scores)
+  # Per document: the rows of one document (one per split) summed, when all rows cover the
+  # same documents.
+  per_doc = lambda f: (tuple(map(sum, zip(*(getattr(s, f) for s in scores))))
+                       if len({len(getattr(s, f)) for s in scores}) == 1 else ())
   return Score(name, description, total("nats"), total("scored_tokens"), total("num_bytes"),
-               total("target_nats"), total("target_tokens"), total("examples"))
+               total("target_nats"), total("target_tokens"), total("examples"),
+               example_nats=per_doc("example_nats"), example_bytes=per_doc("example_bytes"))
 
 
 def make_scorer(model: Any, targets_key: str) -> Callable[[Any, dict], jax.Array]:
@@ -361,23 +371,30 @@ def make_scorer(model: Any, targets_key: str) -> Callable[[Any, dict], jax.Array
   return jax.jit(cross_entropy)
 
 
-def score_pairs(scorer: Callable, params: Any, layout: Layout, batch_size: int,
-                put: Callable[[dict], dict] = lambda f: f) -> tuple[float, float]:
-  """(nats over the scored tokens, nats over all targets), summed in float64 on the host.
+def score_rows(scorer: Callable, params: Any, layout: Layout, batch_size: int,
+               put: Callable[[dict], dict] = lambda f: f) -> tuple[np.ndarray, np.ndarray]:
+  """Per row, float64 (N,): (nats over the scored tokens, nats over all targets).
 
   The last batch is filled with all-padding rows (weight 0), so every call has one shape.
   """
   features, all_NL, scored_NL = layout
   n = all_NL.shape[0]
-  nats = target_nats = 0.0
+  nats_N, target_nats_N = np.zeros(n), np.zeros(n)
   for start in range(0, n, batch_size):
     stop = min(start + batch_size, n)
     pad = ((0, batch_size - (stop - start)), (0, 0))
     batch = {k: np.pad(v[start:stop], pad) for k, v in features.items()}
     ce_BL = np.asarray(scorer(params, put(batch)), np.float64)[:stop - start]
-    nats += float((ce_BL * scored_NL[start:stop]).sum())
-    target_nats += float((ce_BL * all_NL[start:stop]).sum())
-  return nats, target_nats
+    nats_N[start:stop] = (ce_BL * scored_NL[start:stop]).sum(axis=1)
+    target_nats_N[start:stop] = (ce_BL * all_NL[start:stop]).sum(axis=1)
+  return nats_N, target_nats_N
+
+
+def score_pairs(scorer: Callable, params: Any, layout: Layout, batch_size: int,
+                put: Callable[[dict], dict] = lambda f: f) -> tuple[float, float]:
+  """(nats over the scored tokens, nats over all targets), summed in float64 on the host."""
+  nats_N, target_nats_N = score_rows(scorer, params, layout, batch_size, put)
+  return float(nats_N.sum()), float(target_nats_N.sum())
 
 
 def evaluate(model: Any, params: Any, arch: str, docs: Sequence[Document], *,
@@ -409,9 +426,11 @@ def evaluate(model: Any, params: Any, arch: str, docs: Sequence[Document], *,
       return Score(name, description, skipped=str(e).splitlines()[0])
     say(f"{name}: {len(pairs)} examples")
     layout = spec.layout(pairs, sequence_length)
-    nats, target_nats = score_pairs(scorer, params, layout, settings.batch_size, put)
-    return Score(name, description, nats, int(layout[2].sum()),
-                 sum(p.num_bytes for p in pairs), target_nats, int(layout[1].sum()), len(pairs))
+    nats_N, target_nats_N = score_rows(scorer, params, layout, settings.batch_size, put)
+    return Score(name, description, float(nats_N.sum()), int(layout[2].sum()),
+                 sum(p.num_bytes for p in pairs), float(target_nats_N.sum()),
+                 int(layout[1].sum()), len(pairs), example_nats=tuple(map(float, nats_N)),
+                 example_bytes=tuple(p.num_bytes for p in pairs))
 
   continuations = [run(f"continuation_{round(100 * f)}", f"continuation after {f:.0%} of each "
                        "sequence", functools.partial(continuation_pairs, docs, f))
