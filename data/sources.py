@@ -2,7 +2,9 @@
 
 A corpus is a name, the feature its examples carry the text under, a factory for its
 `seqio.DataSource` and a `prepare` step. `data/tasks.py` (the only caller of
-`seqio.TaskRegistry.add`) rekeys `text_key` to "targets" and tokenizes. Every corpus offers
+`seqio.TaskRegistry.add`) rekeys `text_key` to "targets" and tokenizes. One corpus is not
+text: `prompted` generates {"inputs", "targets"} pairs for multitask finetuning
+(`Corpus.kind`), which only the `prompted` objective reads. Every corpus offers
 the splits "train" and "validation" (mapped onto whatever the TFDS dataset calls them).
 
 Nothing here downloads: TFDS sources are lazy and read-only, and `prepare` either builds
@@ -42,12 +44,23 @@ class Corpus:
     make_source: builds the `seqio.DataSource` (splits "train" and "validation").
     prepare: makes the data available (builds the embedded corpus) or checks that it is,
       raising `ConfigError` in one line that says how to prepare it.
+    kind: "text" (documents under `text_key`, for the pretraining objectives) or
+      "prompted" ({"inputs": prompt, "targets": answer} strings, for the `prompted`
+      objective; `text_key` then holds prompt + " " + answer for text-reading tools).
   """
   name: str
   description: str
   text_key: str
   make_source: Callable[[], seqio.DataSource]
   prepare: Callable[[], None]
+  kind: str = "text"
+
+  def __post_init__(self):
+    if self.kind not in CORPUS_KINDS:
+      raise ValueError(f"corpus {self.name!r}: kind {self.kind!r} not in {CORPUS_KINDS}")
+
+
+CORPUS_KINDS = ("text", "prompted")
 
 
 # Bound in gin as TfdsConfig.data_dir; it lives with the embedded corpus, the lowest layer,
@@ -265,6 +278,80 @@ def _prepare_local() -> None:
         _check_jsonl(path, cfg.text_key)
 
 
+# ------------------------------------------------------------------------- prompted
+
+# Examples generated per tf.data call (a Python call costs far more than tf.data's own
+# per-element work; see _LINES_PER_BATCH).
+_PROMPTS_PER_BATCH = 256
+_ENDLESS = 2**62
+
+
+class PromptedSource(seqio.DataSource):
+  """Prompted training examples of data/zeroshot_tasks.py's trained families.
+
+  Example i of a split is `zeroshot_tasks.training_pair(i, split, seed)`, a pure function,
+  so the stream is deterministic, its tf.data iterator (a range, then a map) checkpoints
+  exactly, and shard k of n reads indices k, k + n, ... . Splits: "train" is endless;
+  "validation" is the fixed first VALIDATION_EXAMPLES indices of its own seed stream.
+  Neither can equal an evaluation example (zeroshot_tasks.TRAIN_SIZES says why), and the
+  families facts_backward and last_word are held out entirely. Features: "inputs"
+  (prompt), "targets" (answer) and "text" (prompt + " " + answer).
+  """
+
+  def __init__(self):
+    super().__init__(splits=SPLITS)
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  def list_shards(self, split: str) -> list[str]:
+    return [split]
+
+  def get_dataset(
+      self,
+      split: str = "train",
+      shuffle: bool = True,
+      seed: Optional[int] = None,
+      shard_info: Optional[seqio.ShardInfo] = None,
+      *,
+      sequence_length: Optional[Mapping[str, int]] = None,  # unused, as in seqio
+      use_cached: bool = False,  # unused
+      num_epochs: Optional[int] = 1,  # unused
+  ) -> tf.data.Dataset:
+    """{"inputs", "targets", "text"} strings; `shuffle` is moot (examples are i.i.d.)."""
+    del shuffle, sequence_length, use_cached, num_epochs
+    from objectax.data import zeroshot_tasks  # pylint: disable=g-import-not-at-top
+    if split not in SPLITS:
+      raise ConfigError(f"unknown split {split!r}; valid choices: {', '.join(SPLITS)}")
+    stop = _ENDLESS if split == "train" else zeroshot_tasks.VALIDATION_EXAMPLES
+    index, count = (shard_info.index, shard_info.num_shards) if shard_info else (0, 1)
+    seed = 0 if seed is None else int(seed)
+
+    def make(indices_N):
+      pairs = [zeroshot_tasks.training_pair(int(i), split, seed) for i in indices_N.numpy()]
+      return (np.array([p for p, _ in pairs], dtype=object),
+              np.array([a for _, a in pairs], dtype=object))
+
+    def examples(indices_N: tf.Tensor) -> dict[str, tf.Tensor]:
+      prompts_N, answers_N = tf.py_function(make, [indices_N], [tf.string, tf.string])
+      prompts_N = tf.ensure_shape(prompts_N, [None])
+      answers_N = tf.ensure_shape(answers_N, [None])
+      return {"inputs": prompts_N, "targets": answers_N,
+              "text": tf.strings.join([prompts_N, answers_N], separator=" ")}
+
+    ds = tf.data.Dataset.range(index, stop, count).batch(_PROMPTS_PER_BATCH)
+    ds = ds.map(examples).unbatch()
+    # The py_function is pure (index in, example out): the iterator may be checkpointed.
+    options = tf.data.Options()
+    options.experimental_external_state_policy = tf.data.experimental.ExternalStatePolicy.IGNORE
+    return ds.with_options(options)
+
+
+def _make_prompted_source() -> seqio.DataSource:
+  return PromptedSource()
+
+
 # ------------------------------------------------------------------------- registry
 
 CORPORA = Registry[Corpus]("corpus")
@@ -287,6 +374,11 @@ CORPORA.add("lm1b", _tfds_corpus(
 CORPORA.add("local", Corpus(
     "local", "local text files: LocalTextConfig.train_glob (.txt lines or .jsonl records)",
     "text", _make_local_source, _prepare_local))
+# Generated, so nothing to prepare but the embedded corpus the default vocabulary is
+# trained on.
+CORPORA.add("prompted", Corpus(
+    "prompted", "prompted examples (recall, copy, facts_forward) for multitask finetuning; "
+    "generated offline", "text", _make_prompted_source, _prepare_pydocs, kind="prompted"))
 
 
 def get_corpus(name: str) -> Corpus:

@@ -113,7 +113,8 @@ def run(budget: int = 626, seconds: float = 3.0, objectives: list[str] | None = 
   pydocs.keep_tensorflow_off_accelerators()
   vocabulary = vocab_lib.get_vocabulary(vocab_lib.VocabConfig())
   docs, corpus_tokens = tokenized_corpus(vocabulary)
-  names = objectives or objective_registry.OBJECTIVES.names()
+  names = objectives or [n for n in objective_registry.OBJECTIVES.names()
+                         if objective_registry.get(n).corpus_kind == "text"]
   out(f"objective preprocessors on the embedded corpus (pre-tokenized, in memory), token budget "
       f"{budget}, {seconds:.0f} s each; target {TARGET_TOKENS_PER_SECOND / 1e6:.1f}M source tokens/s")
   out(f"{'objective':<20} {'inputs':>6} {'targets':>7} {'raw':>5} {'examples/s':>11} "

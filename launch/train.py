@@ -137,6 +137,8 @@ def resolve_config() -> Resolved:
   objective = objective_registry.get(exp.objective)
   arch = arch_registry.get(exp.arch)
   objective_registry.check_architecture(objective, exp.arch)
+  from objectax.data import sources, tasks  # pylint: disable=g-import-not-at-top
+  tasks.check_pairing(sources.get_corpus(exp.corpus), objective)  # before any data is read
   return Resolved(exp=exp, train=config.TrainConfig(), mesh=sharding.MeshConfig(),
                   model=ModelConfig(), vocab=vocab_lib.VocabConfig(), objective=objective,
                   objective_cfg=objective.config_cls(), arch=arch)

@@ -106,6 +106,8 @@ class Objective:
       mixture(cfg, sequence_length, vocabulary) -> list[MixtureComponent]; data/ registers
       one seqio Task per component and a seqio Mixture over them. `lengths` then gives
       bounds that hold for every component.
+    corpus_kind: the kind of corpus it reads (data/sources.py `Corpus.kind`): "text"
+      (documents; every pretraining objective) or "prompted" (prompt/answer pairs).
     model_objective: for an objective that lives partly in the model (a generator, extra
       heads, an auxiliary loss; models/model_objectives.py): the name of its
       ModelObjective, which builds the module and the loss from this objective's cfg.
@@ -121,6 +123,7 @@ class Objective:
   description: str
   mixture: Optional[Callable] = None
   model_objective: Optional[str] = None
+  corpus_kind: str = "text"
 
   def __post_init__(self):
     if (self.preprocess is None) == (self.mixture is None):
@@ -157,7 +160,8 @@ class MixtureComponent:
 
 # The objective modules, in the order `objectax objectives` lists them.
 _MODULES = ("full_lm", "span_corruption", "mass", "deshuffle", "fim", "iid_denoising",
-            "prefix_lm", "bert_mlm", "bart", "pegasus", "ul2", "electra", "spactor", "mtp")
+            "prefix_lm", "bert_mlm", "bart", "pegasus", "ul2", "electra", "spactor", "mtp",
+            "prompted")
 
 
 def _import_objective_modules() -> None:

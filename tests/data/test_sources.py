@@ -44,7 +44,7 @@ def _texts(source, split, **kwargs):
 
 
 def test_registry_names_and_typo():
-  assert sources.CORPORA.names() == ["pydocs", "c4", "wikipedia", "lm1b", "local"]
+  assert sources.CORPORA.names() == ["pydocs", "c4", "wikipedia", "lm1b", "local", "prompted"]
   with pytest.raises(ConfigError, match="unknown corpus 'c5'; valid choices: pydocs, c4"):
     sources.get_corpus("c5")
 

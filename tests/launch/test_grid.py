@@ -14,7 +14,10 @@ from objectax.models import registry as arch_registry
 from objectax.objectives import registry as objective_registry
 
 ARCHS = arch_registry.ARCHITECTURES.names()
-OBJECTIVES = objective_registry.OBJECTIVES.names()
+# Pretraining objectives, on the embedded text corpus (`prompted` reads prompt/answer pairs
+# from its own corpus: tests/data/test_prompted.py).
+OBJECTIVES = [n for n in objective_registry.OBJECTIVES.names()
+              if objective_registry.get(n).corpus_kind == "text"]
 CELLS = [(a, o) for a in ARCHS for o in OBJECTIVES
          if a in objective_registry.get(o).architectures]
 REFUSED = [(a, o) for a in ARCHS for o in OBJECTIVES

@@ -103,7 +103,8 @@ def test_kill_9_mid_run_resumes_from_last_checkpoint(tfds_data_dir, tmp_path):
 from objectax.objectives import registry as objective_registry  # pylint: disable=g-import-not-at-top,g-bad-import-order
 
 CAUSAL_DECODER_OBJECTIVES = [n for n in objective_registry.OBJECTIVES.names()
-                             if "causal_decoder" in objective_registry.get(n).architectures]
+                             if "causal_decoder" in objective_registry.get(n).architectures
+                             and objective_registry.get(n).corpus_kind == "text"]
 
 
 # One objective of each layout trains here by default (targets only; fixed inputs; a varying
