@@ -35,6 +35,8 @@ setuptools.setup(
         "numpy>=1.26",
         # TensorBoard event files without TensorFlow/TensorBoard (absent on GPU hosts).
         "tensorboardX>=2.6",
+        # `objectax ablate`'s plots (Agg backend: PNG files, no display).
+        "matplotlib>=3.7",
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["objectax=objectax.launch.main:run"]},

@@ -4,9 +4,13 @@
   objectax objectives
   objectax inspect OBJECTIVE [--text TEXT] [--seed N] [gin flags]
   objectax bench data [--budget N] [--seconds S] [--objective NAME ...]
+  objectax bench input [gin flags] [--steps N]
+  objectax bench model [gin flags] [--steps N] [--batch_size B] [--json FILE]
   objectax info [--devices N] [gin flags]
   objectax plan [--devices N] [--device_memory_gib G] [gin flags]
   objectax launch {tpu,slurm} [launcher flags] [--dry_run] -- [train flags]
+  objectax eval --workdir=DIR [--step N] [--documents N] [--zeroshot TASK ...] [--no_zeroshot]
+  objectax ablate GRID.gin [--size S] [--seeds N] [--out DIR] [--dry_run] [--print_commands]
   objectax list
 
 `objectax train` with no flags runs gin/run/quickstart.gin (causal decoder, full LM, tiny
@@ -108,13 +112,63 @@ def _parser() -> argparse.ArgumentParser:
   bench = sub.add_parser("bench", help="benchmarks: `objectax bench data` times every objective's "
                                        "preprocessor",
                          description="Benchmarks that print figures.")
-  bench.add_argument("what", choices=["data"], help="data: source tokens/s and examples/s of "
-                     "each objective's preprocessor on the embedded corpus")
+  bench.add_argument("what", choices=["data", "input", "model"], help="data: source tokens/s and "
+                     "examples/s of each objective's preprocessor on the embedded corpus; "
+                     "input: the configured experiment's input pipeline (batches/s, tokens/s) "
+                     "and the fraction of a short training run's step time spent waiting "
+                     "for data (gin flags as for train); model: the training step of the "
+                     "configured model on synthetic batches (compile time, step time, tokens/s, "
+                     "MFU, peak memory), without TensorFlow or seqio")
+  bench.add_argument("--steps", type=int, default=None,
+                     help="input: training steps of the timed run (default 30); model: timed "
+                          "steps (default 20)")
+  bench.add_argument("--warmup", type=int, default=3, help="model: untimed steps after "
+                     "compilation (default 3)")
+  bench.add_argument("--batch_size", type=int, default=0, help="model: global batch "
+                     "(default TrainConfig.batch_size)")
+  bench.add_argument("--inputs_length", type=int, default=0, help="model, encoder_decoder: "
+                     "encoder tokens of Experiment.sequence_length (default half)")
+  bench.add_argument("--vocab_size", type=int, default=0, help="model: vocabulary rows "
+                     "when ModelConfig.vocab_size is 0 (default 8192, the default vocabulary's)")
+  bench.add_argument("--json", default=None, help="model: also write the figures to this file")
   bench.add_argument("--budget", type=int, default=626,
                      help="per-example token budget (default 626, Wang et al. 2022)")
   bench.add_argument("--seconds", type=float, default=3.0, help="time per objective")
   bench.add_argument("--objective", action="append", default=None,
                      help="only this objective (repeatable); default: all")
+  ev = sub.add_parser(
+      "eval", help="score a run's checkpoint on the common yardstick (bits per byte)",
+      description="Restore DIR's latest (or --step) checkpoint with DIR/config.gin and score it "
+                  "on the held-out text: continuation after 25/50/75% of each sequence, "
+                  "left-to-right loss, span infilling (0.15/3, 0.5/32); prints a table and "
+                  "writes DIR/eval/yardstick.json. Then zero-shot rank classification "
+                  "(accuracy, length-normalized accuracy): DIR/eval/zeroshot.json.")
+  ev.add_argument("--workdir", default=None, help="the workdir of an `objectax train` run")
+  ev.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  ev.add_argument("--documents", type=int, default=64,
+                  help="held-out documents of the validation split (default 64)")
+  ev.add_argument("--zeroshot", action="append", default=None, metavar="TASK",
+                  help="zero-shot rank-classification task (repeatable; default: every "
+                       "built-in task); writes DIR/eval/zeroshot.json")
+  ev.add_argument("--no_zeroshot", action="store_true", help="skip the zero-shot tasks")
+  abl = sub.add_parser(
+      "ablate", help="run a paper's grid (every cell x seed: train, then eval) and write "
+                     "results.md, results.csv and plots",
+      description="Run every (cell, seed) of GRID in sequence as `objectax train` then "
+                  "`objectax eval` subprocesses into OUT/<cell>/seed_<k> (runs already trained "
+                  "and evaluated are skipped), then write OUT/results.md, OUT/results.csv and "
+                  "PNG plots: mean +- std over seeds, paired-bootstrap 95% intervals against the "
+                  "reference cell, and the paper's published numbers beside ours.")
+  abl.add_argument("grid", help="a grid file, e.g. gin/experiments/wang2022/grid.gin")
+  abl.add_argument("--size", default="tiny", help="picks <cell>_<size>_<corpus>.gin (default tiny)")
+  abl.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 per cell (TrainConfig.seed)")
+  abl.add_argument("--out", default=None, help="output folder (default "
+                   "workdir/ablate/<experiment dir>_<grid>_<size>)")
+  abl.add_argument("--dry_run", action="store_true",
+                   help="list the cells, their tokens and each run's state; run nothing")
+  abl.add_argument("--print_commands", action="store_true",
+                   help="print one shell command per (cell, seed) instead of running (for a "
+                        "cluster); rerun without it afterwards to write the report")
   insp.add_argument("objective", help="an objective name (see `objectax objectives`)")
   insp.add_argument("--text", default=None,
                     help="text to corrupt (repeated until it fills one example); default: "
@@ -150,7 +204,7 @@ def _list() -> None:
   print("corpora:", ", ".join(sources.CORPORA.names()))
   print("sizes:", ", ".join(f[:-4] for f in configure.axis_choices("size")))
   print("sharding rule presets:", ", ".join(sharding.RULE_PRESETS.names()))
-  for axis in ("arch", "objective", "size", "mesh", "run", "experiments"):
+  for axis in ("arch", "objective", "size", "mesh", "run", "adapt", "experiments"):
     print(f"gin/{axis}/:", ", ".join(configure.axis_choices(axis)) or "-")
 
 
@@ -182,15 +236,28 @@ def run(argv: list[str] | None = None) -> int:
   if args.command is None:
     parser.print_help()
     return 2
-  _import_tensorflow_quietly()
   # pylint: disable=g-import-not-at-top
   from objectax.data.registry import ConfigError
+  if args.command == "bench" and args.what == "model":  # GPU hosts: no TensorFlow, no seqio
+    from objectax.launch import bench_model
+    try:
+      bench_model.main(files, bindings, args.steps or 20, args.warmup, args.batch_size,
+                       args.inputs_length, args.vocab_size, args.json)
+    except ConfigError as e:
+      print(f"objectax: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+      return 2
+    return 0
+  _import_tensorflow_quietly()
   try:
     if args.command == "list":
       _list()
       return 0
     if args.command == "objectives":
       _objectives()
+      return 0
+    if args.command == "bench" and args.what == "input":
+      from objectax.launch import bench_input
+      bench_input.run(files or [QUICKSTART], bindings, steps=args.steps or 30)
       return 0
     if args.command == "bench":
       from objectax.launch import bench_data
@@ -199,6 +266,15 @@ def run(argv: list[str] | None = None) -> int:
         for name in args.objective:
           objective_registry.get(name)  # one-line error for a typo
       bench_data.run(args.budget, args.seconds, args.objective)
+      return 0
+    if args.command == "ablate":
+      from objectax.launch import ablate
+      return ablate.main(args.grid, args.size, args.seeds, args.out, dry_run=args.dry_run,
+                         print_commands=args.print_commands)
+    if args.command == "eval":
+      from objectax.launch import evaluate
+      evaluate.run(args.workdir, args.step, args.documents, tuple(bindings),
+                   zeroshot_names=args.zeroshot, no_zeroshot=args.no_zeroshot)
       return 0
     from objectax.launch import configure, train
     if args.command == "info":

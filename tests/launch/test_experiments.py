@@ -9,7 +9,11 @@ from objectax.models import registry as arch_registry
 from objectax.objectives import registry as objective_registry
 
 GIN_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "gin")
-FILES = sorted(glob.glob(os.path.join(GIN_DIR, "experiments", "**", "*.gin"), recursive=True))
+# Every experiment file; grid files (`objectax ablate`, tests/launch/test_ablate.py) bind
+# Grid.* and are not experiments.
+FILES = [f for f in sorted(glob.glob(os.path.join(GIN_DIR, "experiments", "**", "*.gin"),
+                                     recursive=True))
+         if "Grid." not in open(f, encoding="utf-8").read()]
 WANG = [f for f in FILES if os.sep + "wang2022" + os.sep in f]
 
 

@@ -1,0 +1,414 @@
+"""The grid's report: results.md, results.csv and PNG plots from the runs' workdirs.
+
+Reads, per (cell, seed) workdir: summary.json and metrics.jsonl (training), eval/yardstick.json
+(bits per byte of the common yardstick, with per-document figures) and eval/zeroshot.json
+(rank-classification accuracies, with per-example correctness) when present. Differences
+against the reference cell come with paired-bootstrap 95% intervals (`paired_bootstrap`).
+The paper's published numbers for the same cells are printed beside ours, with their source
+(facts from reference/objectives.md §2), for orientation only: other scale, other metrics.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+from typing import Optional, Sequence
+
+import numpy as np
+
+from objectax.data.registry import Registry
+
+LN2 = math.log(2.0)
+BOOTSTRAP_SAMPLES = 2000
+
+
+# ----------------------------------------------------------------------- paper numbers
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperTable:
+  """Published numbers keyed by our cell names; None = not reported."""
+  source: str
+  columns: tuple[str, ...]
+  rows: dict[str, tuple[Optional[float], ...]]
+  note: str = ""
+
+
+PAPERS = Registry[PaperTable]("paper")
+# Wang et al. 2022 (ICML, arXiv 2204.05832): zero-shot accuracy (%), rank classification.
+# Tables 3, 6 and 8 as transcribed in reference/objectives.md §2.1. MLM-only models were not
+# evaluated without MTF at 168B (near random at 84B).
+PAPERS.add("wang2022", PaperTable(
+    source="Wang et al. 2022, arXiv 2204.05832: Table 6 (84B tokens, no MTF), Table 3 (168B, "
+           "no MTF), Table 8 (168B + 13B MTF); via reference/objectives.md §2.1",
+    columns=("EAI 84B", "EAI 168B", "T0 168B", "EAI 168B+MTF", "T0 168B+MTF"),
+    rows={"causal_decoder_full_lm": (42.4, 44.2, 42.4, 50.4, 51.4),
+          "prefix_decoder_prefix_lm": (42.2, 43.5, 41.8, 48.9, 54.0),
+          "encoder_decoder_prefix_lm": (39.6, 39.9, 41.7, 44.2, 45.8),
+          "causal_decoder_span_corruption": (37.8, None, None, 47.1, 50.3),
+          "prefix_decoder_span_corruption": (37.7, None, None, 51.0, 55.2),
+          "encoder_decoder_span_corruption": (34.6, None, None, 51.3, 60.6)},
+    note="accuracy %, higher is better; random: EAI 32.9, T0 41.7 (Tables 3, 8). 4.8B/11B "
+         "models on C4; ours are tiny models scored in bits/byte and on generated tasks."))
+# Raffel et al. 2020 (JMLR), T5 Tables 4-7, encoder-decoder, 2^35 tokens, fine-tuned scores.
+_T5 = {
+    "encoder_decoder_t5_prefix_lm": (80.69, 18.94, 77.99, 65.27, 26.86, 39.73, 27.49),
+    "encoder_decoder_t5_bert_style": (82.96, 19.17, 80.65, 69.85, 26.78, 40.03, 27.41),
+    "encoder_decoder_deshuffle": (73.17, 18.59, 67.61, 58.47, 26.11, 39.30, 25.62),
+    "encoder_decoder_t5_mass_style": (82.32, 19.16, 80.10, 69.28, 26.79, 39.89, 27.55),
+    "encoder_decoder_iid_replace_spans": (83.28, 19.24, 80.88, 71.36, 26.98, 39.82, 27.65),
+    "encoder_decoder_iid_drop_tokens": (84.44, 19.31, 80.52, 68.67, 27.07, 39.76, 27.82),
+    "encoder_decoder_iid_replace_spans_r10": (82.82, 19.00, 80.38, 69.55, 26.87, 39.28, 27.44),
+    "encoder_decoder_iid_replace_spans_r25": (83.00, 19.54, 80.96, 70.48, 27.04, 39.83, 27.47),
+    "encoder_decoder_iid_replace_spans_r50": (81.27, 19.32, 79.80, 70.33, 27.01, 39.90, 27.49),
+    "encoder_decoder_span_corruption_mu2": (83.54, 19.39, 82.09, 72.20, 26.76, 39.99, 27.63),
+    "encoder_decoder_span_corruption_mu3": (83.49, 19.62, 81.84, 72.53, 26.86, 39.65, 27.62),
+    "encoder_decoder_span_corruption_mu5": (83.40, 19.24, 82.05, 72.23, 26.88, 39.40, 27.53),
+    "encoder_decoder_span_corruption_mu10": (82.85, 19.33, 81.84, 70.44, 26.79, 39.49, 27.69),
+}
+PAPERS.add("t5", PaperTable(
+    source="Raffel et al. 2020 (T5, JMLR): Table 4 (objective family), Table 5 (BERT "
+           "simplifications), Table 6 (corruption rate), Table 7 (span length); via "
+           "reference/objectives.md §2.2",
+    columns=("GLUE", "CNNDM", "SQuAD", "SGLUE", "EnDe", "EnFr", "EnRo"), rows=_T5,
+    note="fine-tuned validation scores, higher is better; 220M encoder-decoder on C4, 2^35 "
+         "tokens; baseline (iid 15% replace spans) GLUE std 0.235 over 10 runs (Table 1)."))
+
+
+# ----------------------------------------------------------------------- statistics
+
+
+def paired_bootstrap(num_a_SE: np.ndarray, den_a_SE: np.ndarray, num_b_SE: np.ndarray,
+                     den_b_SE: np.ndarray, *, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+                     level: float = 0.95) -> tuple[float, float, float]:
+  """(difference, low, high): statistic(A) - statistic(B) with a percentile interval.
+
+  A cell's statistic is the mean over seeds of a ratio over examples, sum(num) / sum(den)
+  (bits per byte: nats / ln 2 over bytes; accuracy: correct over 1 per example). Each
+  bootstrap replicate draws S seeds and E examples with replacement and uses the SAME draw
+  for both cells: seed k of A is paired with seed k of B, document e with document e.
+  With one seed only documents are resampled.
+  """
+  shapes = {x.shape for x in (num_a_SE, den_a_SE, num_b_SE, den_b_SE)}
+  if len(shapes) != 1:
+    raise ValueError(f"paired data must have one shape, got {shapes}")
+  s, e = num_a_SE.shape
+  stat = lambda num_SE, den_SE: float(np.mean(num_SE.sum(1) / den_SE.sum(1)))
+  point = stat(num_a_SE, den_a_SE) - stat(num_b_SE, den_b_SE)
+  rng = np.random.default_rng(seed)
+  seeds_RS = (rng.integers(0, s, size=(samples, s)) if s > 1
+              else np.zeros((samples, 1), np.int64))
+  examples_RE = rng.integers(0, e, size=(samples, e))
+  pick = lambda x_SE: x_SE[seeds_RS[:, :, None], examples_RE[:, None, :]]  # (R, S, E)
+  ratio = lambda num_SE, den_SE: (pick(num_SE).sum(2) / pick(den_SE).sum(2)).mean(1)
+  diffs_R = ratio(num_a_SE, den_a_SE) - ratio(num_b_SE, den_b_SE)
+  tail = (1 - level) / 2 * 100
+  low, high = np.percentile(diffs_R, [tail, 100 - tail])
+  return point, float(low), float(high)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+  v = np.asarray([x for x in values if x is not None and math.isfinite(x)], np.float64)
+  if not len(v):
+    return float("nan"), float("nan")
+  return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else float("nan")
+
+
+# ----------------------------------------------------------------------- collection
+
+
+def _read_json(path: str) -> Optional[dict]:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return None
+
+
+@dataclasses.dataclass
+class Run:
+  """What one (cell, seed) workdir holds."""
+  summary: Optional[dict]
+  metrics: list[dict]
+  yardstick: Optional[dict]
+  zeroshot: Optional[dict]
+  seconds: Optional[dict] = None  # ablate_seconds.json: subprocess wall times of the grid
+
+  @classmethod
+  def load(cls, workdir: str) -> "Run":
+    rows = []
+    try:
+      with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    except (OSError, ValueError):
+      pass
+    return cls(_read_json(os.path.join(workdir, "summary.json")), rows,
+               _read_json(os.path.join(workdir, "eval", "yardstick.json")),
+               _read_json(os.path.join(workdir, "eval", "zeroshot.json")),
+               _read_json(os.path.join(workdir, "ablate_seconds.json")))
+
+  def loss_tokens(self, steps: int) -> Optional[float]:
+    """Tokens that carried loss over the run: the mean `target_tokens` (the batch's loss
+    weight sum) of the logged steps, times the steps. Exact when every batch has the same
+    count (full LM, span corruption); an estimate from a sample of steps otherwise."""
+    counts = [r["target_tokens"] for r in self.metrics if "target_tokens" in r]
+    return float(np.mean(counts)) * steps if counts else None
+
+  def eval_curve(self) -> list[tuple[int, float]]:
+    return [(r["step"], r["eval_loss"]) for r in self.metrics if "eval_loss" in r]
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+  """One reported quantity: per-seed values, and per-example (num, den) for the bootstrap."""
+  name: str
+  values: tuple[Optional[float], ...]
+  num_SE: Optional[np.ndarray] = None
+  den_SE: Optional[np.ndarray] = None
+
+
+def _paired(runs: Sequence[Run], get) -> tuple[Optional[np.ndarray], Optional[np.ndarray]]:
+  """(num_SE, den_SE) over all seeds, or None when a seed lacks them or lengths differ."""
+  pairs = [get(r) for r in runs]
+  if not pairs or any(p is None for p in pairs) or len({len(p[0]) for p in pairs}) != 1 \
+      or not len(pairs[0][0]):
+    return None, None
+  return (np.asarray([p[0] for p in pairs], np.float64),
+          np.asarray([p[1] for p in pairs], np.float64))
+
+
+def _evaluations(run: Run) -> dict:
+  return (run.yardstick or {}).get("evaluations") or {}
+
+
+def _tasks(run: Run) -> dict:
+  return (run.zeroshot or {}).get("tasks") or {}
+
+
+def _per_document(evaluation: dict):
+  """(bits, bytes) per held-out document of one yardstick evaluation, or None."""
+  if not evaluation.get("example_nats"):
+    return None
+  return np.asarray(evaluation["example_nats"]) / LN2, evaluation["example_bytes"]
+
+
+def _per_example(task: dict, key: str):
+  """(correct, 1) per example of one zero-shot task, or None."""
+  if not task.get(key):
+    return None
+  return task[key], [1.0] * len(task[key])
+
+
+def cell_metrics(runs: Sequence[Run], steps: int) -> dict[str, Metric]:
+  """Every metric of one cell, from its seeds' runs, in report order."""
+  out: dict[str, Metric] = {}
+  add = lambda m: out.__setitem__(m.name, m)
+  summaries = [r.summary or {} for r in runs]
+  add(Metric("final_eval_loss", tuple(s.get("final_eval_loss") for s in summaries)))
+  add(Metric("loss_tokens", tuple(r.loss_tokens(steps) for r in runs)))
+  add(Metric("train_wall_seconds", tuple(s.get("wall_seconds") for s in summaries)))
+  add(Metric("run_seconds", tuple(sum((r.seconds or {}).values()) or None for r in runs)))
+  names = [n for r in runs for n in _evaluations(r)]
+  for name in dict.fromkeys(names):
+    get = lambda r, name=name: _per_document(_evaluations(r).get(name) or {})
+    add(Metric(f"bpb/{name}", tuple((_evaluations(r).get(name) or {}).get("bits_per_byte")
+                                    for r in runs), *_paired(runs, get)))
+  tasks = [t for r in runs for t in _tasks(r)]
+  for task in dict.fromkeys(tasks):
+    for key, per_example in (("accuracy", "correct"), ("accuracy_norm", "correct_norm")):
+      get = lambda r, task=task, per_example=per_example: _per_example(
+          _tasks(r).get(task) or {}, per_example)
+      add(Metric(f"zeroshot/{task}/{key}", tuple((_tasks(r).get(task) or {}).get(key)
+                                                 for r in runs), *_paired(runs, get)))
+  return out
+
+
+def collect(plan) -> dict[str, tuple[list[Run], dict[str, Metric]]]:
+  """{cell: (runs of the seeds that finished training, metrics)}."""
+  out = {}
+  for cell in plan.cells:
+    runs = [Run.load(plan.workdir(cell.name, s)) for s in range(plan.seeds)]
+    runs = [r for r in runs if r.summary]
+    out[cell.name] = (runs, cell_metrics(runs, cell.steps))
+  return out
+
+
+# ----------------------------------------------------------------------- writing
+
+
+def _fmt(mean: float, std: float, digits: int = 4) -> str:
+  if not math.isfinite(mean):
+    return "–"
+  return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if math.isfinite(std) else "")
+
+
+def _delta(metric: Metric, ref: Optional[Metric], digits: int = 4) -> tuple[str, list]:
+  """Markdown cell and CSV fields of metric - ref with its paired-bootstrap interval."""
+  if ref is None or metric.num_SE is None or ref.num_SE is None \
+      or metric.num_SE.shape != ref.num_SE.shape:
+    return "–", ["", "", ""]
+  d, lo, hi = paired_bootstrap(metric.num_SE, metric.den_SE, ref.num_SE, ref.den_SE)
+  star = "*" if lo > 0 or hi < 0 else ""
+  return f"{d:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]{star}", [d, lo, hi]
+
+
+def _bar_chart(path: str, title: str, ylabel: str, cells: Sequence[str],
+               stats: Sequence[tuple[float, float]], hline: Optional[float] = None) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(cells)), 4.5))
+  means = [m if math.isfinite(m) else 0.0 for m, _ in stats]
+  errs = [s if math.isfinite(s) else 0.0 for _, s in stats]
+  ax.bar(range(len(cells)), means, yerr=errs, capsize=4, color="tab:blue")
+  if hline is not None:
+    ax.axhline(hline, color="gray", linestyle="--", label="chance")
+    ax.legend()
+  ax.set_xticks(range(len(cells)), cells, rotation=30, ha="right", fontsize=8)
+  ax.set_title(title, fontsize=10)
+  ax.set_ylabel(ylabel)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _loss_plot(path: str, plan, collected) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for cell in plan.cells:
+    curves = [dict(r.eval_curve()) for r in collected[cell.name][0]]
+    steps = sorted(set.intersection(*(set(c) for c in curves))) if curves else []
+    if not steps:
+      continue
+    tokens = [s * cell.batch_size * cell.sequence_length for s in steps]
+    loss_SN = np.asarray([[c[s] for s in steps] for c in curves])
+    ax.plot(tokens, loss_SN.mean(0), marker="o", markersize=3, label=cell.name)
+    if len(curves) > 1:
+      ax.fill_between(tokens, loss_SN.min(0), loss_SN.max(0), alpha=0.2)
+  ax.set_xlabel("tokens seen")
+  ax.set_ylabel("validation loss (nats/target token)")
+  ax.set_title("Validation loss of each cell's own objective (not comparable across "
+               "objectives)", fontsize=9)
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _slug(name: str) -> str:
+  return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def write_report(plan) -> list[str]:
+  """Writes OUT/results.md, OUT/results.csv and OUT/*.png; returns their paths."""
+  os.makedirs(plan.out, exist_ok=True)
+  collected = collect(plan)
+  names = [c.name for c in plan.cells]
+  ref_name = plan.grid.reference or names[0]
+  ref_metrics = collected[ref_name][1]
+  all_metrics = list(dict.fromkeys(m for n in names for m in collected[n][1]))
+  stats = {(n, m): _mean_std(collected[n][1][m].values) if m in collected[n][1]
+           else (float("nan"),) * 2 for n in names for m in all_metrics}
+  # Evaluations no cell could run (e.g. a skipped yardstick row) get no column and no plot.
+  all_metrics = [m for m in all_metrics
+                 if any(math.isfinite(stats[(n, m)][0]) for n in names)]
+  written = []
+
+  csv_path = os.path.join(plan.out, "results.csv")
+  with open(csv_path, "w", newline="", encoding="utf-8") as f:
+    w = csv.writer(f)
+    w.writerow(["cell", "metric", "seeds", "mean", "std", "values", "reference",
+                "delta_vs_reference", "ci95_low", "ci95_high"])
+    for cell in plan.cells:
+      n = cell.name
+      w.writerow([n, "tokens_seen", len(collected[n][0]), cell.tokens_seen, 0, "", "", "", "", ""])
+      for m, metric in collected[n][1].items():
+        mean, std = stats[(n, m)]
+        fields = _delta(metric, ref_metrics.get(m))[1] if n != ref_name else ["", "", ""]
+        w.writerow([n, m, len(collected[n][0]), mean, std,
+                    ";".join("" if v is None else repr(v) for v in metric.values), ref_name,
+                    *fields])
+  written.append(csv_path)
+
+  md = [f"# Grid results: {os.path.basename(plan.grid_file)} at size {plan.size}", "",
+        f"{len(names)} cells x {plan.seeds} seed(s); figures are mean ± std over seeds "
+        "(std needs >= 2 seeds). Every cell trains the same number of tokens (steps x batch x "
+        "sequence length, the per-example budget inputs + targets, as Wang et al. 2022 match "
+        "compute); tokens that carried loss differ by objective (mean `target_tokens` of the "
+        "logged steps x steps, from metrics.jsonl).", "",
+        "## Training", "",
+        "The validation loss is each cell's OWN objective's loss on held-out batches: a "
+        "span-corruption loss and a full-LM loss measure different things, so these losses "
+        "are not comparable across objectives; compare cells with the yardstick below.", "",
+        "| cell | seeds | tokens seen | loss tokens (fraction) | final validation loss | "
+        "train s | train + eval s (processes) |", "|---|---|---|---|---|---|---|"]
+  for cell in plan.cells:
+    n = cell.name
+    lt, _ = stats[(n, "loss_tokens")]
+    frac = f"{lt:,.0f} ({lt / cell.tokens_seen:.1%})" if math.isfinite(lt) else "–"
+    md.append(f"| {n} | {len(collected[n][0])}/{plan.seeds} | {cell.tokens_seen:,} | {frac} | "
+              f"{_fmt(*stats[(n, 'final_eval_loss')])} | "
+              f"{_fmt(*stats[(n, 'train_wall_seconds')], digits=0)} | "
+              f"{_fmt(*stats[(n, 'run_seconds')], digits=0)} |")
+
+  def section(title: str, prefix: str, intro: str, digits: int) -> None:
+    cols = [m for m in all_metrics if m.startswith(prefix)]
+    if not cols:
+      md.extend(["", f"## {title}", "", "(no results yet)"])
+      return
+    head = [c[len(prefix):] for c in cols]
+    md.extend(["", f"## {title}", "", intro, "", "| cell | " + " | ".join(head) + " |",
+               "|---" * (len(cols) + 1) + "|"])
+    for n in names:
+      md.append(f"| {n} | " + " | ".join(_fmt(*stats[(n, c)], digits=digits) for c in cols) + " |")
+    if len(names) < 2:
+      return
+    md.extend(["", f"Difference vs {ref_name} (paired bootstrap over documents/examples and "
+               f"seeds, {BOOTSTRAP_SAMPLES} replicates, 95% interval; * = excludes 0):", "",
+               "| cell | " + " | ".join(head) + " |", "|---" * (len(cols) + 1) + "|"])
+    for n in names:
+      if n != ref_name:
+        md.append(f"| {n} | " + " | ".join(
+            _delta(collected[n][1][c], ref_metrics.get(c), digits)[0]
+            if c in collected[n][1] else "–" for c in cols) + " |")
+
+  section("Yardstick: bits per byte (rows: training objective; columns: evaluation)", "bpb/",
+          "Every model scored the same ways on the same held-out text (`objectax eval`); lower "
+          "is better.", 4)
+  section("Zero-shot rank classification: accuracy", "zeroshot/",
+          "Raw and length-normalised accuracy per generated task; higher is better.", 3)
+
+  if plan.grid.paper:
+    paper = PAPERS.get(plan.grid.paper)
+    md.extend(["", "## Published numbers for the same cells (orientation only)", "",
+               f"Source: {paper.source}. {paper.note}", "",
+               "| cell | " + " | ".join(paper.columns) + " |",
+               "|---" * (len(paper.columns) + 1) + "|"])
+    for n in names:
+      row = paper.rows.get(n)
+      md.append(f"| {n} | " + " | ".join("–" if row is None or v is None else f"{v}"
+                                          for v in (row or (None,) * len(paper.columns))) + " |")
+
+  plots = [os.path.join(plan.out, "loss_vs_tokens.png")]
+  _loss_plot(plots[0], plan, collected)
+  for m in all_metrics:
+    if m.startswith(("bpb/", "zeroshot/")):
+      chance = None
+      if m.startswith("zeroshot/"):
+        task = m.split("/")[1]
+        chance = next((r.zeroshot["tasks"][task].get("chance") for n in names
+                       for r in collected[n][0] if r.zeroshot and task in r.zeroshot["tasks"]),
+                      None)
+      path = os.path.join(plan.out, _slug(m.replace("/", "_")) + ".png")
+      _bar_chart(path, m, "bits per byte (lower is better)" if m.startswith("bpb/")
+                 else "accuracy", names, [stats[(n, m)] for n in names], chance)
+      plots.append(path)
+  md.extend(["", "## Plots", ""] + [f"- `{os.path.basename(p)}`" for p in plots])
+  md_path = os.path.join(plan.out, "results.md")
+  with open(md_path, "w", encoding="utf-8") as f:
+    f.write("\n".join(md) + "\n")
+  return [md_path, csv_path, *plots]
