@@ -357,18 +357,9 @@ def register_seqio_task(name: str, source, template: Callable):
 
 def check_tfds_data(name: str, tfds_name: str, data_dir: Optional[str] = None) -> str:
   """The data dir holding `tfds_name`; a one-line ConfigError when it is not prepared."""
-  # pylint: disable=g-import-not-at-top
-  from etils import epath
-  import tensorflow_datasets as tfds
-  from objectax.data import pydocs
+  from objectax.data import pydocs, sources  # pylint: disable=g-import-not-at-top
   data_dir = pydocs.resolve_data_dir(data_dir)
-  builder = tfds.builder(tfds_name, data_dir=data_dir)  # from code: no I/O, no network
-  if not (epath.Path(builder.data_path) / "dataset_info.json").exists():
-    raise ConfigError(
-        f"zero-shot task {name!r} needs the TFDS dataset {tfds_name} prepared under "
-        f"{data_dir} (not found); prepare it where there is network with `tfds build "
-        f"{tfds_name} --data_dir={data_dir}`, or point TfdsConfig.data_dir / "
-        "$TFDS_DATA_DIR at a copy")
+  sources.require_tfds(tfds_name, data_dir, f"zero-shot task {name!r}")
   return data_dir
 
 

@@ -18,7 +18,6 @@ parameters, straight onto the new run's shardings.
 """
 from __future__ import annotations
 
-import logging
 import os
 from typing import Any
 
@@ -26,6 +25,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from objectax.data.registry import ConfigError
+from objectax.launch import checkpoints
 
 
 def resolve_source(path: str, step: int = -1) -> tuple[str, int]:
@@ -38,9 +38,7 @@ def resolve_source(path: str, step: int = -1) -> tuple[str, int]:
     directory = os.path.join(path, "checkpoints")
   else:
     directory = path
-  steps = sorted(int(d) for d in os.listdir(directory)
-                 if d.isdigit() and os.path.isdir(os.path.join(directory, d))) \
-      if os.path.isdir(directory) else []
+  steps = checkpoints.complete_steps(directory)
   if not steps:
     raise ConfigError(f"TrainConfig.init_from={path!r} holds no checkpoint; give the workdir "
                       "of a finished `objectax train` run")
@@ -61,17 +59,10 @@ def restore_params(path: str, step: int, abstract_params: Any) -> tuple[Any, int
   """(parameters of `abstract_params`'s structure and shardings, the step read, names of
   checkpoint parameters left behind), read from the run at `path`."""
   directory, step = resolve_source(path, step)
-  absl_logger = logging.getLogger("absl")
-  level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)  # orbax warns that a read-only directory is read-only
-  manager = None
-  try:
-    manager = ocp.CheckpointManager(
-        directory, options=ocp.CheckpointManagerOptions(create=False, read_only=True,
-                                                        save_interval_steps=0),
-        item_handlers={"state": ocp.PyTreeCheckpointHandler()})
-    saved = manager.item_metadata(step)["state"]
-    saved_params = _paths(_tree_of(saved)["params"])
+  with checkpoints.read_only(directory, f"TrainConfig.init_from: checkpoint step {step} in "
+                             f"{directory}",
+                             item_handlers={"state": ocp.PyTreeCheckpointHandler()}) as manager:
+    saved_params = _paths(_tree_of(manager.item_metadata(step)["state"])["params"])
     wanted = _paths(abstract_params)
     missing = [k for k in wanted if k not in saved_params]
     reshaped = [f"{k} {tuple(saved_params[k].shape)} -> {tuple(v.shape)}"
@@ -89,16 +80,6 @@ def restore_params(path: str, step: int, abstract_params: Any) -> tuple[Any, int
                 lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, dtype=a.dtype),
                 {"params": abstract_params}),
             partial_restore=True)))
-  except ConfigError:
-    raise
-  except Exception as e:  # orbax raises many types; all mean "cannot use this checkpoint"
-    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-    raise ConfigError(f"TrainConfig.init_from: checkpoint step {step} in {directory} could "
-                      f"not be read ({first})") from e
-  finally:
-    if manager is not None:
-      manager.close()
-    absl_logger.setLevel(level)
   left_behind = sorted(set(saved_params) - set(_paths(abstract_params)))
   return restored.state["params"], step, left_behind
 

@@ -13,14 +13,55 @@ A checkpoint that cannot be read is reported in one line and left where it is.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
+import logging
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import orbax.checkpoint as ocp
 
 from objectax.data.registry import ConfigError
+
+
+def first_line(error: Exception) -> str:
+  """An exception's first line (at most 300 characters), or its type's name."""
+  text = str(error).strip()
+  return text.splitlines()[0][:300] if text else type(error).__name__
+
+
+def complete_steps(directory: str) -> list[int]:
+  """The checkpoint steps under `directory` (a workdir's checkpoints/), oldest first."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(d) for d in os.listdir(directory)
+                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+
+
+@contextlib.contextmanager
+def read_only(directory: str, what: str, **manager_kwargs) -> Iterator[ocp.CheckpointManager]:
+  """A read-only CheckpointManager over `directory` (another run's checkpoints: nothing is
+  created, pruned or cleaned up). Any Orbax failure inside becomes one ConfigError line,
+  "<what> could not be read (<first line>)"."""
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)  # orbax warns that a read-only directory is read-only
+  manager = None
+  try:
+    manager = ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(create=False, read_only=True, save_interval_steps=0),
+        **manager_kwargs)
+    yield manager
+  except ConfigError:
+    raise
+  except Exception as e:  # orbax raises many types; all mean "cannot use this checkpoint"
+    raise ConfigError(f"{what} could not be read ({first_line(e)})") from e
+  finally:
+    if manager is not None:
+      manager.close()
+    absl_logger.setLevel(level)
 
 
 class Checkpointer:
@@ -52,9 +93,8 @@ class Checkpointer:
           data=ocp.args.JsonRestore(),
       ))
     except Exception as e:  # orbax raises many types; all mean "cannot use this checkpoint"
-      first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
       raise ConfigError(
-          f"checkpoint step {step} in {self.directory} could not be restored ({first}); it is "
+          f"checkpoint step {step} in {self.directory} could not be restored ({first_line(e)}); it is "
           f"left untouched: use another workdir, or move that step aside to resume from an "
           f"older one") from e
     return restored.state, dict(restored.data)

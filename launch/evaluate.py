@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import math
 import os
 import sys
@@ -47,7 +46,7 @@ import tensorflow as tf
 
 from objectax.data import sources, zeroshot_tasks
 from objectax.data.registry import ConfigError
-from objectax.launch import configure, input_pipeline, sharding, yardstick, zeroshot
+from objectax.launch import checkpoints, configure, input_pipeline, sharding, yardstick, zeroshot
 from objectax.launch import step as step_lib
 from objectax.launch import train
 from objectax.models import model_objectives
@@ -59,11 +58,7 @@ def _stderr(msg: str) -> None:
 
 def checkpoint_steps(workdir: str) -> list[int]:
   """The complete checkpoint steps under DIR/checkpoints, oldest first (may be empty)."""
-  directory = os.path.join(workdir, "checkpoints")
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(d) for d in os.listdir(directory)
-                if d.isdigit() and os.path.isdir(os.path.join(directory, d)))
+  return checkpoints.complete_steps(os.path.join(workdir, "checkpoints"))
 
 
 def _pick_step(workdir: str, step: Optional[int]) -> int:
@@ -81,27 +76,11 @@ def _pick_step(workdir: str, step: Optional[int]) -> int:
 
 def _restore(workdir: str, step: int, abstract) -> object:
   """The train state of `step`, on the shardings of `abstract`, read-only."""
-  absl_logger = logging.getLogger("absl")
-  level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)  # orbax warns that a read-only directory is read-only
-  manager = None
-  try:
-    manager = ocp.CheckpointManager(
-        os.path.abspath(os.path.join(workdir, "checkpoints")),
-        options=ocp.CheckpointManagerOptions(create=False, read_only=True,
-                                             save_interval_steps=0),
-        item_names=("state", "data"))
-    restored = manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
-  except Exception as e:  # orbax raises many types; all mean "cannot use this checkpoint"
-    first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-    raise ConfigError(f"checkpoint step {step} in {workdir} could not be restored "
-                      f"({first})") from e
-  finally:
-    if manager is not None:
-      manager.close()
-    absl_logger.setLevel(level)
-  return restored.state
+  with checkpoints.read_only(os.path.join(workdir, "checkpoints"),
+                             f"checkpoint step {step} in {workdir}",
+                             item_names=("state", "data")) as manager:
+    return manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract))).state
 
 
 def held_out(corpus: str, vocabulary: Any, num_documents: int,

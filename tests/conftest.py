@@ -37,3 +37,23 @@ def tfds_data_dir(tmp_path_factory):
   pydocs.ensure_built(path)
   vocab.train_sentencepiece(path)
   return path
+
+
+@pytest.fixture(scope="session")
+def _trained_quickstart(tfds_data_dir, tmp_path_factory):
+  """A quickstart run trained 12 steps (checkpoints at 6 and 12), trained once per session."""
+  from objectax.launch import configure, train  # pylint: disable=g-import-not-at-top
+  wd = tmp_path_factory.mktemp("trained") / "wd"
+  configure.parse(["run/quickstart.gin"], [
+      "TrainConfig.steps=12", "TrainConfig.checkpoint_every=6", "TrainConfig.eval_every=12",
+      "TrainConfig.batch_size=8", "TrainConfig.eval_batches=1", "TrainConfig.warmup_steps=2",
+      "TrainConfig.learning_rate=1e-2", "Experiment.sequence_length=64"])
+  train.train(str(wd), quiet=True)
+  return wd
+
+
+@pytest.fixture
+def trained_quickstart(_trained_quickstart, tmp_path):
+  """A private copy of the shared 12-step quickstart workdir (the tests of `objectax eval`)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  return shutil.copytree(_trained_quickstart, tmp_path / "wd")

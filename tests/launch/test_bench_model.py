@@ -4,20 +4,16 @@ import os
 import subprocess
 import sys
 
+import no_tensorflow  # pylint: disable=g-bad-import-order
+
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_SCRIPT = r'''
-import importlib.abc, sys
-class Block(importlib.abc.MetaPathFinder):
-  def find_spec(self, name, path=None, target=None):
-    if name.split(".")[0] in ("tensorflow", "seqio", "tensorflow_datasets"):
-      raise ImportError(f"blocked: {name}")
-sys.meta_path.insert(0, Block())
+_SCRIPT = no_tensorflow.BLOCK + r'''
 from objectax.launch import main
 code = main.run(sys.argv[1:])
-assert not any(k.split(".")[0] in ("tensorflow", "seqio") for k in sys.modules)
+''' + no_tensorflow.CHECK + r'''
 sys.exit(code)
 '''
 

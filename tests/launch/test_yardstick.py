@@ -168,14 +168,9 @@ def test_layouts_are_seqios_unpacked_layouts(arch):
     assert (features["encoder_input_tokens"][:, 1:] == 0).all()
 
 
-def test_eval_command_on_a_trained_run(tfds_data_dir, tmp_path, capsys):
+def test_eval_command_on_a_trained_run(trained_quickstart, tmp_path, capsys):
   """A few training steps already score below the uniform log2(V) on every evaluation."""
-  wd = tmp_path / "wd"
-  configure.parse(["run/quickstart.gin"], [
-      "TrainConfig.steps=12", "TrainConfig.checkpoint_every=6", "TrainConfig.eval_every=12",
-      "TrainConfig.batch_size=8", "TrainConfig.eval_batches=1", "TrainConfig.warmup_steps=2",
-      "TrainConfig.learning_rate=1e-2", "Experiment.sequence_length=64"])
-  train.train(str(wd), quiet=True)
+  wd = trained_quickstart
   assert main.run(["eval", f"--workdir={wd}", "--documents=6", "--no_zeroshot"]) == 0
   out = capsys.readouterr().out
   assert "continuation_50" in out and "infill_0.5_32" in out

@@ -251,19 +251,14 @@ def test_tfds_templates_as_seqio_tasks(name):
 # ------------------------------------------------------------------------ the command
 
 
-def test_eval_command_runs_the_zeroshot_tasks(tfds_data_dir, tmp_path, capsys):
-  wd = tmp_path / "wd"
-  configure.parse(["run/quickstart.gin"], [
-      "TrainConfig.steps=8", "TrainConfig.checkpoint_every=8", "TrainConfig.eval_every=8",
-      "TrainConfig.batch_size=8", "TrainConfig.eval_batches=1", "TrainConfig.warmup_steps=2",
-      "TrainConfig.learning_rate=1e-2", "Experiment.sequence_length=64"])
-  train.train(str(wd), quiet=True)
+def test_eval_command_runs_the_zeroshot_tasks(trained_quickstart, tfds_data_dir, capsys):
+  wd = trained_quickstart
   assert main.run(["eval", f"--workdir={wd}", "--documents=2", "--zeroshot=recall",
                    "--zeroshot=last_word"]) == 0
   out = capsys.readouterr().out
   assert re.search(r"^recall +0\.\d{4} +0\.\d{4} +0\.2500 +128$", out, re.M), out
   report = json.loads((wd / "eval" / "zeroshot.json").read_text())
-  assert (report["step"], report["arch"], report["sequence_length"]) == (8, "causal_decoder", 64)
+  assert (report["step"], report["arch"], report["sequence_length"]) == (12, "causal_decoder", 64)
   assert list(report["tasks"]) == ["recall", "last_word"] and report["skipped"] == {}
   for row in report["tasks"].values():
     assert row["examples"] == len(row["correct"]) == len(row["correct_norm"]) > 0
