@@ -136,6 +136,7 @@ def test_ul2_mixture_shares_and_mode_tokens(vocabulary, num):
   assert t_r1 < i_r1 / 3 and abs(t_x1 - i_x1) <= 2  # r=0.15 vs r=0.5
 
 
+@pytest.mark.slow  # for time: the shares themselves are checked by the default UL2 tests
 def test_ul2_rates_are_configurable(vocabulary):
   cfg = Ul2Config(rates=(4.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0))
   lengths = objective_registry.get("ul2").lengths(cfg, BUDGET)

@@ -68,8 +68,9 @@ def plain():
   return {a: _losses(a, BASE) for a in ("causal_decoder", "encoder_decoder")}
 
 
-@pytest.mark.parametrize("change", [dict(remat="full"), dict(remat="save_dots"),
-                                    dict(logits_chunk=40), dict(attention="cudnn")],
+@pytest.mark.parametrize("change", [
+    dict(remat="full"), pytest.param(dict(remat="save_dots"), marks=pytest.mark.slow),
+    dict(logits_chunk=40), dict(attention="cudnn")],
                          ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
 def test_fast_path_matches_plain_causal_decoder(plain, change, capsys):
   reference, params = plain["causal_decoder"]
@@ -89,6 +90,7 @@ def test_scan_over_layers_matches_plain(plain, arch_name):
   np.testing.assert_allclose(got, reference, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # for time: the same loss code as the causal decoder's chunked case
 def test_encoder_decoder_chunked_loss_matches_plain(plain):
   reference, params = plain["encoder_decoder"]
   got, _ = _losses("encoder_decoder", dataclasses.replace(BASE, logits_chunk=7), params)
