@@ -8,6 +8,7 @@ travel as package data of ``objectax.gin``.
 import setuptools
 
 _PACKAGES = ("objectives", "models", "data", "launch", "gin")
+_LAUNCH_SUBPACKAGES = ("eval", "grid", "tools")
 
 setuptools.setup(
     name="objectax",
@@ -16,8 +17,9 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=[f"objectax.{p}" for p in _PACKAGES],
-    package_dir={f"objectax.{p}": p for p in _PACKAGES},
+    packages=[f"objectax.{p}" for p in _PACKAGES]
+    + [f"objectax.launch.{s}" for s in _LAUNCH_SUBPACKAGES],
+    package_dir={f"objectax.{p}": p for p in _PACKAGES},  # sub-packages follow their parent
     package_data={"objectax.gin": ["*.gin", "*/*.gin", "*/*/*.gin"]},
     include_package_data=True,
     install_requires=[

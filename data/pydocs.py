@@ -41,6 +41,8 @@ from etils import epath
 import gin
 import tensorflow_datasets as tfds
 
+from objectax.models.registry import ConfigError
+
 # Documents shorter than this are mostly one-line docstrings ("Return self.") that teach a
 # model nothing but the end-of-sequence token.
 MIN_CHARS = 200
@@ -303,3 +305,14 @@ def ensure_built(data_dir: str | None = None) -> str:
         flush=True,
     )
   return data_dir
+
+
+def require_tfds(tfds_name: str, data_dir: str, who: str) -> None:
+  """A one-line ConfigError unless `tfds_name` is prepared under `data_dir` (no download)."""
+  builder = tfds.builder(tfds_name, data_dir=data_dir)  # from code: no I/O, no network
+  if not (epath.Path(builder.data_path) / "dataset_info.json").exists():
+    raise ConfigError(
+        f"{who} needs the TFDS dataset {tfds_name} prepared under {data_dir} (not found at "
+        f"{builder.data_path}); prepare it where there is network with `tfds build "
+        f"{tfds_name} --data_dir={data_dir}` and copy it here, or point TfdsConfig.data_dir / "
+        "$TFDS_DATA_DIR at an existing copy")

@@ -20,15 +20,13 @@ import json
 import random
 from typing import Callable, Mapping, Optional
 
-from etils import epath
 import gin
 import numpy as np
 import seqio
 import tensorflow as tf
-import tensorflow_datasets as tfds
 
 from objectax.data import pydocs
-from objectax.data.registry import ConfigError, Registry
+from objectax.models.registry import ConfigError, Registry
 
 SPLITS = ("train", "validation")
 
@@ -75,17 +73,6 @@ def tfds_data_dir() -> str:
 
 # ----------------------------------------------------------------------------- TFDS
 
-def require_tfds(tfds_name: str, data_dir: str, who: str) -> None:
-  """A one-line ConfigError unless `tfds_name` is prepared under `data_dir` (no download)."""
-  builder = tfds.builder(tfds_name, data_dir=data_dir)  # from code: no I/O, no network
-  if not (epath.Path(builder.data_path) / "dataset_info.json").exists():
-    raise ConfigError(
-        f"{who} needs the TFDS dataset {tfds_name} prepared under {data_dir} (not found at "
-        f"{builder.data_path}); prepare it where there is network with `tfds build "
-        f"{tfds_name} --data_dir={data_dir}` and copy it here, or point TfdsConfig.data_dir / "
-        "$TFDS_DATA_DIR at an existing copy")
-
-
 def _tfds_corpus(
     name: str, tfds_name: str, text_key: str, splits: Mapping[str, str], description: str
 ) -> Corpus:
@@ -98,7 +85,7 @@ def _tfds_corpus(
         read_only=True)
 
   def prepare() -> None:
-    require_tfds(tfds_name, tfds_data_dir(), f"corpus {name!r}")
+    pydocs.require_tfds(tfds_name, tfds_data_dir(), f"corpus {name!r}")
 
   return Corpus(name, description, text_key, make_source, prepare)
 

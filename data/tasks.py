@@ -13,9 +13,6 @@ already holds {"inputs": prompt, "targets": answer} pairs: its pipeline is
 ``tokenize -> objective preprocessor`` (no rekey), and only an objective whose config
 declares ``corpus_kind = "prompted"`` (objectives/prompted.py) can read it. Any other
 pairing is refused in one line by `check_pairing`, before a dataset is built.
-
-The zero-shot evaluation tasks of data/zeroshot_tasks.py register here too
-(`register_zeroshot_task`).
 """
 from __future__ import annotations
 
@@ -25,7 +22,7 @@ import seqio
 import tensorflow as tf
 
 from objectax.data import mixtures, sources
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.objectives import mixture
 from objectax.objectives import registry as objective_registry
 
@@ -99,13 +96,6 @@ def _add_task(name: str, corpus_spec, features, vocabulary: seqio.Vocabulary,
       functools.partial(seqio.preprocessors.rekey, key_map={"targets": corpus_spec.text_key})]
   return _register(name, corpus_spec.make_source(),
                    [*rekey, seqio.preprocessors.tokenize, preprocess], output_features)
-
-
-def register_zeroshot_task(name: str, source: seqio.DataSource, template) -> seqio.Task:
-  """(Re-)registers a zero-shot evaluation task: `source`, then `template` (one example
-  -> {prompt, options, answer} strings; data/zeroshot_tasks.py). Nothing is tokenized."""
-  apply = lambda ds: ds.map(template, num_parallel_calls=1)  # a seqio preprocessor
-  return _register(name, source, [apply], {})
 
 
 def _register(name: str, source: seqio.DataSource, preprocessors: list,

@@ -23,10 +23,10 @@ import seqio
 import sentencepiece as spm
 
 from objectax.data import pydocs
-from objectax.data.registry import ConfigError, Registry
+# UL2's mode tokens are trained into the SentencePiece model as whole pieces.
+from objectax.objectives.ul2 import MODE_TOKENS, mode_token_ids  # pylint: disable=unused-import
+from objectax.models.registry import ConfigError, Registry
 
-# UL2 paradigm tokens, prepended to the inputs to tell the model which denoiser made them.
-MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2  # T5's convention; seqio assumes pad 0 and eos 1
 
 # One input "sentence" per paragraph: SentencePiece silently skips sentences longer than
@@ -159,17 +159,6 @@ def _make_sentencepiece(cfg: VocabConfig, data_dir: Optional[str]) -> seqio.Voca
 def _make_byte(cfg: VocabConfig, data_dir: Optional[str]) -> seqio.Vocabulary:
   del data_dir
   return seqio.ByteVocabulary(extra_ids=cfg.extra_ids)
-
-
-def mode_token_ids(vocabulary: seqio.Vocabulary, mode: str) -> tuple[int, ...]:
-  """The ids of a UL2 mode token: one id in models trained here, its bytes under "byte".
-
-  A user's T5 model has no such piece and gives several ids; that is still a consistent
-  prefix, just a longer one.
-  """
-  if mode not in MODE_TOKENS:
-    raise ConfigError(f"unknown mode token {mode!r}; valid choices: {', '.join(MODE_TOKENS)}")
-  return tuple(vocabulary.encode(mode))
 
 
 VOCABULARIES = Registry[Callable[[VocabConfig, Optional[str]], seqio.Vocabulary]](

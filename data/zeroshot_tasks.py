@@ -1,6 +1,6 @@
 """Zero-shot rank-classification tasks: examples {prompt, options, answer} (issue 6, item 2).
 
-`launch/zeroshot.py` scores log p(option | prompt) for every option with the architecture's
+`launch/eval/zeroshot.py` scores log p(option | prompt) for every option with the architecture's
 own scoring and takes the argmax (rank classification, as T0-Eval and the EAI harness do;
 Wang et al. 2022 §3.4, reference §2.1 and protocol P2). A task only makes examples; it never
 sees a model or a tokenizer.
@@ -31,7 +31,7 @@ downloaded here): boolq, cb, copa, rte, with the GPT-3-style prompts of the Eleu
 evaluation harness (lm_eval/tasks/superglue.py, glue.py), the EAI-Eval prompts that Wang et
 al. report beside T0-Eval. They are seqio Tasks (TfdsDataSource, read-only) whose one
 preprocessor applies the template; a missing dataset fails in one line naming it and the
-data dir. Their seqio registration is data/tasks.py's (`register_zeroshot_task`).
+data dir. They are registered as seqio tasks named `zeroshot_{name}` when first used.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from objectax.data.registry import ConfigError, Registry
+from objectax.models.registry import ConfigError, Registry
 
 NUM_OPTIONS = 4  # built-in tasks: chance = 1/4
 CLOZE_CONTEXT_WORDS = 40
@@ -350,16 +350,21 @@ def seqio_task_name(name: str) -> str:
 def register_seqio_task(name: str, source, template: Callable):
   """(Re-)registers the seqio Task `zeroshot_{name}`: `source`, then the template. Its
   examples are strings {prompt, options[n], answer}; tokenizing is the scorer's job.
-  The registration itself is data/tasks.py's (the only caller of TaskRegistry.add)."""
-  from objectax.data import tasks  # pylint: disable=g-import-not-at-top
-  return tasks.register_zeroshot_task(seqio_task_name(name), source, template)
+  Nothing is tokenized, so the task has no output features."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  task_name = seqio_task_name(name)
+  if task_name in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.remove(task_name)
+  apply = lambda ds: ds.map(template, num_parallel_calls=1)  # a seqio preprocessor
+  return seqio.TaskRegistry.add(task_name, source=source, preprocessors=[apply],
+                                output_features={}, metric_fns=[])
 
 
 def check_tfds_data(name: str, tfds_name: str, data_dir: Optional[str] = None) -> str:
   """The data dir holding `tfds_name`; a one-line ConfigError when it is not prepared."""
-  from objectax.data import pydocs, sources  # pylint: disable=g-import-not-at-top
+  from objectax.data import pydocs  # pylint: disable=g-import-not-at-top
   data_dir = pydocs.resolve_data_dir(data_dir)
-  sources.require_tfds(tfds_name, data_dir, f"zero-shot task {name!r}")
+  pydocs.require_tfds(tfds_name, data_dir, f"zero-shot task {name!r}")
   return data_dir
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.launch import checkpoints
 
 

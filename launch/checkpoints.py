@@ -22,7 +22,7 @@ from typing import Any, Iterator
 import jax
 import orbax.checkpoint as ocp
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 
 
 def first_line(error: Exception) -> str:

@@ -9,7 +9,7 @@ import dataclasses
 
 import gin
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 
 
 @gin.configurable

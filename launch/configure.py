@@ -15,7 +15,7 @@ import typing
 
 import gin
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 
 
 def _gin_dir() -> str:

@@ -23,7 +23,7 @@ from typing import Mapping
 import gin
 import jax
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 
 # Environment variables whose presence means JAX's own cluster detection applies.
 _TPU_POD_ENV = ("TPU_WORKER_ID", "CLOUD_TPU_TASK_ID", "MEGASCALE_COORDINATOR_ADDRESS")

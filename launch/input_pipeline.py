@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from objectax.data import pydocs, sources, tasks
 from objectax.data import vocab as vocab_lib
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.objectives import registry as objective_registry
 
 Batch = Mapping[str, np.ndarray]

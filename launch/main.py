@@ -237,9 +237,9 @@ def run(argv: list[str] | None = None) -> int:
     parser.print_help()
     return 2
   # pylint: disable=g-import-not-at-top
-  from objectax.data.registry import ConfigError
+  from objectax.models.registry import ConfigError
   if args.command == "bench" and args.what == "model":  # GPU hosts: no TensorFlow, no seqio
-    from objectax.launch import bench_model
+    from objectax.launch.tools import bench_model
     try:
       bench_model.main(files, bindings, args.steps or 20, args.warmup, args.batch_size,
                        args.inputs_length, args.vocab_size, args.json)
@@ -256,11 +256,11 @@ def run(argv: list[str] | None = None) -> int:
       _objectives()
       return 0
     if args.command == "bench" and args.what == "input":
-      from objectax.launch import bench_input
+      from objectax.launch.tools import bench_input
       bench_input.run(files or [QUICKSTART], bindings, steps=args.steps or 30)
       return 0
     if args.command == "bench":
-      from objectax.launch import bench_data
+      from objectax.launch.tools import bench_data
       if args.objective:
         from objectax.objectives import registry as objective_registry
         for name in args.objective:
@@ -268,27 +268,28 @@ def run(argv: list[str] | None = None) -> int:
       bench_data.run(args.budget, args.seconds, args.objective)
       return 0
     if args.command == "ablate":
-      from objectax.launch import ablate
+      from objectax.launch.grid import ablate
       return ablate.main(args.grid, args.size, args.seeds, args.out, dry_run=args.dry_run,
                          print_commands=args.print_commands)
     if args.command == "eval":
-      from objectax.launch import evaluate
+      from objectax.launch.eval import evaluate
       evaluate.run(args.workdir, args.step, args.documents, tuple(bindings),
                    zeroshot_names=args.zeroshot, no_zeroshot=args.no_zeroshot)
       return 0
     from objectax.launch import configure, train
     if args.command == "info":
-      from objectax.launch import info as info_lib
+      from objectax.launch.tools import info as info_lib
       configure.parse(files or [QUICKSTART], bindings)
       print(info_lib.render(info_lib.compute(args.devices)))
       return 0
     if args.command == "plan":
-      from objectax.launch import info as info_lib, plan as plan_lib
+      from objectax.launch.tools import info as info_lib
+      from objectax.launch.tools import plan as plan_lib
       configure.parse(files or [QUICKSTART], bindings)
       print(plan_lib.render(info_lib.setup(args.devices), args.device_memory_gib))
       return 0
     if args.command == "inspect":
-      from objectax.launch import inspect_example
+      from objectax.launch.tools import inspect_example
       configure.parse(files or [QUICKSTART], [*bindings, f"Experiment.objective={args.objective}"])
       print(inspect_example.inspect(inspect_example.resolve_config(), seed=args.seed,
                                     text=args.text))

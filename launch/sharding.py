@@ -19,7 +19,7 @@ import numpy as np
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from objectax.data.registry import ConfigError, Registry
+from objectax.models.registry import ConfigError, Registry
 from objectax.models.layers import LOGICAL_AXES
 
 MESH_AXES = ("data", "fsdp", "tensor")

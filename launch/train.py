@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from objectax.data import vocab as vocab_lib
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.launch import checkpoints, config, distributed, input_pipeline, metrics as metrics_lib, sharding
 from objectax.launch import mfu as mfu_lib
 from objectax.launch import step as step_lib

@@ -11,7 +11,7 @@ import dataclasses
 
 import gin
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 
 # Activation and parameter dtypes a user may name. float16 is left out on purpose: without
 # loss scaling it under/overflows in training, and bfloat16 covers the fast path.

@@ -21,6 +21,7 @@ TensorFlow/seqio can build, benchmark and train the model on `synthetic_batch` d
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Mapping, NamedTuple, Optional, Union
 
 import flax.linen as nn
@@ -31,6 +32,7 @@ import numpy as np
 from objectax.models import config as config_lib
 from objectax.models import layers
 from objectax.models import masks
+from objectax.models import registry
 from objectax.models.config import ModelConfig
 
 TARGETS_KEY = "decoder_target_tokens"
@@ -267,3 +269,11 @@ def init_params(model: Model, spec: Mapping[str, jax.ShapeDtypeStruct],
   """Boxed (logically partitioned) parameters for `model`, from a batch of `spec` shapes."""
   batch = {name: jnp.zeros(s.shape, s.dtype) for name, s in spec.items()}
   return model.init(rng, batch)["params"]
+
+
+registry.register(registry.from_module(
+    "causal_decoder", "decoder-only, causal attention over concat(inputs, targets)",
+    sys.modules[__name__], functools.partial(Model, bidirectional_inputs=False)))
+registry.register(registry.from_module(
+    "prefix_decoder", "decoder-only, bidirectional over inputs (+1 position), causal after",
+    sys.modules[__name__], functools.partial(Model, bidirectional_inputs=True)))

@@ -33,15 +33,19 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Union
 
+import functools
+import sys
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.models import config as config_lib
 from objectax.models import layers
 from objectax.models import masks
+from objectax.models import registry
 from objectax.models.config import ModelConfig
 
 TARGETS_KEY = "decoder_target_tokens"
@@ -298,3 +302,8 @@ def init_params(model: Model, spec: Mapping[str, jax.ShapeDtypeStruct],
   """
   batch = {name: jnp.zeros(s.shape, s.dtype) for name, s in spec.items()}
   return jax.jit(model.init)(rng, batch)["params"]
+
+
+registry.register(registry.from_module(
+    "encoder_decoder", "encoder (full attention over the inputs) + decoder (causal "
+    "self-attention and cross-attention), loss on the targets", sys.modules[__name__]))

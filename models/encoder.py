@@ -26,6 +26,7 @@ TensorFlow/seqio can build, benchmark and train the model on `synthetic_batch` d
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Any, Mapping, Union
 
 import flax.linen as nn
@@ -33,10 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.models import config as config_lib
 from objectax.models import layers
 from objectax.models import masks
+from objectax.models import registry
 from objectax.models.config import ModelConfig
 
 INPUTS_KEY = "encoder_input_tokens"
@@ -307,3 +309,8 @@ def init_params(model: Model, spec: Mapping[str, jax.ShapeDtypeStruct],
   """Boxed (logically partitioned) parameters for `model`, from a batch of `spec` shapes."""
   batch = {name: jnp.zeros(s.shape, s.dtype) for name, s in spec.items()}
   return model.init(rng, batch)["params"]
+
+
+registry.register(registry.from_module(
+    "encoder_only", "encoder-only, full attention within each example, loss where targets > 0 "
+    "(BERT MLM's selected positions)", sys.modules[__name__]))

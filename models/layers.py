@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from objectax.data.registry import Registry
+from objectax.models.registry import Registry
 from objectax.models.config import ModelConfig
 
 # The closed list of logical axis names. Parameters use embed, mlp, heads, kv, vocab,

@@ -33,7 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from objectax.data.registry import ConfigError, Registry
+from objectax.models.registry import ConfigError, Registry
 from objectax.models import losses
 from objectax.models.config import ModelConfig
 
@@ -87,7 +87,16 @@ class ModelObjective:
   extra_flops: Optional[Callable[[ModelConfig, Any, Mapping[str, int]], float]] = None
 
 
-MODEL_OBJECTIVES = Registry[ModelObjective]("model objective")
+def _import_model_objective_modules() -> None:
+  """The model-side objectives register themselves when their modules load; those modules
+  build on this one, so the registry imports them the first time it is read."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  for module in ("mtp", "rtd"):
+    importlib.import_module(f"objectax.models.{module}")
+
+
+MODEL_OBJECTIVES = Registry[ModelObjective]("model objective",
+                                            loader=_import_model_objective_modules)
 
 
 def mean_cross_entropy(logits_BLV: jax.Array, targets_BL: jax.Array, weights_BL: jax.Array,
@@ -166,8 +175,3 @@ def block_flops_per_token(cfg: ModelConfig, keys: int) -> float:
   matmul = 4 * cfg.d_model * inner + (3 if cfg.mlp_gated else 2) * cfg.d_model * cfg.mlp_dim
   return 6.0 * matmul + 12.0 * inner * keys
 
-
-# The model-side objectives register themselves on import.
-# pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
-from objectax.models import mtp
-from objectax.models import rtd

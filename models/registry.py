@@ -1,27 +1,91 @@
-"""The architecture registry: name -> (model factory, feature converter, shapes, keys).
+"""Named-component registries, the one-line configuration error, and the architectures.
 
-An architecture is everything the training loop needs to know about a model family,
-given by module contract rather than a class hierarchy. "causal_decoder" and
-"prefix_decoder" are one module (`decoder.Model`) with the `bidirectional_inputs` switch
-flipped: the AO repo's `DecoderOnlyModel.inputs_bidirectional_attention` (Wang et al.
-2022, gins c_dec_xxl.gin / nc_dec_xxl.gin). Nothing here imports seqio or TensorFlow.
+Every choice a user makes by name (corpus, objective, architecture, vocabulary, size,
+mesh preset) goes through a `Registry`, so a typo fails the same way everywhere: one line
+that names the bad value and lists the valid ones, before anything is built or compiled.
+This module is the bottom of the package graph (objectives/, data/ and launch/ import it;
+it imports nothing of theirs) and imports nothing heavy, so configs validate anywhere,
+including GPU hosts without TensorFlow or seqio.
+
+An architecture is everything the training loop, the evaluations and the tools need to
+know about a model family, given by module contract rather than a class hierarchy: each
+module of models/ that defines one registers it on import (`register`), and the
+registry imports those modules the first time it is read. Adding an architecture is one
+module, one entry in `_MODULES` (or a `register` call from a user's own module) and one
+gin file under gin/arch/.
 """
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Generic, Iterator, Mapping, Optional, Protocol, TypeVar
 
-import flax.linen as nn
-import jax
-import numpy as np
 
-from objectax.data.registry import Registry
-from objectax.models import decoder
-from objectax.models import encdec
-from objectax.models import encoder
-from objectax.models.config import ModelConfig
+T = TypeVar("T")
 
+
+class ConfigError(ValueError):
+  """A bad configuration value, reported in one line that names the valid choices."""
+
+
+class Registry(Generic[T]):
+  """An ordered name -> component map with helpful errors.
+
+  >>> r = Registry("objective"); r.add("full_lm", 1); r.get("full_lm")
+  1
+  >>> r.get("ful_lm")
+  Traceback (most recent call last):
+  ...
+  objectax.models.registry.ConfigError: unknown objective 'ful_lm'; valid choices: full_lm
+  """
+
+  def __init__(self, kind: str, loader: Optional[Callable[[], None]] = None):
+    """`loader`, if given, registers the components (e.g. imports their modules); it runs
+    once, the first time the registry is read, so component modules may import the
+    module that holds the registry, and each other, in any order."""
+    self.kind = kind
+    self._items: dict[str, T] = {}
+    self._loader = loader
+
+  def _load(self) -> None:
+    if self._loader is not None:
+      loader, self._loader = self._loader, None  # once, even if loading reads the registry
+      loader()
+
+  def add(self, name: str, item: T) -> T:
+    if name in self._items and self._items[name] is not item:
+      raise ValueError(f"{self.kind} {name!r} is registered twice")
+    self._items[name] = item
+    return item
+
+  def sort(self, key: Callable[[str, T], object]) -> None:
+    """Reorders the components by key(name, component) (stable): listings and the valid
+    choices in errors then do not depend on which module happened to be imported first."""
+    ranked = sorted(enumerate(self._items.items()), key=lambda i_kv: (key(*i_kv[1]), i_kv[0]))
+    self._items = {name: item for _, (name, item) in ranked}
+
+  def get(self, name: str) -> T:
+    self._load()
+    try:
+      return self._items[name]
+    except KeyError:
+      raise ConfigError(
+          f"unknown {self.kind} {name!r}; valid choices: {', '.join(self.names())}"
+      ) from None
+
+  def names(self) -> list[str]:
+    self._load()
+    return list(self._items)
+
+  def __contains__(self, name: str) -> bool:
+    self._load()
+    return name in self._items
+
+  def __iter__(self) -> Iterator[str]:
+    self._load()
+    return iter(self._items)
+
+
+# ------------------------------------------------------------------------ architectures
 
 class BatchSpecFn(Protocol):
   """(task feature lengths, batch size, *, pack) -> {feature: ShapeDtypeStruct}.
@@ -63,21 +127,18 @@ class Architecture:
 
   name: str
   description: str
-  make_model: Callable[[ModelConfig], nn.Module]
+  make_model: Callable[["ModelConfig"], Any]
   feature_converter: Callable[..., Any]
   model_lengths: Callable[..., dict[str, int]]
   batch_spec: BatchSpecFn
-  synthetic_batch: Callable[..., dict[str, np.ndarray]]
+  synthetic_batch: Callable[..., dict[str, Any]]
   targets_key: str
   weights_key: str
   flops_per_token: Callable[..., float]
 
 
-ARCHITECTURES = Registry[Architecture]("architecture")
-
-
-def _from_module(name: str, description: str, module: Any,
-                 make_model: Callable[[ModelConfig], nn.Module] | None = None) -> Architecture:
+def from_module(name: str, description: str, module: Any,
+                make_model: Optional[Callable[..., Any]] = None) -> Architecture:
   """An Architecture from a model module's contract: Model, feature_converter,
   model_lengths, batch_spec, synthetic_batch, flops_per_token, TARGETS_KEY, WEIGHTS_KEY."""
   return Architecture(
@@ -94,20 +155,27 @@ def _from_module(name: str, description: str, module: Any,
   )
 
 
-ARCHITECTURES.add("causal_decoder", _from_module(
-    "causal_decoder", "decoder-only, causal attention over concat(inputs, targets)", decoder,
-    functools.partial(decoder.Model, bidirectional_inputs=False)))
-ARCHITECTURES.add("prefix_decoder", _from_module(
-    "prefix_decoder", "decoder-only, bidirectional over inputs (+1 position), causal after",
-    decoder, functools.partial(decoder.Model, bidirectional_inputs=True)))
-ARCHITECTURES.add("encoder_only", _from_module(
-    "encoder_only", "encoder-only, full attention within each example, loss where targets > 0 "
-    "(BERT MLM's selected positions)", encoder))
-ARCHITECTURES.add("encoder_decoder", _from_module(
-    "encoder_decoder", "encoder (full attention over the inputs) + decoder (causal "
-    "self-attention and cross-attention), loss on the targets", encdec))
+# The model modules that define the built-in architectures, in the order listings show them.
+_MODULES = ("decoder", "encoder", "encdec")
 
 
-def get(name: str) -> Architecture:
+def _import_architecture_modules() -> None:
+  """Each architecture module registers itself on import; importing them when the registry
+  is first read keeps this module free of flax and lets them import it."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  for module in _MODULES:
+    importlib.import_module(f"objectax.models.{module}")
+
+
+ARCHITECTURES = Registry["Architecture"]("architecture", loader=_import_architecture_modules)
+
+
+def register(architecture: "Architecture") -> "Architecture":
+  """Adds an architecture (the built-in modules call this on import; so may a user's)."""
+  ARCHITECTURES.names()  # the built-ins first, whoever registers first
+  return ARCHITECTURES.add(architecture.name, architecture)
+
+
+def get(name: str) -> "Architecture":
   """The architecture called `name`; a ConfigError lists the valid names otherwise."""
   return ARCHITECTURES.get(name)

@@ -75,7 +75,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.objectives import iid_denoising
 from objectax.objectives import registry
 from objectax.objectives import sentences

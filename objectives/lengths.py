@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 
 # Fewer than two spans is a single suffix blank, not span corruption (and with the default
 # random_roll=False mask it is always the end of the chunk; reference pitfall P6). T5's code

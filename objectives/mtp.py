@@ -11,7 +11,7 @@ import dataclasses
 
 import gin
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.objectives import full_lm
 from objectax.objectives import registry
 

@@ -70,7 +70,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.objectives import registry
 from objectax.objectives import sentences
 from objectax.objectives import stream

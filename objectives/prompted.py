@@ -18,7 +18,7 @@ than that (padded, or packed when Experiment.pack), so the lengths are upper bou
 
 Over-long examples are cut, never dropped: inputs lose their FIRST tokens (the question
 sits at the end of a prompt: "facts ... Bob's color is"; the zero-shot scorer,
-launch/zeroshot.py, cuts prompts the same way), targets lose their last tokens before
+launch/eval/zeroshot.py, cuts prompts the same way), targets lose their last tokens before
 the EOS.
 
 EOS (reference P10, EOS rule): the answer ends with EOS, as a document does in full_lm;
@@ -43,7 +43,7 @@ import gin
 import seqio
 import tensorflow as tf
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.objectives import registry
 from objectax.objectives import stream
 

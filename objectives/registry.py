@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional
 
-from objectax.data.registry import ConfigError, Registry
+from objectax.models.registry import ConfigError, Registry
 
 # The architecture names of DESIGN.md (models/ registers modules under these names).
 ARCHITECTURES = ("causal_decoder", "prefix_decoder", "encoder_decoder", "encoder_only")

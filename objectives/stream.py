@@ -15,7 +15,7 @@ from typing import Mapping, Optional
 import seqio
 import tensorflow as tf
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 
 
 def eos_id_or_none(feature: seqio.Feature, name: str) -> Optional[int]:

@@ -56,9 +56,23 @@ import dataclasses
 import gin
 import seqio
 
-from objectax.data import vocab as vocab_lib
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.objectives import registry
+
+# UL2 paradigm tokens, prepended to the inputs to tell the model which denoiser made them.
+MODE_TOKENS = ("[NLU]", "[NLG]", "[S2S]")
+
+
+def mode_token_ids(vocabulary: seqio.Vocabulary, mode: str) -> tuple[int, ...]:
+  """The ids of a UL2 mode token: one id in models trained here, its bytes under "byte".
+
+  A user's T5 model has no such piece and gives several ids; that is still a consistent
+  prefix, just a longer one.
+  """
+  if mode not in MODE_TOKENS:
+    raise ConfigError(f"unknown mode token {mode!r}; valid choices: {', '.join(MODE_TOKENS)}")
+  return tuple(vocabulary.encode(mode))
+
 
 # (name, mode token, mean noise span length, noise density); (0, 0) marks the S-denoiser.
 DEFAULT_DENOISERS = (
@@ -103,9 +117,9 @@ class Ul2Config:
         raise ConfigError(f"Ul2Config.denoisers entry {d!r} must be (name, mode token, "
                           "mean noise span length, noise density)")
       name, mode, mu, r = d
-      if mode not in vocab_lib.MODE_TOKENS:
+      if mode not in MODE_TOKENS:
         raise ConfigError(f"Ul2Config denoiser {name!r}: unknown mode token {mode!r}; valid "
-                          f"choices: {', '.join(vocab_lib.MODE_TOKENS)}")
+                          f"choices: {', '.join(MODE_TOKENS)}")
       if (mu, r) != (0, 0) and not (mu >= 1 and 0 < r < 1):
         raise ConfigError(f"Ul2Config denoiser {name!r}: need mean span >= 1 and 0 < density "
                           f"< 1 (or 0, 0 for the S-denoiser), got ({mu}, {r})")
@@ -165,7 +179,7 @@ def mixture(cfg: Ul2Config, sequence_length: int,
   parts = _component_lengths(cfg, sequence_length)
   components = []
   for index, ((name, mode, obj, obj_cfg, lengths_k), rate) in enumerate(zip(parts, cfg.rates)):
-    ids = vocab_lib.mode_token_ids(vocabulary, mode)
+    ids = mode_token_ids(vocabulary, mode)
     if len(ids) > cfg.mode_token_length:
       raise ConfigError(
           f"mode token {mode} is {len(ids)} ids in vocabulary {vocabulary}, but "

@@ -16,7 +16,7 @@ import seqio
 
 from objectax.data import tasks
 from objectax.data import vocab as vocab_lib
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.objectives import registry as objective_registry
 from objectax.objectives.ul2 import DEFAULT_DENOISERS, Ul2Config
 

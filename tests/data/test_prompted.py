@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from objectax.data import sources, tasks
 from objectax.data import zeroshot_tasks as zt
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.models import registry as arch_registry
 from objectax.objectives import registry
 

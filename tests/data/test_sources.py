@@ -10,7 +10,7 @@ import tensorflow_datasets as tfds
 
 from objectax.data import pydocs
 from objectax.data import sources
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 
 TFDS_CORPORA = {"c4": "c4/en:3.1.0", "wikipedia": "wikipedia/20230601.en:1.0.0",
                 "lm1b": "lm1b:1.1.0"}

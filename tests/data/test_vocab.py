@@ -10,7 +10,7 @@ import seqio
 
 from objectax.data import pydocs
 from objectax.data import vocab
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 
 SMALL_VOCAB = 500
 EXTRA = 100

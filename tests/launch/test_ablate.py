@@ -14,8 +14,11 @@ import textwrap
 import numpy as np
 import pytest
 
-from objectax.data.registry import ConfigError
-from objectax.launch import ablate, ablate_report, main, yardstick
+from objectax.models.registry import ConfigError
+from objectax.launch import main
+from objectax.launch.grid import ablate
+from objectax.launch.grid import report as ablate_report
+from objectax.launch.eval import yardstick
 
 WANG = "gin/experiments/wang2022/grid.gin"
 WANG_CELLS = ["causal_decoder_full_lm", "causal_decoder_span_corruption",

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.launch import adapt, configure, train
 
 FAST = ["TrainConfig.batch_size=4", "TrainConfig.eval_batches=2", "TrainConfig.log_every=1",

@@ -1,5 +1,6 @@
 """`objectax bench data` measures each objective on the pre-tokenized embedded corpus."""
-from objectax.launch import bench_data, main
+from objectax.launch import main
+from objectax.launch.tools import bench_data
 
 
 def test_bench_data_prints_one_row_per_objective(tfds_data_dir, capsys):

@@ -52,7 +52,7 @@ def test_bench_model_bad_input_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_gpu_benchmark_script_dry_run(tmp_path):
   env = {**os.environ, "PYTHON": sys.executable, "BENCH_OUT": str(tmp_path)}
-  out = subprocess.run(["bash", os.path.join(REPO, "launch", "gpu_benchmark.sh"), "--dry_run"],
+  out = subprocess.run(["bash", os.path.join(REPO, "launch", "tools", "gpu_benchmark.sh"), "--dry_run"],
                        capture_output=True, text=True, timeout=600, env=env)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "=== summary ===" in out.stdout

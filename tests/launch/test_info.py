@@ -6,7 +6,8 @@ import sys
 
 import jax
 
-from objectax.launch import configure, info, main
+from objectax.launch import configure, main
+from objectax.launch.tools import info
 from objectax.models import config as model_config_lib
 
 

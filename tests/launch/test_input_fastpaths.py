@@ -9,8 +9,9 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from objectax.data.registry import ConfigError
-from objectax.launch import bench_input, config, configure, input_pipeline, main, train
+from objectax.models.registry import ConfigError
+from objectax.launch import config, configure, input_pipeline, main, train
+from objectax.launch.tools import bench_input
 
 FAST = ["TrainConfig.batch_size=4", "TrainConfig.eval_batches=1", "TrainConfig.log_every=1",
         "Experiment.sequence_length=64"]

@@ -107,7 +107,7 @@ def test_cluster_detection_and_bad_coordinator_settings():
   assert distributed.detected_cluster({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "16"}) == "slurm"
   assert distributed.detected_cluster({"SLURM_JOB_ID": "7", "SLURM_NTASKS": "1"}) is None
   assert distributed.detected_cluster({"OMPI_COMM_WORLD_SIZE": "4"}) == "mpi"
-  from objectax.data.registry import ConfigError  # pylint: disable=g-import-not-at-top
+  from objectax.models.registry import ConfigError  # pylint: disable=g-import-not-at-top
   with pytest.raises(ConfigError, match="must be host:port"):
     distributed.DistributedConfig(coordinator_address="localhost")
   with pytest.raises(ConfigError, match=r"process_id=2 must be in \[0, 2\)"):

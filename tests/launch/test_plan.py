@@ -1,5 +1,7 @@
 """`objectax plan`: per-array layout and per-device totals, without the devices."""
-from objectax.launch import configure, info, main, plan, sharding
+from objectax.launch import configure, main, sharding
+from objectax.launch.tools import info
+from objectax.launch.tools import plan
 
 
 def _setup(*bindings, devices=1):

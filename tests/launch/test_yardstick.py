@@ -11,7 +11,9 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from objectax.launch import configure, evaluate, main, train, yardstick
+from objectax.launch import configure, main, train
+from objectax.launch.eval import evaluate
+from objectax.launch.eval import yardstick
 from objectax.models import registry as arch_registry
 from objectax.models.config import ModelConfig
 from objectax.objectives import span_corruption

@@ -14,8 +14,11 @@ import seqio
 import tensorflow as tf
 
 from objectax.data import zeroshot_tasks as zt
-from objectax.data.registry import ConfigError
-from objectax.launch import configure, evaluate, main, train, yardstick, zeroshot
+from objectax.models.registry import ConfigError
+from objectax.launch import configure, main, train
+from objectax.launch.eval import evaluate
+from objectax.launch.eval import yardstick
+from objectax.launch.eval import zeroshot
 from objectax.models import registry as arch_registry
 from objectax.models.config import ModelConfig
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.models import config as config_lib
 from objectax.models import encdec
 from objectax.models import masks

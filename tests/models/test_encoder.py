@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.models import encoder
 from objectax.models import masks
 from objectax.models.losses import weighted_cross_entropy

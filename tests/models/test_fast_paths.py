@@ -122,7 +122,7 @@ def test_scanned_parameters_carry_the_layers_axis_and_skip_norm_decay():
 
 
 def test_bad_fast_path_settings_are_one_line_errors():
-  from objectax.data.registry import ConfigError
+  from objectax.models.registry import ConfigError
   with pytest.raises(ConfigError, match="remat.*valid choices: none, full, save_dots"):
     ModelConfig(remat="some")
   with pytest.raises(ConfigError, match="attention.*valid choices: xla, cudnn"):

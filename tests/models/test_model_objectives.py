@@ -316,7 +316,7 @@ def test_model_objectives_are_refused_on_other_architectures():
     ("mtp", {"num_predicted_tokens": 0}, "MtpConfig.num_predicted_tokens must be >= 1"),
 ])
 def test_bad_model_objective_settings_are_one_line_errors(name, kwargs, message):
-  from objectax.data.registry import ConfigError  # pylint: disable=g-import-not-at-top
+  from objectax.models.registry import ConfigError  # pylint: disable=g-import-not-at-top
   with pytest.raises(ConfigError) as e:
     objective_registry.get(name).config_cls(**kwargs)
   assert str(e.value).splitlines()[0].startswith(message)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.launch import sharding
 from objectax.models import config as config_lib
 from objectax.models import decoder

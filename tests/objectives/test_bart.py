@@ -9,7 +9,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.models import decoder
 from objectax.objectives import bart
 from objectax.objectives import registry

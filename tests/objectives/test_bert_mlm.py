@@ -7,7 +7,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.objectives import bert_mlm
 from objectax.objectives import registry
 from objectax.objectives.bert_mlm import BertMLMConfig

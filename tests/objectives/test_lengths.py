@@ -1,7 +1,7 @@
 """Exact span-corruption length arithmetic against T5's random_spans_helper (reference §0.3)."""
 import pytest
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.objectives import lengths
 
 # Reference §0.3: (inputs_length) x (noise_density, mean_noise_span_length) -> (raw, targets),

@@ -8,7 +8,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.objectives import lengths as span_lengths
 from objectax.objectives import registry
 from objectax.objectives import span_corruption

@@ -36,7 +36,7 @@ from typing import Callable, Optional, Sequence
 import gin
 from gin import config_parser
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 
 # Lines of TensorFlow's/absl's C++ logging that a subprocess prints before Python can
 # silence them; the grid's terminal shows Objectax's own lines only (logs keep everything).
@@ -242,7 +242,7 @@ def make_plan(grid_file: str, size: str, seeds: int, out: Optional[str] = None) 
     raise ConfigError(f"Grid.reference {grid.reference!r} is not one of Grid.cells: "
                       f"{', '.join(grid.cells)}")
   if grid.paper:
-    from objectax.launch import ablate_report  # pylint: disable=g-import-not-at-top
+    from objectax.launch.grid import report as ablate_report  # pylint: disable=g-import-not-at-top
     ablate_report.PAPERS.get(grid.paper)
   valid_sizes = sorted(set.intersection(*(set(files[base[c]]) for c in grid.cells)))
   if size not in valid_sizes:
@@ -451,7 +451,7 @@ def main(grid_file: str, size: str, seeds: int, out: Optional[str] = None, *,
     print(describe(plan))
     return 0
   result = run_grid(plan, say=lambda msg: print(f"objectax ablate: {msg}", flush=True))
-  from objectax.launch import ablate_report  # pylint: disable=g-import-not-at-top
+  from objectax.launch.grid import report as ablate_report  # pylint: disable=g-import-not-at-top
   written = ablate_report.write_report(plan)
   print(f"objectax ablate: {result['ran']} run(s) trained/evaluated, {result['skipped']} "
         f"skipped as done, {len(result['failed'])} failed; wrote {', '.join(written)}",

@@ -45,8 +45,10 @@ import seqio
 import tensorflow as tf
 
 from objectax.data import sources, zeroshot_tasks
-from objectax.data.registry import ConfigError
-from objectax.launch import checkpoints, configure, input_pipeline, sharding, yardstick, zeroshot
+from objectax.models.registry import ConfigError
+from objectax.launch import checkpoints, configure, input_pipeline, sharding
+from objectax.launch.eval import yardstick
+from objectax.launch.eval import zeroshot
 from objectax.launch import step as step_lib
 from objectax.launch import train
 from objectax.models import model_objectives

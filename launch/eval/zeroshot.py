@@ -2,7 +2,7 @@
 
 For every example {prompt, options, answer} of a task (data/zeroshot_tasks.py) each option
 is scored as log p(option | prompt), the summed log-probability of its tokens, with the
-yardstick's layouts and jitted scorer (launch/yardstick.py), exactly as the yardstick
+yardstick's layouts and jitted scorer (launch/eval/yardstick.py), exactly as the yardstick
 scores a continuation given its prefix:
 
   CD  one causal stream prompt + option, loss on the option;
@@ -39,9 +39,9 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from objectax.data import zeroshot_tasks
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.data.zeroshot_tasks import Example
-from objectax.launch import yardstick
+from objectax.launch.eval import yardstick
 
 TIE_RULE = "ties go to the lowest option index"
 NORMALIZATION = "log-probability / UTF-8 bytes of the option in context (EAI acc_norm)"

@@ -23,7 +23,7 @@ import re
 
 import jax.numpy as jnp
 
-from objectax.launch import info as info_lib
+from objectax.launch.tools import info as info_lib
 from objectax.launch import sharding
 from objectax.models.config import ModelConfig
 

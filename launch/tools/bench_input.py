@@ -57,7 +57,7 @@ def run(gin_files: list[str], bindings: list[str], *, steps: int = 30, seconds: 
         out: Callable[[str], None] = print) -> Result:
   """Measures (a) and (b) for the experiment the gin files and bindings configure."""
   if steps < 2:
-    from objectax.data.registry import ConfigError  # pylint: disable=g-import-not-at-top
+    from objectax.models.registry import ConfigError  # pylint: disable=g-import-not-at-top
     raise ConfigError(f"--steps={steps} must be >= 2 (the first step compiles and is not timed)")
   configure.parse(gin_files, bindings)
   cfg = train.resolve_config()

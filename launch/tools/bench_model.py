@@ -26,7 +26,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.launch import config, mfu as mfu_lib, sharding, step as step_lib
 from objectax.models import model_objectives
 from objectax.models import registry as arch_registry

@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from objectax.data import vocab as vocab_lib
-from objectax.data.registry import ConfigError
+from objectax.models.registry import ConfigError
 from objectax.launch import config, sharding, step
 from objectax.models import model_objectives
 from objectax.models import registry as arch_registry

@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from objectax.data.registry import ConfigError, Registry
+from objectax.models.registry import ConfigError, Registry
 
 EOS_ID = 1
 LN2 = math.log(2.0)

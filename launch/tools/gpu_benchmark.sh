@@ -11,14 +11,14 @@
 # launch/launchers.py GPU_XLA_FLAGS, dropped with a warning if this jaxlib rejects one.
 # Figures go to stdout and, as JSON, to $BENCH_OUT (default ./bench_out/).
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 PYTHON="${PYTHON:-python3}"
 OUT_DIR="${BENCH_OUT:-bench_out}"
 mkdir -p "$OUT_DIR"
 DRY_RUN=0
 [[ "${1:-}" == "--dry_run" ]] && DRY_RUN=1
 
-if ! "$PYTHON" -c "import gin; gin.configurable" 2>/dev/null || ! "$PYTHON" -c "import objectax.launch.bench_model" 2>/dev/null; then
+if ! "$PYTHON" -c "import gin; gin.configurable" 2>/dev/null || ! "$PYTHON" -c "import objectax.launch.tools.bench_model" 2>/dev/null; then
   SITE="$(mktemp -d)"
   wheels=(.whl/gin_config-*.whl)
   if ! "$PYTHON" -c "import gin; gin.configurable" 2>/dev/null && [[ -e "${wheels[0]}" ]]; then

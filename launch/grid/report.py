@@ -18,7 +18,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from objectax.data.registry import Registry
+from objectax.models.registry import Registry
 
 LN2 = math.log(2.0)
 BOOTSTRAP_SAMPLES = 2000
