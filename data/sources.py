@@ -1,8 +1,8 @@
 """The corpus registry: where raw text comes from, as seqio data sources.
 
 A corpus is a name, the feature its examples carry the text under, a factory for its
-`seqio.DataSource` and a `prepare` step. `data/tasks.py` (the only caller of
-`seqio.TaskRegistry.add`) rekeys `text_key` to "targets" and tokenizes. One corpus is not
+`seqio.DataSource` and a `prepare` step. `data/tasks.py` registers the training tasks:
+it rekeys `text_key` to "targets" and tokenizes. One corpus is not
 text: `prompted` generates {"inputs", "targets"} pairs for multitask finetuning
 (`Corpus.kind`), which only the `prompted` objective reads. Every corpus offers
 the splits "train" and "validation" (mapped onto whatever the TFDS dataset calls them).
@@ -39,8 +39,10 @@ class Corpus:
     name: registry name, used in task and experiment names.
     description: one line for `--help`-style listings.
     text_key: the feature that holds the document text.
-    make_source: builds the `seqio.DataSource` (splits "train" and "validation").
-    prepare: makes the data available (builds the embedded corpus) or checks that it is,
+    make_source: (DataConfig or None) -> the `seqio.DataSource` (splits "train" and
+      "validation"); None reads the gin bindings in effect.
+    prepare: (DataConfig or None) -> makes the data available (builds the embedded
+      corpus) or checks that it is,
       raising `ConfigError` in one line that says how to prepare it.
     kind: "text" (documents under `text_key`, for the pretraining objectives) or
       "prompted" ({"inputs": prompt, "targets": answer} strings, for the `prompted`
@@ -49,8 +51,8 @@ class Corpus:
   name: str
   description: str
   text_key: str
-  make_source: Callable[[], seqio.DataSource]
-  prepare: Callable[[], None]
+  make_source: Callable[..., seqio.DataSource]
+  prepare: Callable[..., None]
   kind: str = "text"
 
   def __post_init__(self):
@@ -66,9 +68,10 @@ CORPUS_KINDS = ("text", "prompted")
 TfdsConfig = pydocs.TfdsConfig
 
 
-def tfds_data_dir() -> str:
-  """The TFDS data dir in effect now (gin binding, environment, TFDS default)."""
-  return pydocs.resolve_data_dir()
+def tfds_data_dir(data: "DataConfig | None" = None) -> str:
+  """The TFDS data dir of `data` (default: the gin binding in effect now), else
+  $TFDS_DATA_DIR, else TFDS's default."""
+  return pydocs.resolve_data_dir((data or data_config()).tfds.data_dir)
 
 
 # ----------------------------------------------------------------------------- TFDS
@@ -78,26 +81,26 @@ def _tfds_corpus(
 ) -> Corpus:
   """A corpus read from prepared TFDS files (never downloaded here)."""
 
-  def make_source() -> seqio.DataSource:
+  def make_source(data: Optional[DataConfig] = None) -> seqio.DataSource:
     # read_only: a missing dataset fails instead of starting a download.
     return seqio.TfdsDataSource(
-        tfds_name=tfds_name, tfds_data_dir=tfds_data_dir(), splits=dict(splits),
+        tfds_name=tfds_name, tfds_data_dir=tfds_data_dir(data), splits=dict(splits),
         read_only=True)
 
-  def prepare() -> None:
-    pydocs.require_tfds(tfds_name, tfds_data_dir(), f"corpus {name!r}")
+  def prepare(data: Optional[DataConfig] = None) -> None:
+    pydocs.require_tfds(tfds_name, tfds_data_dir(data), f"corpus {name!r}")
 
   return Corpus(name, description, text_key, make_source, prepare)
 
 
-def _make_pydocs_source() -> seqio.DataSource:
+def _make_pydocs_source(data: Optional[DataConfig] = None) -> seqio.DataSource:
   return seqio.TfdsDataSource(
-      tfds_name=pydocs.TFDS_NAME, tfds_data_dir=tfds_data_dir(),
+      tfds_name=pydocs.TFDS_NAME, tfds_data_dir=tfds_data_dir(data),
       splits={s: s for s in SPLITS}, read_only=True)
 
 
-def _prepare_pydocs() -> None:
-  pydocs.ensure_built(tfds_data_dir())
+def _prepare_pydocs(data: Optional[DataConfig] = None) -> None:
+  pydocs.ensure_built(tfds_data_dir(data))
 
 
 # ---------------------------------------------------------------------------- local
@@ -117,6 +120,21 @@ class LocalTextConfig:
   train_glob: str = ""
   validation_glob: str = ""
   text_key: str = "text"
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where a run's text comes from, as plain values: the TFDS data dir and the local-text
+  files. `objectax` resolves it once per run (`data_config()`) and passes it down; the
+  functions here that take one fall back to the gin bindings in effect when given None
+  (convenient in a notebook)."""
+  tfds: TfdsConfig
+  local_text: LocalTextConfig
+
+
+def data_config() -> DataConfig:
+  """The gin-bound TfdsConfig and LocalTextConfig, read now."""
+  return DataConfig(tfds=TfdsConfig(), local_text=LocalTextConfig())
 
 
 def _glob(binding: str, pattern: str) -> list[str]:
@@ -205,26 +223,31 @@ def _read_files(files: list[str], text_key: str,
 class LocalTextSource(seqio.DataSource):
   """Local text files as a file-sharded `seqio.DataSource` (splits "train", "validation").
 
-  `LocalTextConfig` is read when shards are listed or a dataset is built, never at
-  construction, so gin bindings parsed later apply. Files are read in sorted order (a
+  `cfg` is the run's LocalTextConfig; without one, the gin-bound LocalTextConfig is read
+  when shards are listed or a dataset is built, so bindings parsed later apply. Files are read in sorted order (a
   seeded shuffle of them when `shuffle`), each file in turn, so the tf.data iterator
   position can be checkpointed with the training state. With `shard_info` and at least
   as many files as shards, each shard (host) reads its own files; with fewer files, each
   reads all of them and keeps every num_shards-th document.
   """
 
-  def __init__(self):
+  def __init__(self, cfg: Optional[LocalTextConfig] = None):
     super().__init__(splits=SPLITS)
+    self._cfg = cfg
+
+  @property
+  def cfg(self) -> LocalTextConfig:
+    return self._cfg if self._cfg is not None else LocalTextConfig()
 
   @property
   def supports_arbitrary_sharding(self) -> bool:
     return False
 
   def list_shards(self, split: str) -> list[str]:
-    return _split_files(LocalTextConfig(), split)[0]
+    return _split_files(self.cfg, split)[0]
 
   def __repr__(self) -> str:
-    return f"{type(self).__name__}({LocalTextConfig()!r})"
+    return f"{type(self).__name__}({self.cfg!r})"
 
   def get_dataset(
       self,
@@ -239,7 +262,7 @@ class LocalTextSource(seqio.DataSource):
   ) -> tf.data.Dataset:
     """The documents of `split` as {"text": string}."""
     del sequence_length, use_cached, num_epochs
-    cfg = LocalTextConfig()
+    cfg = self.cfg
     files, keep_validation = _split_files(cfg, split)
     by_file = shard_info is not None and len(files) >= shard_info.num_shards
     if by_file:  # before the shuffle, so that shards partition the same sorted list
@@ -256,12 +279,12 @@ class LocalTextSource(seqio.DataSource):
     return ds.with_options(options)
 
 
-def _make_local_source() -> seqio.DataSource:
-  return LocalTextSource()
+def _make_local_source(data: Optional[DataConfig] = None) -> seqio.DataSource:
+  return LocalTextSource(data.local_text if data is not None else None)
 
 
-def _prepare_local() -> None:
-  cfg = LocalTextConfig()
+def _prepare_local(data: Optional[DataConfig] = None) -> None:
+  cfg = (data or data_config()).local_text
   for split in SPLITS:
     files, _ = _split_files(cfg, split)
     for path in files:
@@ -339,7 +362,8 @@ class PromptedSource(seqio.DataSource):
     return ds.with_options(options)
 
 
-def _make_prompted_source() -> seqio.DataSource:
+def _make_prompted_source(data: Optional[DataConfig] = None) -> seqio.DataSource:
+  del data  # generated: nothing to locate
   return PromptedSource()
 
 

@@ -1,9 +1,9 @@
-"""SeqIO task registration: the only place that calls `seqio.TaskRegistry.add`.
+"""SeqIO task registration of the `{corpus}_{objective}` training tasks.
 
 A task is a (corpus, objective) pair named ``{corpus}_{objective}``; its pipeline is
 ``rekey -> tokenize -> objective preprocessor`` (the objective appends EOS itself, since
 where EOS goes is part of its definition: per document for full LM, after the corrupted
-example for span corruption; reference P10). The vocabulary and the objective's
+example for span corruption; docs/objectives.md#where-eos-goes). The vocabulary and the objective's
 hyper-parameters come from the run's config, so a task is (re)registered when it is asked
 for, never at import time with stale settings.
 
@@ -32,13 +32,15 @@ def task_name(corpus: str, objective: str) -> str:
 
 
 def get_task(corpus: str, objective: str, objective_cfg, vocabulary: seqio.Vocabulary,
-             sequence_length: int | None = None) -> seqio.Task | seqio.Mixture:
+             sequence_length: int | None = None,
+             data: sources.DataConfig | None = None) -> seqio.Task | seqio.Mixture:
   """Registers (or re-registers) ``{corpus}_{objective}`` with these settings and returns it.
 
   For a mixture objective (UL2) this registers one task per component and returns the
   seqio Mixture over them; it needs the token budget `sequence_length`, since each
-  component's own lengths depend on it. Registration reads nothing: the corpus's data is
-  only touched when a dataset is built.
+  component's own lengths depend on it. `data` locates the corpus's files (default: the
+  gin bindings in effect). Registration reads nothing: the corpus's data is only touched
+  when a dataset is built.
   """
   corpus_spec = sources.get_corpus(corpus)
   obj = objective_registry.get(objective)
@@ -49,14 +51,14 @@ def get_task(corpus: str, objective: str, objective_cfg, vocabulary: seqio.Vocab
   name = task_name(corpus, objective)
   if obj.mixture is None:
     return _add_task(name, corpus_spec, obj.features, vocabulary,
-                     functools.partial(obj.preprocess, cfg=objective_cfg))
+                     functools.partial(obj.preprocess, cfg=objective_cfg), data)
   if sequence_length is None:
     raise ValueError(f"mixture objective {objective!r} needs the token budget "
                      "(get_task(..., sequence_length=...))")
   components = obj.mixture(objective_cfg, sequence_length, vocabulary)
   tasks = [
       (_add_task(f"{name}_{c.name}", corpus_spec, obj.features, vocabulary,
-                 functools.partial(mixture.preprocess_component, component=c)), c.rate)
+                 functools.partial(mixture.preprocess_component, component=c), data), c.rate)
       for c in components]
   return mixtures.register_mixture(name, tasks)
 
@@ -85,7 +87,7 @@ def check_pairing(corpus_spec: sources.Corpus, obj: objective_registry.Objective
 
 
 def _add_task(name: str, corpus_spec, features, vocabulary: seqio.Vocabulary,
-              preprocess) -> seqio.Task:
+              preprocess, data: sources.DataConfig | None) -> seqio.Task:
   output_features = {
       feature: seqio.Feature(vocabulary, add_eos=True, dtype=tf.int32)
       for feature in features
@@ -94,7 +96,7 @@ def _add_task(name: str, corpus_spec, features, vocabulary: seqio.Vocabulary,
   # "targets", which the objective cuts up.
   rekey = [] if corpus_spec.kind == "prompted" else [
       functools.partial(seqio.preprocessors.rekey, key_map={"targets": corpus_spec.text_key})]
-  return _register(name, corpus_spec.make_source(),
+  return _register(name, corpus_spec.make_source(data),
                    [*rekey, seqio.preprocessors.tokenize, preprocess], output_features)
 
 

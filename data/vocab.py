@@ -4,10 +4,10 @@ With no model given, a unigram SentencePiece model is trained on the train split
 embedded corpus (`objectax.data.pydocs`) and cached beside its TFDS files, so a laptop with
 no network gets a real subword vocabulary in a couple of seconds. Ids follow T5: pad=0,
 eos=1, unk=2, no bos; then the UL2 paradigm tokens [NLU], [NLG], [S2S] (Tay et al.
-2022; reference/objectives.md section 1.8) as single pieces, ids 3, 4, 5; then 256
+2022; docs/objectives.md#ul2) as single pieces, ids 3, 4, 5; then 256
 byte-fallback pieces and the learned pieces. seqio appends `extra_ids` sentinels at the
 TOP of the id space, `<extra_id_0>` = vocab_size - 1, counting down (T5's convention;
-reference pitfall P5).
+docs/objectives.md#sentinel-ids).
 """
 from __future__ import annotations
 

@@ -1,17 +1,17 @@
-"""Zero-shot rank-classification tasks: examples {prompt, options, answer} (issue 6, item 2).
+"""Zero-shot rank-classification tasks: examples {prompt, options, answer}.
 
 `launch/eval/zeroshot.py` scores log p(option | prompt) for every option with the architecture's
 own scoring and takes the argmax (rank classification, as T0-Eval and the EAI harness do;
-Wang et al. 2022 §3.4, reference §2.1 and protocol P2). A task only makes examples; it never
+Wang et al. 2022 sec. 3.4; docs/objectives.md#wang-et-al-2022). A task only makes examples; it never
 sees a model or a tokenizer.
 
 Built-in tasks (offline, generated with known answers, deterministic from a seed; the words
 are plain English that the embedded corpus's SentencePiece vocabulary spells in 1-2 pieces):
 
-  last_word       LAMBADA-style cloze (Paperno et al. 2016; reference P5a) on the corpus's
-                  validation split: a 40-word passage minus its last word; options: that
-                  word and 3 other words of the same document.
-  recall          associative recall (Arora et al. 2023, MQAR; reference P6):
+  last_word       LAMBADA-style cloze (Paperno et al. 2016; favours left-to-right LMs) on
+                  the corpus's validation split: a 40-word passage minus its last word;
+                  options: that word and 3 other words of the same document.
+  recall          associative recall (Arora et al. 2023, MQAR; in-context retrieval):
                   "k 3, b 7, x 1, d 9, m 2, q 5. b ->"; options: 4 of the listed values.
   copy            a string of 6 words then " ->"; options: the same string, the string with
                   two neighbours swapped, with one word replaced, with another word replaced.
@@ -19,7 +19,7 @@ are plain English that the embedded corpus's SentencePiece vocabulary spells in 
                   values. The answer follows the name in the facts (causal reading suffices).
   facts_backward  the same facts then "The one whose color is red is"; options: the 4
                   names, which precede the value in the facts (the reversal direction,
-                  Berglund et al. 2023; reference P7).
+                  Berglund et al. 2023: causal LMs tend to fail it).
 
 Training split (multitask finetuning, gin/adapt/mtf.gin): `training_example(i, split)` makes
 example i of the prompted corpus (data/sources.py) from the families TRAIN_FAMILIES
@@ -251,7 +251,7 @@ TASKS.add("facts_backward", ZeroShotTask(
 
 
 # ------------------------------------------------------------ training split (MTF)
-# Multitask finetuning (Wang et al. 2022 §2.1, reference §2.1) trains on prompted examples
+# Multitask finetuning (Wang et al. 2022 sec. 2.1) trains on prompted examples
 # of some task families and evaluates zero-shot on held-out ones, as T0 does (Sanh et al.
 # 2022: trained on e.g. QA and summarization, evaluated on NLI, coreference, ...). Here:
 TRAIN_FAMILIES = ("recall", "copy", "facts_forward")

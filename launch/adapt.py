@@ -1,4 +1,4 @@
-"""Start a run from another run's parameters: adaptation (Wang et al. 2022 §5) and finetuning.
+"""Start a run from another run's parameters: adaptation (Wang et al. 2022 sec. 5) and finetuning.
 
 `TrainConfig.init_from` names a training workdir (or its checkpoints/<step> folder). A
 fresh run whose own workdir has no checkpoint takes that run's parameters, and only its

@@ -57,7 +57,7 @@ class TrainConfig:
   adam_b1: float = 0.9
   adam_b2: float = 0.95
   clip_grad_norm: float = 1.0
-  z_loss: float = 1e-4                 # T5X / Wang et al. (reference P9)
+  z_loss: float = 1e-4                 # T5X / Wang et al. (docs/objectives.md#loss-normalisation)
   seed: int = 0
   eval_every: int = 100
   eval_batches: int = 8

@@ -35,30 +35,30 @@ class TaskInput:
   """What the trainer needs to know about its data."""
   task: seqio.Task | seqio.Mixture
   task_feature_lengths: Mapping[str, int]
-  feature_converter: seqio.FeatureConverter | None  # None: no architecture (inspect only)
+  feature_converter: seqio.FeatureConverter
   vocabulary: seqio.Vocabulary
   lengths: objective_registry.TaskLengths
 
 
-def build_task_input(exp, objective_cfg, vocab_cfg: vocab_lib.VocabConfig, architecture) -> TaskInput:
-  """Resolves lengths, prepares the corpus and vocabulary, and registers the task.
+def build_task_input(cfg) -> TaskInput:
+  """Prepares the corpus and vocabulary of a resolved run (`builder.RunConfig`) and
+  registers its task, at the objective's exact lengths for the token budget.
 
   Everything here that can fail on bad config (unknown corpus, missing TFDS data, lengths
   too short) fails before any model is built or compiled.
   """
   pydocs.keep_tensorflow_off_accelerators()
-  obj = objective_registry.get(exp.objective)
-  lengths = obj.lengths(objective_cfg, exp.sequence_length)
+  exp = cfg.exp
+  lengths = cfg.task_lengths()
   corpus = sources.get_corpus(exp.corpus)
-  corpus.prepare()
-  vocabulary = vocab_lib.get_vocabulary(vocab_cfg)
-  task = tasks.get_task(exp.corpus, exp.objective, objective_cfg, vocabulary,
-                        exp.sequence_length)
+  corpus.prepare(cfg.data)
+  vocabulary = vocab_lib.get_vocabulary(cfg.vocab, cfg.data_dir)
+  task = tasks.get_task(exp.corpus, exp.objective, cfg.objective_cfg, vocabulary,
+                        exp.sequence_length, cfg.data)
   return TaskInput(
       task=task,
       task_feature_lengths=lengths.feature_lengths(),
-      feature_converter=(architecture.feature_converter(exp.pack, lengths.concat)
-                         if architecture is not None else None),
+      feature_converter=cfg.arch.feature_converter(exp.pack, lengths.concat),
       vocabulary=vocabulary,
       lengths=lengths,
   )

@@ -185,9 +185,7 @@ def _objectives() -> None:
   width = max(map(len, names))
   for name in names:
     obj = objective_registry.get(name)
-    archs = [a if a in arch_registry.ARCHITECTURES else f"{a} (not built yet)"
-             for a in obj.architectures]
-    print(f"{name:<{width}}  {obj.description}  [{', '.join(archs)}]")
+    print(f"{name:<{width}}  {obj.description}  [{', '.join(arch_registry.supporting(obj))}]")
 
 
 def _list() -> None:
@@ -199,7 +197,7 @@ def _list() -> None:
   print("architectures:", ", ".join(arch_registry.ARCHITECTURES.names()))
   for name in objective_registry.OBJECTIVES.names():
     obj = objective_registry.get(name)
-    runnable = [a for a in obj.architectures if a in arch_registry.ARCHITECTURES]
+    runnable = arch_registry.supporting(obj)
     print(f"objective {name}: {obj.description} (architectures: {', '.join(runnable)})")
   print("corpora:", ", ".join(sources.CORPORA.names()))
   print("sizes:", ", ".join(f[:-4] for f in configure.axis_choices("size")))

@@ -80,7 +80,8 @@ class Progress:
   time it is updated, which the trainer does every `log_every` steps.
   """
 
-  def __init__(self, total_steps: int, start_step: int, *, stream=sys.stderr, enabled: bool = True):
+  def __init__(self, total_steps: int, start_step: int, *, stream=None, enabled: bool = True):
+    stream = sys.stderr if stream is None else stream  # the stderr of now, not of import time
     self.total = total_steps
     self.start = start_step
     self.stream = stream

@@ -112,13 +112,21 @@ def rules(cfg: MeshConfig) -> tuple[tuple[str, Any], ...]:
   return tuple(table.items())
 
 
-def data_parallel_size(mesh: Mesh) -> int:
-  return mesh.shape["data"] * mesh.shape["fsdp"]
+def batch_axes(cfg: MeshConfig) -> tuple[str, ...]:
+  """The mesh axes the `batch` logical axis maps to under cfg's rules."""
+  axes = dict(rules(cfg)).get("batch")
+  return () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Batches are split over the leading (example) axis across data and fsdp."""
-  return NamedSharding(mesh, P(("data", "fsdp")))
+def data_parallel_size(mesh: Mesh, cfg: MeshConfig) -> int:
+  """Ways a global batch is split: the product of the mesh axes of the `batch` rule."""
+  return math.prod(mesh.shape[a] for a in batch_axes(cfg))
+
+
+def batch_sharding(mesh: Mesh, cfg: MeshConfig) -> NamedSharding:
+  """Batches are split over their leading (example) axis as the `batch` rule says
+  (every preset: data and fsdp)."""
+  return NamedSharding(mesh, P(batch_axes(cfg) or None))
 
 
 def logical_shardings(abstract_tree: Any, mesh: Mesh, cfg: MeshConfig) -> Any:
@@ -127,12 +135,12 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, cfg: MeshConfig) -> Any:
   return nn.logical_to_mesh_sharding(specs, mesh, rules(cfg))
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
-  dp = data_parallel_size(mesh)
+def check_batch_size(global_batch_size: int, mesh: Mesh, cfg: MeshConfig) -> None:
+  dp = data_parallel_size(mesh, cfg)
   if global_batch_size % dp or global_batch_size % jax.process_count():
     raise ConfigError(
         f"TrainConfig.batch_size={global_batch_size} must be divisible by the data-parallel "
-        f"size {dp} (data x fsdp) and the process count {jax.process_count()}")
+        f"size {dp} ({' x '.join(batch_axes(cfg))}) and the process count {jax.process_count()}")
 
 
 @contextlib.contextmanager

@@ -1,30 +1,24 @@
 """Training, top to bottom: config -> data -> model -> state (fresh or restored) -> loop.
 
-The jitted pieces (state, optimizer, train/eval steps, sharded init) live in `step.py`;
-this module wires them to the data, the checkpoints and the user's terminal.
+The run is resolved and built by `builder.py` (model, loss, optimizer, shardings, jitted
+steps; the pure pieces live in `step.py`); this module wires them to the data, the
+checkpoints and the user's terminal.
 """
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
 import time
-from typing import Any
 
 import jax
 import numpy as np
 
-from objectax.data import vocab as vocab_lib
-from objectax.models.registry import ConfigError
-from objectax.launch import checkpoints, config, distributed, input_pipeline, metrics as metrics_lib, sharding
+from objectax.launch import builder, checkpoints, config, distributed, input_pipeline, sharding
+from objectax.launch import metrics as metrics_lib
 from objectax.launch import mfu as mfu_lib
-from objectax.launch import step as step_lib
-from objectax.models import model_objectives
-from objectax.models import registry as arch_registry
-from objectax.models.config import ModelConfig
-from objectax.objectives import registry as objective_registry
+from objectax.models.registry import ConfigError
 
 
 def resolve_workdir(exp: config.Experiment, tc: config.TrainConfig, workdir: str | None) -> str:
@@ -118,44 +112,18 @@ class WaitClock:
     return self._elapsed(self._t_end) / self._steps if self._steps else None
 
 
-@dataclasses.dataclass(frozen=True)
-class Resolved:
-  """Every config object of a run, validated together before anything is built."""
-  exp: config.Experiment
-  train: config.TrainConfig
-  mesh: sharding.MeshConfig
-  model: ModelConfig
-  vocab: vocab_lib.VocabConfig
-  objective: objective_registry.Objective
-  objective_cfg: Any
-  arch: arch_registry.Architecture
-
-
-def resolve_config() -> Resolved:
-  """Instantiates the gin-bound dataclasses and checks the names they hold."""
-  exp = config.Experiment()
-  objective = objective_registry.get(exp.objective)
-  arch = arch_registry.get(exp.arch)
-  objective_registry.check_architecture(objective, exp.arch)
-  from objectax.data import sources, tasks  # pylint: disable=g-import-not-at-top
-  tasks.check_pairing(sources.get_corpus(exp.corpus), objective)  # before any data is read
-  return Resolved(exp=exp, train=config.TrainConfig(), mesh=sharding.MeshConfig(),
-                  model=ModelConfig(), vocab=vocab_lib.VocabConfig(), objective=objective,
-                  objective_cfg=objective.config_cls(), arch=arch)
-
-
 def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   """Runs (or resumes) the configured experiment; returns the end-of-run summary."""
   t_start = time.perf_counter()
   joined = distributed.initialize()  # before anything asks JAX for devices
-  cfg = resolve_config()
+  cfg = builder.resolve()
   exp, tc = cfg.exp, cfg.train
   workdir = resolve_workdir(exp, tc, workdir)
   if tc.init_from:  # a bad source fails now, before data and compilation
     from objectax.launch import adapt  # pylint: disable=g-import-not-at-top
     adapt.resolve_source(tc.init_from, tc.init_from_step)
   mesh = sharding.make_mesh(cfg.mesh)
-  sharding.check_batch_size(tc.batch_size, mesh)
+  sharding.check_batch_size(tc.batch_size, mesh, cfg.mesh)
   chief = jax.process_index() == 0  # one host prints and writes the shared files
   say = (lambda *a: None) if quiet or not chief else (
       lambda msg: print(f"objectax: {msg}", flush=True))
@@ -165,8 +133,7 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   input_shards = input_pipeline.resolve_input_shards(tc.input_shards, tc.batch_size)
 
   # Data first: it validates lengths and corpus, and fixes the vocabulary size.
-  ti = input_pipeline.build_task_input(exp, cfg.objective_cfg, cfg.vocab, cfg.arch)
-  model_cfg = cfg.model.with_vocab_size(ti.vocabulary.vocab_size)
+  ti = input_pipeline.build_task_input(cfg)
   lengths = dict(ti.task_feature_lengths)
   say(f"task {ti.task.name}: lengths {lengths}, vocabulary {ti.vocabulary.vocab_size}, "
       f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s)")
@@ -175,16 +142,12 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
     from objectax.launch import configure  # pylint: disable=g-import-not-at-top
     say(f"operative config: {configure.write_operative_config(workdir)}")
 
-  # Model and state, laid out on the mesh from the start.
-  # The architecture's model, or an objective's own (generator, extra heads), and its loss.
-  model, loss = model_objectives.build(
-      cfg.arch, model_cfg, cfg.objective, cfg.objective_cfg,
-      model_objectives.Vocab(ti.vocabulary.vocab_size, ti.vocabulary.extra_ids))
-  tx = step_lib.make_optimizer(tc)
-  spec = cfg.arch.batch_spec(lengths, tc.batch_size, pack=exp.pack,
-                            concat_length=ti.lengths.concat)
-  with sharding.activate(mesh, cfg.mesh):
-    abstract, state_shardings, init = step_lib.abstract_and_init(model, tx, spec, mesh, cfg.mesh, tc.seed)
+  # Model, loss, optimizer and state, laid out on the mesh from the start.
+  parts = builder.build(cfg, vocab_size=ti.vocabulary.vocab_size,
+                        extra_ids=ti.vocabulary.extra_ids, feature_lengths=lengths,
+                        concat=ti.lengths.concat)
+  run = parts.on_mesh(mesh)
+  abstract = run.abstract
   ckpt = checkpoints.Checkpointer(workdir, keep=tc.keep_checkpoints,
                                   async_save=tc.async_checkpoints)
   writer = metrics_lib.MetricsWriter(workdir, enabled=chief)
@@ -207,8 +170,7 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
     same_processes = data_position.get("process_count", jax.process_count()) == jax.process_count()
   else:
     same_processes = True
-    with sharding.activate(mesh, cfg.mesh):
-      state = init()
+    state = run.init()
     start_step = 0
     if tc.init_from:
       from objectax.launch import adapt  # pylint: disable=g-import-not-at-top
@@ -219,27 +181,20 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
           + (f" ({len(left_behind)} checkpoint parameters not used)" if left_behind else ""))
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
   say(f"model {exp.arch}/{exp.size}: {n_params / 1e6:.2f}M parameters")
-  flops_per_token = model_objectives.flops_per_token(cfg.arch, model_cfg, cfg.objective,
-                                                     cfg.objective_cfg, lengths, ti.lengths.concat)
+  flops_per_token = parts.flops_per_token()
   peak_flops, peak_source = mfu_lib.run_peak_flops()
   say(f"MFU = tokens/s x {flops_per_token:.4g} training FLOPs per token / "
       f"{peak_flops / 1e12:.3g} TFLOP/s peak ({peak_source})")
 
-  batch_sharding = sharding.batch_sharding(mesh)
-  batch_shardings = {k: batch_sharding for k in spec}
-  with sharding.activate(mesh, cfg.mesh):
-    train_step = jax.jit(step_lib.make_train_step(model, loss, tx, tc),
-                         in_shardings=(state_shardings, batch_shardings, None),
-                         out_shardings=(state_shardings, None), donate_argnums=(0,))
-    eval_step = jax.jit(step_lib.make_eval_step(model, loss),
-                        in_shardings=(state_shardings.params, batch_shardings))
+  batch_sharding = run.batch_sharding
+  train_step, eval_step = run.train_step, run.eval_step
 
   eval_set = [input_pipeline.to_global(b, batch_sharding)
               for b in input_pipeline.eval_batches(ti, tc.batch_size, tc.eval_batches,
                                                            input_shards=input_shards)]
 
   def evaluate(params) -> float:
-    with sharding.activate(mesh, cfg.mesh):
+    with run.activate():
       sums = [eval_step(params, b) for b in eval_set]
     loss_sum, weight_sum = (float(sum(np.asarray(s[i]) for s in sums)) for i in (0, 1))
     return loss_sum / max(weight_sum, 1.0)
@@ -264,8 +219,7 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   if start_step and train_iter.restored_from is None:
     say(f"no saved data iterator for step {start_step}: skipping {start_step} batches instead")
   # Every stream the model reads (encoder and decoder for ED), padding included.
-  tokens_per_batch = tc.batch_size * sum(
-      cfg.arch.model_lengths(lengths, ti.lengths.concat).values())
+  tokens_per_batch = tc.batch_size * parts.tokens_per_example
   rng = jax.random.key(tc.seed + 1)
   progress = metrics_lib.Progress(tc.steps, start_step, enabled=not quiet)
   itstime = lambda step, every: step % every == 0 or step == tc.steps
@@ -301,7 +255,7 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
     progress.update(step, m["loss"], tps, extra=f"  MFU {utilisation:.1%}")
 
   try:
-    with sharding.activate(mesh, cfg.mesh):
+    with run.activate():
       for step in range(start_step + 1, tc.steps + 1):
         clock.step_begins(first=step == start_step + 1)
         with clock.waiting():

@@ -18,7 +18,7 @@ from objectax.models.registry import ConfigError
 DTYPES = ("float32", "bfloat16")
 
 # Position information a user may choose: RoPE (Su et al. 2021, the modern default), T5's
-# bucketed relative position bias (Raffel et al. 2020 §2.1), or none at all.
+# bucketed relative position bias (Raffel et al. 2020 sec. 2.1), or none at all.
 POSITION_EMBEDDINGS = ("rope", "relative", "none")
 
 # Activations of the MLP: with mlp_gated, SwiGLU / GeGLU / ReGLU (Shazeer 2020, "GLU
@@ -26,7 +26,8 @@ POSITION_EMBEDDINGS = ("rope", "relative", "none")
 # tanh approximation, as T5X's "gelu" (flax.linen.gelu = jax.nn.gelu, approximate=True).
 MLP_ACTIVATIONS = ("silu", "gelu", "relu")
 
-# Fast paths (issue 7). Each gives the plain path's loss (tests/models/test_fast_paths.py).
+# Fast paths, for speed and memory at scale. Each gives the plain path's loss
+# (tests/models/test_fast_paths.py).
 # remat: what the backward pass recomputes per block instead of keeping it (jax.checkpoint
 # policies): nothing ("none"), everything ("full"), everything but the matmul outputs
 # ("save_dots", jax.checkpoint_policies.dots_with_no_batch_dims_saveable).
@@ -228,7 +229,7 @@ def num_params(config: ModelConfig) -> int:
   Per block: q, k, v, o projections (4*D*H*K), the MLP (3*D*F gated, 2*D*F not) and two
   RMSNorm scales (2*D). Plus the embedding table (V*D), a final norm (D), an output
   projection (D*V) only when the embeddings are not tied, and with relative positions one
-  H x buckets bias table for the stack (T5 shares it across layers, Raffel et al. §2.1).
+  H x buckets bias table for the stack (T5 shares it across layers, Raffel et al. sec. 2.1).
   The encoder-only model (models/encoder.py) has exactly these parameters too.
   """
   _require_vocab(config)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Mapping, NamedTuple, Optional, Union
+from typing import Any, Mapping, NamedTuple, Optional, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -33,10 +33,13 @@ from objectax.models import config as config_lib
 from objectax.models import layers
 from objectax.models import masks
 from objectax.models import registry
+from objectax.models import scoring
 from objectax.models.config import ModelConfig
 
 TARGETS_KEY = "decoder_target_tokens"
 WEIGHTS_KEY = "decoder_loss_weights"
+READS = ("lm", "seq2seq")  # LM data; (inputs, targets) concatenated in one stream
+LEFT_TO_RIGHT = True
 
 
 class Model(nn.Module):
@@ -190,6 +193,31 @@ def flops_per_token(config: ModelConfig, task_feature_lengths: Mapping[str, int]
   """Training FLOPs per token (6N + attention, `config.flops_per_token`) at the row length."""
   return config_lib.flops_per_token(
       config, model_lengths(task_feature_lengths, concat_length)["decoder"])
+
+
+def budget_lengths(sequence_length: int, inputs_length: int = 0) -> dict[str, int]:
+  """One LM stream of `sequence_length` tokens (a decoder does not split the budget)."""
+  del inputs_length
+  return {"targets": sequence_length}
+
+
+def score_layout(pairs: Sequence[scoring.Pair], length: int) -> scoring.Layout:
+  """CD / ND: concat(inputs, targets); causal attention on inputs + 1 position (seqio
+  PrefixLMFeatureConverter); loss on the targets."""
+  n = len(pairs)
+  targets_NL, causal_NL = np.zeros((n, length), np.int32), np.zeros((n, length), np.int32)
+  all_NL, scored_NL = np.zeros((n, length)), np.zeros((n, length))
+  for row, p in enumerate(pairs):
+    k, s = len(p.inputs), len(p.inputs) + len(p.targets)
+    scoring.check_fits(s, length)
+    targets_NL[row, :s] = np.r_[p.inputs, p.targets]
+    causal_NL[row, :k + 1] = 1
+    all_NL[row, k:s], scored_NL[row, k:s] = 1, p.scored
+  features = {"decoder_target_tokens": targets_NL,
+              "decoder_input_tokens": scoring.shift_right(targets_NL),
+              "decoder_loss_weights": (all_NL > 0).astype(np.int32),
+              "decoder_causal_attention": causal_NL}
+  return features, all_NL, scored_NL
 
 
 def batch_spec(task_feature_lengths: Mapping[str, int], batch_size: int, *,

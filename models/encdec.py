@@ -31,7 +31,7 @@ TensorFlow/seqio can build, benchmark and train the model on `synthetic_batch` d
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Sequence, Union
 
 import functools
 import sys
@@ -46,10 +46,13 @@ from objectax.models import config as config_lib
 from objectax.models import layers
 from objectax.models import masks
 from objectax.models import registry
+from objectax.models import scoring
 from objectax.models.config import ModelConfig
 
 TARGETS_KEY = "decoder_target_tokens"
 WEIGHTS_KEY = "decoder_loss_weights"
+READS = ("seq2seq",)  # inputs -> encoder, targets -> decoder
+LEFT_TO_RIGHT = True
 ENCODER_FEATURES = ("encoder_input_tokens",)
 DECODER_FEATURES = (TARGETS_KEY, "decoder_input_tokens", WEIGHTS_KEY)
 PACKING_FEATURES = ("encoder_segment_ids", "encoder_positions", "decoder_segment_ids",
@@ -216,6 +219,35 @@ def flops_per_token(config: ModelConfig, task_feature_lengths: Mapping[str, int]
   """Training FLOPs per token of inputs + targets (`config.encdec_flops_per_token`)."""
   lengths = model_lengths(task_feature_lengths, concat_length)
   return config_lib.encdec_flops_per_token(config, lengths["encoder"], lengths["decoder"])
+
+
+def budget_lengths(sequence_length: int, inputs_length: int = 0) -> dict[str, int]:
+  """`inputs_length` (default half the budget) in the encoder, the rest in the decoder, so
+  that a budget means the same tokens per example as on a decoder (Wang et al. 2022's
+  FLOP matching counts inputs + targets)."""
+  inputs = inputs_length or sequence_length // 2
+  if not 0 < inputs < sequence_length:
+    raise ConfigError(f"--inputs_length={inputs} must be in (0, {sequence_length}) "
+                      "(Experiment.sequence_length)")
+  return {"inputs": inputs, "targets": sequence_length - inputs}
+
+
+def score_layout(pairs: Sequence[scoring.Pair], length: int) -> scoring.Layout:
+  """ED: inputs -> encoder (empty inputs -> [EOS], seqio's add_eos on an empty feature),
+  targets -> decoder (seqio EncDecFeatureConverter)."""
+  n = len(pairs)
+  encoder_NL, targets_NL = np.zeros((n, length), np.int32), np.zeros((n, length), np.int32)
+  all_NL, scored_NL = np.zeros((n, length)), np.zeros((n, length))
+  for row, p in enumerate(pairs):
+    inputs = p.inputs if len(p.inputs) else np.array([scoring.EOS_ID], np.int32)
+    scoring.check_fits(max(len(inputs), len(p.targets)), length)
+    encoder_NL[row, :len(inputs)] = inputs
+    targets_NL[row, :len(p.targets)] = p.targets
+    all_NL[row, :len(p.targets)], scored_NL[row, :len(p.targets)] = 1, p.scored
+  features = {"encoder_input_tokens": encoder_NL, "decoder_target_tokens": targets_NL,
+              "decoder_input_tokens": scoring.shift_right(targets_NL),
+              "decoder_loss_weights": (all_NL > 0).astype(np.int32)}
+  return features, all_NL, scored_NL
 
 
 def batch_spec(task_feature_lengths: Mapping[str, int], batch_size: int, *,

@@ -14,8 +14,8 @@ packed into one row of 14:
   encoder_segment_ids    [1,   1,  1, 1, 1, 1, 2,  2,  2,   2,  2, 2, 0, 0]
   encoder_positions      [0,   1,  2, 3, 4, 5, 0,  1,  2,   3,  4, 5, 0, 0]
 The loss weights are `targets > 0`: every selected position, the kept (5) and random (77)
-ones included. seqio's EncoderFeatureConverter weights only inputs == mask_id (pitfall
-P4, reference/objectives.md), here 2 of the 4. Unpacked (pack=False) there are no
+ones included. seqio's EncoderFeatureConverter weights only inputs == mask_id
+(docs/objectives.md#mlm-loss-positions), here 2 of the 4. Unpacked (pack=False) there are no
 encoder_segment_ids / encoder_positions: one example per row from position 0, padded with
 0 at the end, and the model treats encoder_input_tokens == 0 as padding (no real input
 token is 0).
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Mapping, Union
+from typing import Any, Mapping, Sequence, Union
 
 import flax.linen as nn
 import jax
@@ -39,11 +39,14 @@ from objectax.models import config as config_lib
 from objectax.models import layers
 from objectax.models import masks
 from objectax.models import registry
+from objectax.models import scoring
 from objectax.models.config import ModelConfig
 
 INPUTS_KEY = "encoder_input_tokens"
 TARGETS_KEY = "encoder_target_tokens"
 WEIGHTS_KEY = "encoder_loss_weights"
+READS = ("aligned",)  # position-aligned (inputs, targets): BERT MLM
+LEFT_TO_RIGHT = False  # no left-to-right factorisation: cannot score a continuation
 SEGMENT_IDS_KEY = "encoder_segment_ids"
 POSITIONS_KEY = "encoder_positions"
 
@@ -91,7 +94,7 @@ class Model(nn.Module):
     positions_BL = batch.get(POSITIONS_KEY)
     if positions_BL is None:  # unpacked: every row is one example starting at 0
       positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
-    # Fully visible within a segment (BERT, Devlin et al. 2019 §3); padding only to padding.
+    # Fully visible within a segment (BERT, Devlin et al. 2019 sec. 3); padding only to padding.
     mask_B1LL = masks.segment_mask(segment_ids_BL)
     bias_BHLL = (self.relpos_bias(positions_BL) if cfg.position_embedding == "relative"
                  else None)
@@ -142,7 +145,10 @@ def model_lengths(task_feature_lengths: Mapping[str, int],
 
 
 def feature_converter(pack: bool = True, concat_length: int = 0) -> Any:
-  """The encoder-only converter: loss on every position with targets > 0 (pitfall P4).
+  """The encoder-only converter: loss on every position with targets > 0.
+
+  seqio's own converter would drop BERT's random and kept positions
+  (docs/objectives.md#mlm-loss-positions).
 
   `concat_length` is ignored. seqio is imported here, not at module level.
   """
@@ -162,7 +168,7 @@ def _converter_cls() -> type:
     """Aligned {"inputs", "targets"} -> encoder features, weights = targets > 0.
 
     seqio's EncoderFeatureConverter has two faults for BERT's 80/10/10 data:
-    - it weights only inputs == mask_id, dropping the random and kept predictions (P4);
+    - it weights only inputs == mask_id, dropping the random and kept predictions;
     - when packing, seqio (`utils._pack_with_tf_ops`) cuts every feature of an example to
       its count of non-zero ids, as if zeros were trailing padding. MLM targets are 0 at
       every unselected position, so packed targets come out shortened and shifted onto
@@ -229,6 +235,26 @@ def flops_per_token(config: ModelConfig, task_feature_lengths: Mapping[str, int]
       config, model_lengths(task_feature_lengths, concat_length)["encoder"])
 
 
+def budget_lengths(sequence_length: int, inputs_length: int = 0) -> dict[str, int]:
+  """Aligned inputs and targets of `sequence_length` tokens each (one stream)."""
+  del inputs_length
+  return {"inputs": sequence_length, "targets": sequence_length}
+
+
+def score_layout(pairs: Sequence[scoring.Pair], length: int) -> scoring.Layout:
+  """EO: the aligned (masked inputs, targets) form; loss where targets > 0."""
+  n = len(pairs)
+  inputs_NL, targets_NL = np.zeros((n, length), np.int32), np.zeros((n, length), np.int32)
+  for row, p in enumerate(pairs):
+    inputs, targets = p.aligned
+    scoring.check_fits(len(inputs), length)
+    inputs_NL[row, :len(inputs)], targets_NL[row, :len(targets)] = inputs, targets
+  weights_NL = (targets_NL > 0).astype(np.float64)
+  features = {"encoder_input_tokens": inputs_NL, "encoder_target_tokens": targets_NL,
+              "encoder_loss_weights": weights_NL.astype(np.int32)}
+  return features, weights_NL, weights_NL
+
+
 def batch_spec(task_feature_lengths: Mapping[str, int], batch_size: int, *,
                pack: bool = True, concat_length: int = 0) -> dict[str, jax.ShapeDtypeStruct]:
   """Shapes of exactly the features `feature_converter(pack)` emits, int32 (B, L).
@@ -243,7 +269,7 @@ def batch_spec(task_feature_lengths: Mapping[str, int], batch_size: int, *,
   return {name: jax.ShapeDtypeStruct(shape, jnp.int32) for name in names}
 
 
-# BERT's masking rates (Devlin et al. 2019 §3.1; objectives/bert_mlm.py): select 15% of
+# BERT's masking rates (Devlin et al. 2019 sec. 3.1; objectives/bert_mlm.py): select 15% of
 # the candidates, then 80% mask / 10% random / 10% unchanged.
 _MASKED_LM_PROB, _MASK_FRACTION, _RANDOM_FRACTION = 0.15, 0.8, 0.1
 _FIRST_TOKEN = 3  # PAD 0, EOS 1, UNK 2 are never drawn.

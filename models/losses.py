@@ -1,7 +1,8 @@
 """Weighted token cross-entropy with the z-loss of T5X / PaLM.
 
 Returns sums, not means: the caller divides by the weight sum of the whole global batch
-(a per-token mean), the same rule for every objective. Reference pitfall P9: T5X and
+(a per-token mean), the same rule for every objective (docs/objectives.md#loss-normalisation).
+T5X and
 Wang et al. 2022 train with z-loss 1e-4 and `loss_normalizing_factor=None`; normalising
 per sequence instead would hand objectives with different target lengths different
 effective learning rates, so the rule must not change across objectives.
@@ -22,7 +23,7 @@ def weighted_cross_entropy(
 
   Per position: ce = logsumexp(logits) - logits[target], and
   z = z_loss * logsumexp(logits)^2, which keeps the softmax normaliser near 1
-  (Chowdhery et al. 2022 §5; T5X `cross_entropy_with_logits`, z_loss=1e-4).
+  (Chowdhery et al. 2022 sec. 5; T5X `cross_entropy_with_logits`, z_loss=1e-4).
 
   Example, V = 2, one position with logits [0, 0], target 1, weight 1, z_loss 0.1:
   logsumexp = log 2 = 0.693, ce = 0.693, z = 0.1 * 0.693^2 = 0.048, so the result is
@@ -38,7 +39,7 @@ def weighted_cross_entropy(
     (loss_sum, z_loss_sum, weight_sum), float32 scalars. loss_sum is the cross-entropy
     alone (the number to report, log-perplexity); the training objective is
     (loss_sum + z_loss_sum) / weight_sum, the per-token mean over the global batch
-    (pitfall P9).
+    (the same for every objective).
   """
   logits_BLV = logits_BLV.astype(jnp.float32)
   weights_BL = weights_BL.astype(jnp.float32)

@@ -14,7 +14,8 @@ The loss contract, shared by every objective:
     objective, metrics = loss(model, params, batch, rng=key, step=state.step,
                               evaluate=False, z_loss=1e-4)
 
-- `objective`: the float32 scalar to minimise (per-token means, pitfall P9);
+- `objective`: the float32 scalar to minimise (per-token means, the same for every objective:
+  docs/objectives.md#loss-normalisation);
 - `metrics["loss"]`: the headline per-token loss logged and evaluated, chosen so that it
   compares with the data-only objective it extends (SpacTor: the span-corruption loss;
   multi-token prediction: the next-token loss; ELECTRA, which has no plain LM loss:
@@ -80,11 +81,15 @@ class ModelObjective:
     extra_flops: (ModelConfig, objective cfg, model lengths) -> training FLOPs per token
       the objective adds to (or, negative, removes from) the architecture's count, in the
       architecture's unit (per token of the streams its `flops_per_token` divides by).
+    wraps: the architectures whose model `make_model` builds around (registry names);
+      an objective naming this model objective runs on those only (models/registry.py
+      `supports`). Empty: any architecture that reads the objective's examples.
   """
   name: str
   make_model: Callable[[Any, ModelConfig, Any, Vocab], nn.Module]
   make_loss: Callable[[Any], LossFn]
   extra_flops: Optional[Callable[[ModelConfig, Any, Mapping[str, int]], float]] = None
+  wraps: tuple[str, ...] = ()
 
 
 def _import_model_objective_modules() -> None:
@@ -133,7 +138,7 @@ def token_loss(targets_key: str, weights_key: str, logits_chunk: int = 0) -> Los
 
 
 def _means(loss_sum: jax.Array, z_sum: jax.Array, weight_sum: jax.Array):
-  denom = jnp.maximum(weight_sum, 1.0)  # per-token mean over the global batch (P9)
+  denom = jnp.maximum(weight_sum, 1.0)  # per-token mean over the global batch, for every objective
   return loss_sum / denom, z_sum / denom, weight_sum
 
 

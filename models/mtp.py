@@ -1,8 +1,9 @@
 """Multi-token prediction on the decoder: n heads, head k predicts the token k steps ahead.
 
 Gloeckle et al. 2024 ("Better & Faster Large Language Models via Multi-token
-Prediction"; reference §1.13): a shared trunk and n output heads, each one Transformer
-layer and the shared unembedding; loss = sum over heads of their cross-entropies, n = 4.
+Prediction"; docs/objectives.md#multi-token-prediction): a shared trunk and n output
+heads, each one Transformer layer and the shared unembedding; loss = sum over heads of
+their cross-entropies, n = 4.
 Here head 1 is the decoder's own output (final norm, unembedding), so with n = 1 the model
 and its loss are exactly the causal decoder's, and the trunk's parameters keep the causal
 decoder's names; heads 2..n each add one block and a norm on the trunk's residual stream
@@ -116,4 +117,5 @@ def extra_flops(model_cfg: ModelConfig, cfg: Any, lengths: Mapping[str, int]) ->
   return (cfg.num_predicted_tokens - 1) * per_head
 
 
-mo.MODEL_OBJECTIVES.add("mtp", mo.ModelObjective("mtp", make_model, make_loss, extra_flops))
+mo.MODEL_OBJECTIVES.add("mtp", mo.ModelObjective("mtp", make_model, make_loss, extra_flops,
+                                                 wraps=("causal_decoder",)))

@@ -13,11 +13,16 @@ module of models/ that defines one registers it on import (`register`), and the
 registry imports those modules the first time it is read. Adding an architecture is one
 module, one entry in `_MODULES` (or a `register` call from a user's own module) and one
 gin file under gin/arch/.
+
+Which objectives run on which architecture follows from two declarations, so neither side
+names the other: an objective emits one kind of example (`EXAMPLE_KINDS`), an
+architecture lists the kinds it `reads`, and an objective that lives partly in the model
+(models/model_objectives.py) names the architectures its model wraps (`supports`).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Generic, Iterator, Mapping, Optional, Protocol, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, Optional, Protocol, Sequence, TypeVar
 
 
 T = TypeVar("T")
@@ -57,6 +62,13 @@ class Registry(Generic[T]):
     self._items[name] = item
     return item
 
+  def remove(self, name: str) -> T:
+    """Takes a component out again (a test or a notebook that registered its own)."""
+    self._load()
+    item = self.get(name)
+    del self._items[name]
+    return item
+
   def sort(self, key: Callable[[str, T], object]) -> None:
     """Reorders the components by key(name, component) (stable): listings and the valid
     choices in errors then do not depend on which module happened to be imported first."""
@@ -86,6 +98,14 @@ class Registry(Generic[T]):
 
 
 # ------------------------------------------------------------------------ architectures
+
+# The kinds of example an objective emits (objectives/registry.py `Objective.example_kind`):
+#   "lm":      {"targets"}, one token stream scored left to right;
+#   "seq2seq": {"inputs", "targets"}, the targets conditioned on the inputs;
+#   "aligned": {"inputs", "targets"} aligned position by position (BERT MLM: the corrupted
+#              tokens and, at the selected positions, the original ones).
+EXAMPLE_KINDS = ("lm", "seq2seq", "aligned")
+
 
 class BatchSpecFn(Protocol):
   """(task feature lengths, batch size, *, pack) -> {feature: ShapeDtypeStruct}.
@@ -123,6 +143,17 @@ class Architecture:
     weights_key: feature holding the per-position loss weights.
     flops_per_token: (ModelConfig, task feature lengths, concat_length=0) -> training FLOPs
       per token of the model's streams (for MFU and `objectax info`).
+    reads: the kinds of example (EXAMPLE_KINDS) its feature converter lays out, e.g.
+      ("lm", "seq2seq") for a decoder-only model.
+    budget_lengths: (sequence_length, inputs_length=0) -> task feature lengths giving
+      `sequence_length` tokens per example (`objectax bench model`, which has no
+      objective); inputs_length, where the architecture splits the budget, is the
+      inputs' share (0: its default); ConfigError for a share it cannot take.
+    score_layout: (pairs, length) -> (features, all-target weights, scored weights), numpy
+      (N, length): how it reads scored (inputs, targets) pairs (models/scoring.py `Pair`),
+      exactly as its feature converter would lay them out unpacked (the yardstick and
+      zero-shot evaluations score through it; the scored targets are `targets_key`).
+    left_to_right: it can score a sequence token by token (a continuation given a prefix).
   """
 
   name: str
@@ -135,12 +166,23 @@ class Architecture:
   targets_key: str
   weights_key: str
   flops_per_token: Callable[..., float]
+  reads: tuple[str, ...]
+  budget_lengths: Callable[..., dict[str, int]]
+  score_layout: Callable[[Sequence[Any], int], Any]
+  left_to_right: bool
+
+  def __post_init__(self):
+    unknown = [k for k in self.reads if k not in EXAMPLE_KINDS]
+    if not self.reads or unknown:
+      raise ValueError(f"architecture {self.name!r}: reads {self.reads}; each must be one of "
+                       f"{', '.join(EXAMPLE_KINDS)}")
 
 
 def from_module(name: str, description: str, module: Any,
                 make_model: Optional[Callable[..., Any]] = None) -> Architecture:
   """An Architecture from a model module's contract: Model, feature_converter,
-  model_lengths, batch_spec, synthetic_batch, flops_per_token, TARGETS_KEY, WEIGHTS_KEY."""
+  model_lengths, batch_spec, synthetic_batch, flops_per_token, budget_lengths,
+  score_layout, TARGETS_KEY, WEIGHTS_KEY, READS, LEFT_TO_RIGHT."""
   return Architecture(
       name=name,
       description=description,
@@ -152,6 +194,10 @@ def from_module(name: str, description: str, module: Any,
       targets_key=module.TARGETS_KEY,
       weights_key=module.WEIGHTS_KEY,
       flops_per_token=module.flops_per_token,
+      reads=tuple(module.READS),
+      budget_lengths=module.budget_lengths,
+      score_layout=module.score_layout,
+      left_to_right=bool(module.LEFT_TO_RIGHT),
   )
 
 
@@ -170,12 +216,83 @@ def _import_architecture_modules() -> None:
 ARCHITECTURES = Registry["Architecture"]("architecture", loader=_import_architecture_modules)
 
 
+def _listing_rank(name: str, architecture: "Architecture") -> int:
+  """Built-ins in `_MODULES` order, then the others in the order they were registered."""
+  del name
+  model = getattr(architecture.make_model, "func", architecture.make_model)  # a partial's class
+  module = getattr(model, "__module__", "")
+  rank = {f"objectax.models.{m}": i for i, m in enumerate(_MODULES)}
+  return rank.get(module, len(rank))
+
+
 def register(architecture: "Architecture") -> "Architecture":
   """Adds an architecture (the built-in modules call this on import; so may a user's)."""
   ARCHITECTURES.names()  # the built-ins first, whoever registers first
-  return ARCHITECTURES.add(architecture.name, architecture)
+  ARCHITECTURES.add(architecture.name, architecture)
+  # Whichever built-in module was imported first registers last (its import loaded the
+  # others): keep the listing, and so the valid choices in errors, in one order.
+  ARCHITECTURES.sort(_listing_rank)
+  return architecture
 
 
 def get(name: str) -> "Architecture":
   """The architecture called `name`; a ConfigError lists the valid names otherwise."""
   return ARCHITECTURES.get(name)
+
+
+# ------------------------------------------------------------ objective compatibility
+# Plain values, so that this module knows nothing of objectives/: the architecture's name
+# (or the Architecture), the kind of example an objective emits, and the name of its
+# model-side objective (None for a data-only objective). Anything with `example_kind`,
+# `model_objective` and `name` attributes (an objectives.registry.Objective) may be passed
+# in place of the kind, and then supplies the other two.
+
+
+def _example(kind: Any, model_objective: Optional[str], objective_name: Optional[str]):
+  if isinstance(kind, str):
+    return kind, model_objective, objective_name
+  return kind.example_kind, kind.model_objective, objective_name or kind.name
+
+
+def _wraps(model_objective: str) -> tuple[str, ...]:
+  """The architectures a model-side objective's module is built around (() means any)."""
+  from objectax.models import model_objectives  # pylint: disable=g-import-not-at-top
+  return model_objectives.MODEL_OBJECTIVES.get(model_objective).wraps
+
+
+def supports(arch: Any, kind: Any, model_objective: Optional[str] = None) -> bool:
+  """Whether architecture `arch` (a name or an Architecture) runs an objective emitting
+  examples of `kind` (EXAMPLE_KINDS) with the model-side objective `model_objective`.
+
+  ConfigError, in one line, for an unknown architecture name.
+  """
+  kind, model_objective, _ = _example(kind, model_objective, None)
+  if kind not in EXAMPLE_KINDS:
+    raise ValueError(f"unknown example kind {kind!r}; valid: {', '.join(EXAMPLE_KINDS)}")
+  architecture = get(arch) if isinstance(arch, str) else arch
+  if kind not in architecture.reads:
+    return False
+  if model_objective:
+    wraps = _wraps(model_objective)
+    return not wraps or architecture.name in wraps
+  return True
+
+
+def supporting(kind: Any, model_objective: Optional[str] = None) -> list[str]:
+  """The names of the architectures that `supports` the objective, in registry order."""
+  kind, model_objective, _ = _example(kind, model_objective, None)
+  return [name for name in ARCHITECTURES.names() if supports(name, kind, model_objective)]
+
+
+def check_supports(arch: Any, kind: Any, model_objective: Optional[str] = None, *,
+                   objective_name: Optional[str] = None) -> None:
+  """ConfigError, in one line, unless `supports(arch, kind, model_objective)`: an unknown
+  architecture lists the valid ones, an unsupported one the objective's
+  (`objective_name`, taken from `kind` when an objective is passed)."""
+  kind, model_objective, objective_name = _example(kind, model_objective, objective_name)
+  architecture = get(arch) if isinstance(arch, str) else arch
+  if not supports(architecture, kind, model_objective):
+    who = f"objective {objective_name!r}" if objective_name else f"an objective of {kind!r} examples"
+    raise ConfigError(
+        f"{who} does not support architecture {architecture.name!r}; "
+        f"it supports: {', '.join(supporting(kind, model_objective))}")

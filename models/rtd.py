@@ -1,6 +1,6 @@
 """Replaced-token detection: ELECTRA on the encoder, SpacTor on the encoder-decoder.
 
-ELECTRA (Clark et al. 2020; google-research/electra, reference §1.9). A small generator
+ELECTRA (Clark et al. 2020; google-research/electra; docs/objectives.md#electra). A small generator
 (an encoder of the same depth whose width, heads and MLP are `generator_fraction` of the
 discriminator's: 1/4 for ELECTRA-small, 1/3 for base) reads the masked text through the
 shared token embeddings and predicts the selected tokens (an MLM, loss at the selected
@@ -10,7 +10,8 @@ original counts as original. No gradient flows through the sampling. Loss =
 generator_weight (1.0) * MLM + discriminator_weight (50.0) * RTD, each a per-token mean.
 The masking is the data side: objectives/electra.py (85% [MASK], 15% kept, no random).
 
-SpacTor (Ye et al. 2024, arXiv 2401.13160; reference §1.9, open item 2). The data are span
+SpacTor (Ye et al. 2024, arXiv 2401.13160; docs/objectives.md#spactor; only the abstract
+was read, so the settings are ours). The data are span
 corruption's. For the first `tau` steps the loss is hybrid: inside the model,
 `mask_rate` of the ordinary input tokens (no sentinel, EOS or padding) become [MASK], a
 generator sharing the embeddings samples replacements for them, the encoder reads the
@@ -309,6 +310,6 @@ def spactor_flops(model_cfg: ModelConfig, cfg: Any, lengths: Mapping[str, int]) 
 
 
 mo.MODEL_OBJECTIVES.add("electra", mo.ModelObjective("electra", make_electra, electra_loss,
-                                                     electra_flops))
+                                                     electra_flops, wraps=("encoder_only",)))
 mo.MODEL_OBJECTIVES.add("spactor", mo.ModelObjective("spactor", make_spactor, spactor_loss,
-                                                     spactor_flops))
+                                                     spactor_flops, wraps=("encoder_decoder",)))

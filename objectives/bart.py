@@ -1,6 +1,9 @@
-"""BART denoising: text infilling + sentence permutation (Lewis et al. 2020; reference §1.6).
+"""BART denoising: text infilling + sentence permutation (Lewis et al. 2020).
 
-fairseq `DenoisingDataset` with BART-large's pretraining flags (fairseq issue #1899):
+See docs/objectives.md#bart.
+
+fairseq `DenoisingDataset` with BART-large's pretraining flags (as posted by the fairseq
+authors, github.com/facebookresearch/fairseq/issues/1899):
 `--mask 0.3 --mask-random 0.1 --poisson-lambda 3.5 --permute-sentences 1
 --mask-length span-poisson --replace-length 1 --rotate 0 --insert 0`. Per example:
 
@@ -41,8 +44,8 @@ Choices and differences from fairseq, all documented here:
   626-token budget: raw 337, N 101, K 50, inputs bound 287 (+ targets 338 = 625) against
   a mean inputs length of 266.4 (E[S] = 29.36), so 20.6 padding positions per example on
   average, 3.3% of the budget; the naive bound would give raw 312 and pad 10.6%.
-- lambda: 3.5 as in the BART-large command; the BART paper's text says lambda = 3
-  (reference: [secondary]); set `poisson_lambda=3.0` for that.
+- lambda: 3.5 as in the BART-large command; the BART paper's text says lambda = 3 (as
+  quoted by secondary sources); set `poisson_lambda=3.0` for that.
 
 Worked example (a real run of this module under map_seed_manager(2), token budget 72 ->
 TaskLengths(raw=34, inputs=37, targets=35, exact=False): N = 10 masked tokens, at most
@@ -90,13 +93,13 @@ BATCH = 128
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class BartConfig:
-  """BART-large pretraining noise (fairseq issue #1899's command; reference §1.6).
+  """BART-large pretraining noise (the released BART-large command; docs/objectives.md#bart).
 
   Attributes:
     mask_ratio: fraction of the raw chunk's tokens masked, in [0, 1) (`--mask 0.3`);
       0 turns text infilling off.
     poisson_lambda: mean span length, > 0 (`--poisson-lambda 3.5`; the BART paper's text
-      says 3, reference [secondary]: we follow the released command).
+      says 3, as secondary sources quote it: we follow the released command).
     mask_random: probability a span becomes a random token instead of <extra_id_0>, in
       [0, 1] (`--mask-random 0.1`).
     permute_sentences: shuffle all sentences of the chunk first (`--permute-sentences 1`).
@@ -412,9 +415,6 @@ OBJECTIVE = registry.register(registry.Objective(
     config_cls=BartConfig,
     preprocess=preprocess,
     features=("inputs", "targets"),
-    # BART is an encoder-decoder (reference §1.6); decoders run it as concatenation with the
-    # loss on the targets, as every inputs + targets objective (issue 3).
-    architectures=("encoder_decoder", "causal_decoder", "prefix_decoder"),
     lengths=lengths,
     description="BART text infilling (Poisson(3.5) spans -> one mask, 30%) + sentence permutation",
 ))

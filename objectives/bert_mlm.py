@@ -1,4 +1,4 @@
-"""Original BERT masked LM, 80/10/10, loss on the selected positions (reference §1.4, P1, P4).
+"""Original BERT masked LM, 80/10/10, loss on the selected positions (docs/objectives.md#bert-mlm).
 
 BERT's `create_masked_lm_predictions` (google-research/bert, create_pretraining_data.py)
 on a stream of documents instead of sentence pairs (no NSP, dynamic masking). Documents get
@@ -20,19 +20,21 @@ Output encoding (position-aligned, both of length B, for the encoder-only model)
   targets = the ORIGINAL token at every selected position and 0 (padding) everywhere else
 
 so the loss weights are simply `targets > 0`: exactly the selected positions, the random
-and the unchanged ones included. This is the fix for pitfall P4: seqio's
+and the unchanged ones included. This avoids a seqio trap
+(docs/objectives.md#mlm-loss-positions): seqio's
 EncoderFeatureConverter weights only positions where inputs == mask_id and so silently drops
 the 20% random/unchanged predictions. The original chunk is recoverable as
 `where(targets > 0, targets, inputs)`, and no real token is 0, so nothing is ambiguous.
 
-Choices, where BERT or the reference leave room:
+Choices, where BERT leaves room:
 - n counts the candidates, so exactly masked_lm_prob of the maskable tokens are predicted.
   BERT uses round(len(tokens) * masked_lm_prob) with [CLS]/[SEP] counted (at most 3 more
   tokens of a 128-token pair). Rounding is half to even (Python 3's round, as BERT's).
 - max_predictions = 0 means no cap. BERT caps at max_predictions_per_seq (flag default 20,
   at max_seq_length 128; its README: set it "around max_seq_length * masked_lm_prob") only
   because it stores the predictions in a fixed-size list; aligned targets need no cap.
-- Mask id: <extra_id_0> = vocab_size - 1, T5's `sentinel_id` (reference §0.2), the shared
+- Mask id: <extra_id_0> = vocab_size - 1, T5's `sentinel_id` (see
+  docs/objectives.md#sentinel-ids), the shared
   mask token of this codebase (as iid_denoising.py); the vocabulary needs >= 1 extra id.
 - Random tokens come from [3, vocab_size - extra_ids), as iid_denoising.py: BERT draws from
   the whole WordPiece vocabulary ([PAD], [CLS], [MASK] included); we exclude PAD/EOS/UNK and
@@ -40,7 +42,7 @@ Choices, where BERT or the reference leave room:
   original token (1/256 of the time with a byte vocabulary), as in BERT.
 - Masks are drawn in the input pipeline from seqio's seed (nothing stored; another seed
   gives other masks); BERT masked offline, dupe_factor=10 copies of the data.
-- Architectures: encoder-only only, BERT's own (reference §1.4). On a decoder BERT MLM
+- Architectures: encoder-only only, BERT's own. On a decoder BERT MLM
   needs a bidirectional mask and a loss on the selected positions, which is exactly the
   encoder-only layout; on an encoder-decoder the right form is T5's "BERT-style" row
   (90% mask / 10% random, full-sequence target), registered as `t5_bert_style`.
@@ -81,7 +83,7 @@ BLOCK = 64  # chunks masked per vectorized map call.
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class BertMLMConfig:
-  """BERT MLM hyper-parameters; defaults from BERT (Devlin et al. 2019 §3.1; its code's flags).
+  """BERT MLM hyper-parameters; defaults from BERT (Devlin et al. 2019 sec. 3.1; its code's flags).
 
   Attributes:
     masked_lm_prob: fraction of candidate tokens selected for prediction, in (0, 1]
@@ -220,7 +222,8 @@ def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]]
     return {"inputs": tf.ensure_shape(inputs_KL, [None, length]),
             "targets": tf.ensure_shape(targets_KL, [None, length])}
 
-  # As T5's full_lm (P10): EOS after every document, then concatenate and split. Chunks are
+  # As T5's full_lm (EOS marks document ends): EOS after every document, then concatenate and
+  # split. Chunks are
   # masked BLOCK at a time (one set of seeds per block): vectorized, this costs under half the
   # CPU time per token of one map call per chunk (measured here, 512-token chunks).
   chunks = stream.concat_and_split(ds, length, "targets", eos_id=eos_id)
@@ -232,9 +235,9 @@ OBJECTIVE = registry.register(registry.Objective(
     config_cls=BertMLMConfig,
     preprocess=preprocess,
     features=("inputs", "targets"),
-    # BERT's own model (reference §1.4). A decoder would need the encoder-only layout
+    # BERT's own model. A decoder would need the encoder-only layout
     # (bidirectional, loss on selected positions); on ED use t5_bert_style (module docstring).
-    architectures=("encoder_only",),
+    aligned=True,
     lengths=lengths,
     description="BERT MLM: 15% of tokens, 80% mask/10% random/10% kept, loss on selected only",
 ))

@@ -1,8 +1,10 @@
-"""Deshuffling: restore a chunk from its shuffled tokens (reference §1.5; T5 Table 4).
+"""Deshuffling: restore a chunk from its shuffled tokens (T5 Table 4).
+
+See docs/objectives.md#deshuffling.
 
 Two registered objectives share one pipeline:
 
-- `deshuffle`: T5's "Deshuffling" row (Raffel et al. 2020 §3.3.1, Table 4; T5 gin
+- `deshuffle`: T5's "Deshuffling" row (Raffel et al. 2020 sec. 3.3.1, Table 4; T5 gin
   `all_permute.gin` = `denoise(noise_density=1.0, inputs_fn=permute_noise_tokens,
   targets_fn=None)`): every token of the chunk is shuffled.
 - `partial_deshuffle`: Birdie's deshuffling (Blouir et al. 2024; `samblouir/birdie`,
@@ -186,7 +188,8 @@ def _preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]
         "targets": tf.ensure_shape(_append_eos_if(tokens_L, targets_eos), [targets_length]),
     }
 
-  # T5's denoising pipelines concatenate without EOS; EOS comes after the objective (P10).
+  # T5's denoising pipelines concatenate without EOS; EOS comes after the objective
+  # (docs/objectives.md#where-eos-goes).
   return shuffle(stream.concat_and_split(ds, raw, "targets", eos_id=None))
 
 
@@ -231,16 +234,11 @@ def lengths_partial(cfg: PartialDeshuffleConfig, sequence_length: int) -> regist
   return _lengths("partial_deshuffle", cfg.shuffle_fraction, sequence_length)
 
 
-# ED is T5's home (Table 4); CD and ND see concat(inputs, targets) with loss on the targets
-# only (reference §1.5: "works with CD and ND via concatenation").
-_ARCHITECTURES = ("encoder_decoder", "causal_decoder", "prefix_decoder")
-
 OBJECTIVE = registry.register(registry.Objective(
     name="deshuffle",
     config_cls=DeshuffleConfig,
     preprocess=preprocess,
     features=("inputs", "targets"),
-    architectures=_ARCHITECTURES,
     lengths=lengths,
     description="T5 deshuffling: inputs = the chunk's tokens shuffled, targets = the chunk",
 ))
@@ -250,7 +248,6 @@ PARTIAL_OBJECTIVE = registry.register(registry.Objective(
     config_cls=PartialDeshuffleConfig,
     preprocess=preprocess_partial,
     features=("inputs", "targets"),
-    architectures=_ARCHITECTURES,
     lengths=lengths_partial,
     description="Birdie partial deshuffling: a random 75% of positions permuted, target = chunk",
 ))

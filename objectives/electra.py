@@ -1,4 +1,4 @@
-"""ELECTRA replaced-token detection (Clark et al. 2020; reference §1.9): the data side.
+"""ELECTRA replaced-token detection (Clark et al. 2020; docs/objectives.md#electra): the data side.
 
 The examples are BERT MLM's (objectives/bert_mlm.py: documents + EOS concatenated into
 chunks of the token budget, position-aligned inputs and targets) with ELECTRA's masking,
@@ -50,7 +50,7 @@ OBJECTIVE = registry.register(registry.Objective(
     preprocess=bert_mlm.preprocess,
     features=("inputs", "targets"),
     # ELECTRA's discriminator is a bidirectional encoder labelling every token.
-    architectures=("encoder_only",),
+    aligned=True,
     lengths=bert_mlm.lengths,
     description="ELECTRA: generator MLM (15%, 85% mask/15% kept) + replaced-token "
                 "detection at every token, 1:50",

@@ -1,22 +1,24 @@
-"""Fill-in-the-middle (FIM; Bavarian et al. 2022, arXiv 2207.14255; reference §1.12).
+"""Fill-in-the-middle (FIM; Bavarian et al. 2022, arXiv 2207.14255;
+docs/objectives.md#fill-in-the-middle).
 
 A targets-only LM objective. Documents get EOS and are concatenated into one token stream,
-as in full LM (§1.1); the stream is cut into consecutive pieces, and with probability
+as in full LM; the stream is cut into consecutive pieces, and with probability
 `fim_rate` a piece is split at two uniformly random points into (prefix, middle, suffix)
 and rearranged around three sentinels so that the model learns to write the middle last:
 
   PSM  <PRE> prefix <SUF> suffix <MID> middle
   SPM  <PRE> <SUF> suffix <MID> prefix middle        (with probability spm_rate)
 
-The layouts are those of the reference's [code] source (bigcode Megatron-LM
+The layouts are those of the public code read for this module (bigcode Megatron-LM
 `gpt_dataset.py::permute`, from gpt-neox FIM-clean), whose SPM keeps prefix and middle
 adjacent. Every token, sentinels included, carries the ordinary next-token loss: the
-Megatron dataset masks nothing (reference §1.12, "loss").
+Megatron dataset masks nothing.
 
-Choices this module makes (the reference marks the FIM hyper-parameters [secondary]):
-- Defaults fim_rate 0.5 and spm_rate 0.5: the reference's summary matrix (§1.20), StarCoder's
-  settings [secondary]. Bavarian et al. report FIM rates up to about 0.9 cost no
-  left-to-right loss [secondary], so fim_rate may be raised.
+Choices this module makes (the FIM hyper-parameters come from secondary summaries, not
+from the papers' text):
+- Defaults fim_rate 0.5 and spm_rate 0.5: StarCoder's settings, as summarised. Bavarian et
+  al. report FIM rates up to about 0.9 cost no left-to-right loss, so fim_rate may be
+  raised.
 - Split points are two independent uniform TOKEN positions in [0, n], sorted, so any of the
   three parts may be empty. Megatron cuts the detokenized text at two uniform CHARACTER
   positions and re-tokenizes; this preprocessor runs after tokenization and never
@@ -31,7 +33,8 @@ Choices this module makes (the reference marks the FIM hyper-parameters [seconda
   Bernoulli(fim_rate) draw per piece, made before its length is needed. TaskLengths.raw is
   therefore the most an example consumes (budget); a FIM example consumes budget - 3.
 - Sentinels: <PRE>, <SUF>, <MID> = <extra_id_0>, <extra_id_1>, <extra_id_2> = vocab_size - 1,
-  vocab_size - 2, vocab_size - 3 (T5's count-down convention, pitfall P5), so the
+  vocab_size - 2, vocab_size - 3 (T5's count-down convention,
+  docs/objectives.md#sentinel-ids), so the
   vocabulary needs extra_ids >= 3. They are span corruption's first sentinel ids; no
   mixture here combines FIM with a sentinel objective.
 
@@ -71,7 +74,7 @@ _DOCS_PER_STEP = 64
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class FimConfig:
-  """FIM hyper-parameters (reference §1.12 and §1.20; defaults [secondary], StarCoder's).
+  """FIM hyper-parameters (defaults: StarCoder's, from secondary summaries).
 
   Attributes:
     fim_rate: probability that an example is rearranged (PSM or SPM), in [0, 1].
@@ -225,9 +228,6 @@ OBJECTIVE = registry.register(registry.Objective(
     config_cls=FimConfig,
     preprocess=preprocess,
     features=("targets",),
-    # A left-to-right LM on rearranged text (reference §1.12: CD); a prefix decoder with an
-    # empty prefix is the same model, as for full LM.
-    architectures=("causal_decoder", "prefix_decoder"),
     lengths=lengths,
     description="fill-in-the-middle: full LM with PSM/SPM rearranged pieces (rate 0.5, SPM 0.5)",
 ))

@@ -1,4 +1,6 @@
-"""Full (causal) language modelling: targets only, every token carries loss (reference §1.1).
+"""Full (causal) language modelling: targets only, every token carries loss.
+
+See docs/objectives.md#full-lm.
 
 T5's `full_lm` (select_random_chunk -> append EOS -> reduce_concat_tokens -> split_tokens)
 without the random chunk selection and without padding: documents get EOS, are
@@ -56,9 +58,6 @@ OBJECTIVE = registry.register(registry.Objective(
     config_cls=FullLMConfig,
     preprocess=preprocess,
     features=("targets",),
-    # Native to the causal decoder; a prefix decoder with an empty prefix is the same model
-    # (reference §1.1). ED "LM" in T5 Table 2 is prefix LM, a separate objective.
-    architectures=("causal_decoder", "prefix_decoder"),
     lengths=lengths,
     description="full causal LM: documents + EOS concatenated, chopped to the budget (T5 full_lm)",
 ))

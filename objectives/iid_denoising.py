@@ -1,13 +1,16 @@
-"""T5 i.i.d. token denoising family (Raffel et al. 2020 §3.3.1-3.3.3, Tables 4-5; ref §1.4).
+"""T5 i.i.d. token denoising family (Raffel et al. 2020 sec. 3.3.1-3.3.3, Tables 4-5).
+
+See docs/objectives.md#t5-iid-denoising.
 
 T5's `denoise` splits a corruption into a noise mask, an inputs encoding and a targets
-encoding (reference §0.2); its gin names read `iid_<density%>_<inputs>_<targets>`. Documents
+encoding; its gin names read `iid_<density%>_<inputs>_<targets>`. Documents
 are concatenated without EOS and chopped into raw chunks of `raw` tokens (remainder dropped),
 each chunk gets a noise mask, both features are encoded, and EOS ends both. Codes:
 
   inputs   m  each noise token -> the mask id <extra_id_0> = vocab_size - 1 (T5 sentinel_id);
               with random_fraction p each noise token is instead, with probability p, a random
-              token (T5 `noise_token_to_random_token_or_sentinel`; no "keep" case, P1)
+              token (T5 `noise_token_to_random_token_or_sentinel`; no "keep" case,
+              unlike BERT: docs/objectives.md#t5-bert-style-is-not-bert)
            r  each noise token -> a random token
            g  each noise token -> a token gathered from a uniformly random position of the
               same chunk (T5 `noise_token_to_gathered_token`)
@@ -23,12 +26,12 @@ each chunk gets a noise mask, both features are encoded, and EOS ends both. Code
 
 Registered objectives (each its own gin-configurable config class, shared code below):
   t5_bert_style      iid_15_r10s90_f  T5 Table 4 "BERT-style" (90% mask / 10% random, full target)
-  t5_mass_style      iid_15_m_f       T5 Table 5 "MASS-style" (NOT real MASS, P2; see mass.py)
+  t5_mass_style      iid_15_m_f       T5 Table 5 "MASS-style" (NOT real MASS; see mass.py)
   iid_replace_spans  iid_15_u_u       T5 Table 5 "Replace corrupted spans"
   iid_drop_tokens    iid_15_d_d       T5 Table 5 "Drop corrupted tokens"
   iid_denoising      any combination through IidDenoisingConfig (default iid_15_m_f)
 
-Deviations from T5, all to keep every example at exactly its `lengths()` (no padding, P7):
+Deviations from T5, all to keep every example at exactly its `lengths()` (no padding):
 - Noise count: T5's `iid_noise_mask` is Bernoulli(r) per token. Here EXACTLY
   n = round(raw * r) positions are noise, uniform over all C(raw, n) choices, i.e. the
   Bernoulli mask conditioned on its count. For m/r/f encodings T5's lengths are fixed anyway;
@@ -85,11 +88,11 @@ class IidDenoisingConfig:
   """i.i.d. denoising hyper-parameters; defaults are T5's "MASS-style" iid_15_m_f (Table 5).
 
   Attributes:
-    noise_density: fraction r of raw tokens corrupted, in (0, 1) (T5 §3.3.3 sweeps 10-50%).
+    noise_density: fraction r of raw tokens corrupted, in (0, 1) (T5 sec. 3.3.3 sweeps 10-50%).
     inputs_encoding: one of m, r, g, p, s, u, d (module docstring).
     targets_encoding: one of f, u, s, d.
     random_fraction: with inputs "m", the probability that a noise token becomes a random
-      token instead of the mask id (0.1 for T5's BERT-style, §3.3.1); 0 otherwise.
+      token instead of the mask id (0.1 for T5's BERT-style, sec. 3.3.1); 0 otherwise.
   """
   noise_density: float = 0.15
   inputs_encoding: str = "m"
@@ -131,20 +134,20 @@ class IidDenoisingConfig:
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class T5BertStyleConfig(IidDenoisingConfig):
-  """T5 "BERT-style" iid_15_r10s90_f (T5 §3.3.1, Table 4): 90% mask / 10% random, full target."""
+  """T5 "BERT-style" iid_15_r10s90_f (T5 sec. 3.3.1, Table 4): 90% mask/10% random, full target."""
   random_fraction: float = 0.1
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class T5MassStyleConfig(IidDenoisingConfig):
-  """T5 "MASS-style" iid_15_m_f (T5 Table 5): shared mask, full target. Not MASS (P2)."""
+  """T5 "MASS-style" iid_15_m_f (T5 Table 5): shared mask, full target. Not MASS (mass.py)."""
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class IidReplaceSpansConfig(IidDenoisingConfig):
-  """T5 "Replace corrupted spans" iid_15_u_u (T5 §3.3.2, Table 5)."""
+  """T5 "Replace corrupted spans" iid_15_u_u (T5 sec. 3.3.2, Table 5)."""
   inputs_encoding: str = "u"
   targets_encoding: str = "u"
 
@@ -152,7 +155,7 @@ class IidReplaceSpansConfig(IidDenoisingConfig):
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class IidDropTokensConfig(IidDenoisingConfig):
-  """T5 "Drop corrupted tokens" iid_15_d_d (T5 §3.3.2, Table 5)."""
+  """T5 "Drop corrupted tokens" iid_15_d_d (T5 sec. 3.3.2, Table 5)."""
   inputs_encoding: str = "d"
   targets_encoding: str = "d"
 
@@ -339,7 +342,8 @@ def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]]
                                    [targets_length]),
     }
 
-  # As T5's iid gins: reduce_concat_tokens without EOS, split, denoise, then EOS (P10).
+  # As T5's iid gins: reduce_concat_tokens without EOS, split, denoise, then EOS, so EOS
+  # ends each feature rather than each document.
   return corrupt(stream.concat_and_split(ds, raw, "targets", eos_id=None))
 
 
@@ -352,9 +356,6 @@ def _register(name: str, config_cls: type, description: str) -> registry.Objecti
       config_cls=config_cls,
       preprocess=objective_preprocess,
       features=("inputs", "targets"),
-      # ED is T5's; CD and ND see concat(inputs, targets) with loss on targets only, as for
-      # span corruption (T5 Table 2 "LM + denoising"; Wang et al. 2022).
-      architectures=("encoder_decoder", "causal_decoder", "prefix_decoder"),
       lengths=lengths,
       description=description,
   ))

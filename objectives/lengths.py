@@ -1,13 +1,15 @@
-"""Exact length arithmetic for span corruption (T5 `random_spans_helper`, reference §0.3).
+"""Exact length arithmetic for span corruption (T5 `random_spans_helper`).
+
+See docs/objectives.md#exact-span-corruption-lengths.
 
 Span corruption turns a raw chunk of `L` tokens into
 
   inputs  = non-noise tokens + one sentinel per noise span + EOS
   targets = noise tokens     + one sentinel per noise span + EOS
 
-with `noise = round(L * r)` and `spans = round(noise / mu)` (Raffel et al. 2020, §3.1.4 and
+with `noise = round(L * r)` and `spans = round(noise / mu)` (Raffel et al. 2020, sec. 3.1.4 and
 the T5 repo's `random_spans_noise_mask`). The functions here pick `L` so that the inputs
-come out at exactly the configured length, so nothing is padded by accident (pitfall P7).
+come out at exactly the configured length, so nothing is padded by accident.
 Worked example (the T5 / Wang et al. 2022 setting): inputs 512 at r=0.15, mu=3 needs
 L=568 raw tokens -> 85 noise tokens in 28 spans -> inputs 483+28+1=512, targets
 85+28+1=114; 512+114=626 is the per-example token budget of Wang et al. (2022).
@@ -25,9 +27,10 @@ import dataclasses
 from objectax.models.registry import ConfigError
 
 # Fewer than two spans is a single suffix blank, not span corruption (and with the default
-# random_roll=False mask it is always the end of the chunk; reference pitfall P6). T5's code
-# allows one span; UL2's long-span X-denoisers need it (mu=64 at r=0.15 gives one span at
-# inputs 512), so SpanCorruptionConfig.min_noise_spans can lower this default.
+# random_roll=False mask it is always the end of the chunk: see
+# docs/objectives.md#where-the-noise-spans-fall). T5's code allows one span; UL2's long-span
+# X-denoisers need it (mu=64 at r=0.15 gives one span at inputs 512), so
+# SpanCorruptionConfig.min_noise_spans can lower this default.
 MIN_NOISE_SPANS = 2
 
 
@@ -61,7 +64,7 @@ def span_counts(raw: int, noise_density: float, mean_noise_span_length: float,
 
   With min_spans=1 the span count is clipped to at least one, as T5's
   random_spans_noise_mask does (max(num_noise_spans, 1)); T5's random_spans_helper does not
-  clip, and with the default (2) neither do we, so the §0.3 table is T5's.
+  clip, and with the default (2) neither do we, so the lengths table is T5's.
   """
   num_noise = int(round(raw * noise_density))
   num_spans = int(round(num_noise / mean_noise_span_length))
@@ -99,7 +102,8 @@ def random_spans_lengths(inputs_length: int, noise_density: float,
                          mean_noise_span_length: float) -> tuple[int, int]:
   """T5's `random_spans_helper`: (raw tokens per example, targets length) for inputs_length.
 
-  Reproduces every cell of reference §0.3 (tested), e.g. (512, 0.15, 3.0) -> (568, 114),
+  Reproduces every cell of T5's lengths table (tested; docs/objectives.md#span-corruption),
+  e.g. (512, 0.15, 3.0) -> (568, 114),
   (512, 0.5, 3.0) -> (766, 512). raw is the largest chunk whose inputs fit inputs_length.
 
   For noise_density == 0.5 T5 cuts raw by one when the targets come out longer than the

@@ -1,7 +1,8 @@
-"""MASS, masked sequence-to-sequence pre-training (Song et al. 2019; reference §1.7, pitfall P2).
+"""MASS, masked sequence-to-sequence pre-training (Song et al. 2019; docs/objectives.md#mass).
 
 This is the real MASS, not T5's "MASS-style" row (that one is i.i.d. shared-mask corruption
-with a full-sequence target, §1.4). Documents are concatenated without EOS and chopped into
+with a full-sequence target: docs/objectives.md#t5-mass-style-is-not-mass). Documents are
+concatenated without EOS and chopped into
 raw chunks of `raw` tokens (remainder dropped, as span corruption does). In every chunk ONE
 contiguous fragment of k = round(fragment_fraction * raw) tokens, at a start drawn
 uniformly from the raw - k + 1 possible starts, is masked:
@@ -13,19 +14,19 @@ so the loss falls on the fragment (and its EOS) only. The decoder input of MASS 
 fragment shifted right by one; our feature converters make that shift from the targets, so
 the targets are the fragment itself.
 
-Choices, where the sources differ (reference §1.7 reads `microsoft/MASS`
-`MASS/src/trainer.py::restricted_mask_sent` [code]):
+Choices, where the sources differ (the MASS code read is `microsoft/MASS`
+`MASS/src/trainer.py::restricted_mask_sent`):
 - Fragment length: k = round(0.5 * raw) by default, "roughly 50% of the tokens" as in the
-  paper (§3.1); the code's `word_mass` = 0.5. Python round (half to even) on a static raw.
+  paper (sec. 3.1); the code's `word_mass` = 0.5. Python round (half to even) on a static raw.
 - Fragment start: uniform over all raw - k + 1 starts, the paper's "random start position
   u". The MASS code instead puts the fragment at the sentence start 20% of the time, at the
   end 20%, and uniformly 60% (`shuffle_segments`); that is not done here.
 - Mask token: every fragment token becomes the mask id. The MASS code's `mask_word` uses
   BERT's 80% mask / 10% random / 10% unchanged; that is not done here (the masked positions
   stay visible in the inputs, so the fragment is exactly recoverable from them).
-- Mask id: <extra_id_0> = vocab_size - 1, T5's `sentinel_id(vocab)` (reference §0.2), the
-  same id T5's shared-mask ("m") corruptions use. The reference names no other mask id for
-  a seqio vocabulary, so the vocabulary must reserve at least one extra id.
+- Mask id: <extra_id_0> = vocab_size - 1, T5's `sentinel_id(vocab)`, the same id T5's
+  shared-mask ("m") corruptions use. A seqio vocabulary has no other mask id, so the
+  vocabulary must reserve at least one extra id.
 - Decoder side: MASS feeds words[u-1 : u+k-1] at the fragment's own positions and hides the
   encoder's masked positions from cross-attention (`enc_mask`); here the converter feeds
   BOS + fragment[:-1] at positions 0..k and cross-attention sees the whole encoder input.
@@ -64,7 +65,7 @@ from objectax.objectives import stream
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class MassConfig:
-  """MASS hyper-parameters; the default is the paper's (Song et al. 2019 §3.1: k ~ 50% of m).
+  """MASS hyper-parameters; the default is the paper's (Song et al. 2019 sec. 3.1: k ~ 50% of m).
 
   Attributes:
     fragment_fraction: fraction of each raw chunk masked as one contiguous fragment, in
@@ -211,7 +212,7 @@ def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]]
         "targets": tf.ensure_shape(_append_eos_if(targets, targets_eos), [targets_length]),
     }
 
-  # No per-document EOS inside the stream; EOS ends each feature (as span corruption, P10).
+  # No per-document EOS inside the stream; EOS ends each feature (as span corruption does).
   return corrupt(stream.concat_and_split(ds, raw, "targets", eos_id=None))
 
 
@@ -225,9 +226,6 @@ OBJECTIVE = registry.register(registry.Objective(
     config_cls=MassConfig,
     preprocess=preprocess,
     features=("inputs", "targets"),
-    # ED is MASS's own (reference §1.7); CD and ND see concat(inputs, targets) with loss on
-    # the targets only, as span corruption does on them (our pairing, not the paper's).
-    architectures=("encoder_decoder", "causal_decoder", "prefix_decoder"),
     lengths=lengths,
     description="MASS: one contiguous 50% fragment masked, decoder predicts the fragment only",
 ))

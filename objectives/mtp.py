@@ -1,4 +1,5 @@
-"""Multi-token prediction (Gloeckle et al. 2024; reference §1.13): the data side.
+"""Multi-token prediction (Gloeckle et al. 2024; docs/objectives.md#multi-token-prediction):
+the data side.
 
 The examples are full LM's (objectives/full_lm.py: documents + EOS concatenated and
 chopped to the budget, every token a target). The n heads and their summed loss are the
@@ -40,8 +41,6 @@ OBJECTIVE = registry.register(registry.Objective(
     config_cls=MtpConfig,
     preprocess=full_lm.preprocess,
     features=("targets",),
-    # Heads predicting later tokens need causal attention everywhere.
-    architectures=("causal_decoder",),
     lengths=full_lm.lengths,
     description="multi-token prediction: full LM with n heads, head k predicts the token k "
                 "ahead (n=4)",

@@ -1,8 +1,10 @@
-"""PEGASUS gap-sentence generation, GSG (Zhang et al. 2020; reference §1.10).
+"""PEGASUS gap-sentence generation, GSG (Zhang et al. 2020).
+
+See docs/objectives.md#pegasus-gap-sentences.
 
 Settings of PEGASUS-Large (`google-research/pegasus`, `pegasus_params.py::pegasus_large_params`
-and the `SentenceMaskAndEncode` op of `ops/pretrain_parsing_ops.cc` + `ops/sentence_selection.cc`
-[code]): strategy "dynamic_rouge", ROUGE-1 F1 with "standard" counting (Ind-Orig), gap
+and the `SentenceMaskAndEncode` op of `ops/pretrain_parsing_ops.cc` + `ops/sentence_selection.cc`):
+strategy "dynamic_rouge", ROUGE-1 F1 with "standard" counting (Ind-Orig), gap
 sentence ratio 0.45 scaled by uniform(0.33, 1), noise ratio 0.2 on the scores, selected
 sentences masked 90% / left intact 10%, no word masking (masked_words_ratio = 0).
 
@@ -85,7 +87,7 @@ MIN_BUDGET = 6
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class PegasusConfig:
-  """PEGASUS-Large GSG hyper-parameters (`pegasus_large_params`, reference §1.10).
+  """PEGASUS-Large GSG hyper-parameters (`pegasus_large_params`).
 
   Attributes:
     gap_sentence_ratio: `parser_masked_sentence_ratio` = 0.45, the largest share of a
@@ -342,9 +344,6 @@ OBJECTIVE = registry.register(registry.Objective(
     config_cls=PegasusConfig,
     preprocess=preprocess,
     features=("inputs", "targets"),
-    # ED is PEGASUS's own; CD and ND see concat(inputs, targets) with loss on the targets,
-    # as every inputs+targets objective here (Wang et al. 2022).
-    architectures=("encoder_decoder", "causal_decoder", "prefix_decoder"),
     lengths=lengths,
     description="PEGASUS GSG: top-ROUGE sentences (15-45%) masked, predicted as targets",
 ))

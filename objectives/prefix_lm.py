@@ -1,4 +1,4 @@
-"""Prefix language modelling, in its two pipelines (reference §1.2, pitfall P3).
+"""Prefix language modelling, in its two pipelines (docs/objectives.md#two-prefix-lms).
 
 Both objectives split a piece of text in two: inputs = the prefix, targets = the rest, loss
 on the targets only. They differ in where the pieces come from and in EOS:
@@ -16,7 +16,8 @@ on the targets only. They differ in where the pieces come from and in EOS:
   (`pack_prefix_lm_encoder_decoder`): with one split i the encoder gets
   piece0[:i] + piece1[:626 - i] and the decoder piece0[i:] + piece1[626 - i:], so both
   sides are exactly 626 tokens (batch 1,024 rows; paper App. C). This module emits single
-  examples; that two-per-row layout belongs to the encoder-decoder architecture (issue 4).
+  examples; that two-per-row layout belongs to the encoder-decoder architecture
+  (not built yet), since it is a row layout, not a change to the examples.
   Worked example (a real run of this module under map_seed_manager(0): budget 8, so
   sequence_length {"inputs": 7, "targets": 7}; EOS = 1; documents [3 ... 9], [10 ... 20],
   [21 ... 29]):
@@ -52,9 +53,9 @@ on the targets only. They differ in where the pieces come from and in EOS:
     feature has no EOS that example would have empty inputs, and it is dropped instead.
   - noise_density: the T5 code read here (google-research/text-to-text-transfer-transformer
     @ 2bb17322, t5/data/preprocessors.py) raises NotImplementedError unless it is 0.5; the
-    general range above is the reference's reading of the later T5 code [code, reference
-    §1.2] and of a PyTorch port. Any density in (0, 1) is accepted: the targets then hold
-    about r (n - 1) + 1 of the n tokens on average, and every r >= 0.5 gives [1, n - 1].
+    general range above is our reading of the later T5 code and of a PyTorch port. Any
+    density in (0, 1) is accepted: the targets then hold about r (n - 1) + 1 of the n tokens
+    on average, and every r >= 0.5 gives [1, n - 1].
   Worked example (a real run under map_seed_manager(0): budget 8 -> C = 6, noise_density
   0.5, EOS = 1; documents [3 ... 9], [10, 11, 12], [] (no chunk), [13]):
 
@@ -64,7 +65,7 @@ on the targets only. They differ in where the pieces come from and in EOS:
     inputs  [10, 11, 1]       targets [12, 1]             p = 2 of n = 3
     inputs  [1]               targets [13, 1]             n = 1: p = 0
 
-Architectures (reference §1.2): encoder-decoder (prefix -> encoder) and the prefix decoder
+Architectures: encoder-decoder (prefix -> encoder) and the prefix decoder
 (bidirectional over the prefix plus one position) are PLM's homes; on a causal decoder it
 is LM with the prefix's loss masked, so the prefix gets no bidirectional view.
 """
@@ -154,7 +155,8 @@ def split_pieces(pieces_KB: tf.Tensor, split_K: tf.Tensor) -> tuple[tf.RaggedTen
 def _flat_document_batches(ds: tf.data.Dataset, eos_id: Optional[int]) -> tf.data.Dataset:
   """Each batch of documents as one flat int32 tensor: [5, 6], [7] -> [5, 6, eos, 7, eos].
 
-  EOS follows every document only when eos_id is given (full LM's EOS, pitfall P10).
+  EOS follows every document only when eos_id is given (full LM's EOS,
+  docs/objectives.md#where-eos-goes).
   """
   return _document_batches(ds).map(
       lambda docs_DR: _append_eos_if(docs_DR, eos_id).flat_values,
@@ -213,7 +215,7 @@ class T5PrefixLMConfig:
 
   Attributes:
     noise_density: r in (0, 1); the prefix of an n-token chunk is uniform in
-      [max(1, round((1 - 2 r)(n - 1))), n - 1] (reference §1.2). 0.5, T5's only value,
+      [max(1, round((1 - 2 r)(n - 1))), n - 1] (T5's rule). 0.5, T5's only value,
       gives [1, n - 1]; r >= 0.5 all give that range.
   """
   noise_density: float = 0.5
@@ -316,16 +318,11 @@ def t5_lengths(cfg: T5PrefixLMConfig, sequence_length: int) -> registry.TaskLeng
                               exact=False)
 
 
-# Reference §1.2: ED (prefix -> encoder) and ND (bidirectional prefix); on CD it is LM with
-# the prefix's loss masked.
-_ARCHITECTURES = ("causal_decoder", "prefix_decoder", "encoder_decoder")
-
 OBJECTIVE = registry.register(registry.Objective(
     name="prefix_lm",
     config_cls=PrefixLMConfig,
     preprocess=preprocess,
     features=("inputs", "targets"),
-    architectures=_ARCHITECTURES,
     lengths=lengths,
     description="Wang et al. PLM: documents + EOS concatenated into budget-sized pieces, "
                 "split uniformly in [1, B)",
@@ -336,7 +333,6 @@ T5_OBJECTIVE = registry.register(registry.Objective(
     config_cls=T5PrefixLMConfig,
     preprocess=t5_preprocess,
     features=("inputs", "targets"),
-    architectures=_ARCHITECTURES,
     lengths=t5_lengths,
     description="T5 prefix LM: each document chunked (no concatenation), random prefix "
                 "split, EOS on both; padded",

@@ -1,11 +1,11 @@
 """Supervised prompted examples: inputs -> targets as given (multitask finetuning, MTF).
 
-Wang et al. 2022 (§2.1, reference §2.1) finetune every pretrained model on T0's mixture of
+Wang et al. 2022 (sec. 2.1) finetune every pretrained model on T0's mixture of
 prompted tasks: the prompt is the inputs, the answer the targets, loss on the targets only,
 inputs 1,024 and targets 256 tokens. This objective does nothing to the text but fit it to
 the run's lengths; the corpus must already hold {"inputs", "targets"} pairs (the prompted
 corpus, data/sources.py; any other pairing fails in one line, data/tasks.py). On each
-architecture the pair is laid out by its feature converter (DESIGN.md):
+architecture the pair is laid out by its feature converter (docs/design.md#data-flow):
 
   ED  inputs -> encoder, targets -> decoder;
   ND  concat(inputs, targets), bidirectional over the inputs, loss on the targets;
@@ -21,7 +21,7 @@ sits at the end of a prompt: "facts ... Bob's color is"; the zero-shot scorer,
 launch/eval/zeroshot.py, cuts prompts the same way), targets lose their last tokens before
 the EOS.
 
-EOS (reference P10, EOS rule): the answer ends with EOS, as a document does in full_lm;
+EOS (docs/objectives.md#where-eos-goes): the answer ends with EOS, as a document does in full_lm;
 the prompt gets none by default (`eos_after_inputs=False`), because the zero-shot scorer
 reads an option directly after the prompt with nothing between; T5/T0's seqio tasks put
 EOS after both (set `PromptedConfig.eos_after_inputs = True` for that).
@@ -47,7 +47,7 @@ from objectax.models.registry import ConfigError
 from objectax.objectives import registry
 from objectax.objectives import stream
 
-# Wang et al. 2022 §2.1: MTF inputs 1,024 and targets 256 tokens -> inputs are 4/5.
+# Wang et al. 2022 sec. 2.1: MTF inputs 1,024 and targets 256 tokens -> inputs are 4/5.
 WANG_INPUTS_FRACTION = 1024 / (1024 + 256)
 
 
@@ -131,9 +131,6 @@ OBJECTIVE = registry.register(registry.Objective(
     config_cls=PromptedConfig,
     preprocess=preprocess,
     features=("inputs", "targets"),
-    # Any architecture that takes an (inputs, targets) pair; the encoder-only model needs
-    # aligned pairs (reference §2.1: Wang et al. finetune ED, ND and CD).
-    architectures=("causal_decoder", "prefix_decoder", "encoder_decoder"),
     lengths=lengths,
     corpus_kind="prompted",  # prompt/answer pairs, not documents (data/tasks.check_pairing)
     description="supervised prompted pairs, inputs -> targets + EOS (multitask finetuning; "

@@ -3,8 +3,10 @@
 An objective is a seqio preprocessor that runs after tokenization (the feature "targets"
 holds the int32 ids of one document) and does everything else itself: concatenation,
 chunking, corruption and EOS. It emits `{"targets"}` or `{"inputs", "targets"}` of exact,
-known lengths; the architecture's feature converter lays them out (DESIGN.md). Objectives
-never look at the architecture, but each declares which architectures it makes sense on.
+known lengths; the architecture's feature converter lays them out (see
+docs/design.md#objective-contract). Objectives never look at the architecture: each emits
+one kind of example (`Objective.example_kind`), and the architectures that read that kind
+run it (models/registry.py `supports`).
 
     obj = registry.get("span_corruption")
     cfg = obj.config_cls()                                  # defaults, or gin-bound values
@@ -17,10 +19,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Optional
 
+from objectax.models import registry as arch_registry
 from objectax.models.registry import ConfigError, Registry
-
-# The architecture names of DESIGN.md (models/ registers modules under these names).
-ARCHITECTURES = ("causal_decoder", "prefix_decoder", "encoder_decoder", "encoder_only")
 
 
 def check_fields(cfg: Any, kind: str, *fields: str) -> None:
@@ -97,7 +97,8 @@ class Objective:
     preprocess: preprocess(ds, sequence_length, output_features, cfg) -> ds; a seqio
       preprocessor once cfg is bound with functools.partial(preprocess, cfg=cfg).
     features: ("targets",) or ("inputs", "targets").
-    architectures: the names from ARCHITECTURES it supports.
+    aligned: inputs and targets are aligned position by position (BERT MLM, ELECTRA), not
+      a sequence conditioned on another; see `example_kind`.
     lengths: lengths(cfg, sequence_length) -> TaskLengths, where sequence_length is the
       per-example token budget len(inputs) + len(targets) (626 for every objective on
       the decoder-only models of Wang et al. 2022).
@@ -118,21 +119,34 @@ class Objective:
   config_cls: type
   preprocess: Optional[Callable]
   features: tuple[str, ...]
-  architectures: tuple[str, ...]
   lengths: Callable
   description: str
   mixture: Optional[Callable] = None
   model_objective: Optional[str] = None
   corpus_kind: str = "text"
+  aligned: bool = False
 
   def __post_init__(self):
     if (self.preprocess is None) == (self.mixture is None):
       raise ValueError(f"objective {self.name!r}: give exactly one of preprocess or mixture")
-    unknown = [a for a in self.architectures if a not in ARCHITECTURES]
-    if unknown:
-      raise ValueError(f"objective {self.name!r}: unknown architectures {unknown}")
     if self.features not in (("targets",), ("inputs", "targets")):
       raise ValueError(f"objective {self.name!r}: bad features {self.features}")
+    if self.aligned and self.features != ("inputs", "targets"):
+      raise ValueError(f"objective {self.name!r}: aligned examples need inputs and targets")
+
+  @property
+  def example_kind(self) -> str:
+    """The kind of example it emits (models/registry.py EXAMPLE_KINDS): "lm" (targets
+    only), "seq2seq" (targets conditioned on inputs) or "aligned" (position-aligned)."""
+    if self.aligned:
+      return "aligned"
+    return "lm" if self.features == ("targets",) else "seq2seq"
+
+  @property
+  def architectures(self) -> tuple[str, ...]:
+    """The registered architectures that run it, in registry order (models/registry.py
+    `supporting`: those reading its kind of example, and those its model objective wraps)."""
+    return tuple(arch_registry.supporting(self.example_kind, self.model_objective))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,11 +203,6 @@ def get(name: str) -> Objective:
 
 
 def check_architecture(objective: Objective, arch_name: str) -> None:
-  """ConfigError, in one line, unless `objective` supports architecture `arch_name`."""
-  if arch_name not in ARCHITECTURES:
-    raise ConfigError(
-        f"unknown architecture {arch_name!r}; valid choices: {', '.join(ARCHITECTURES)}")
-  if arch_name not in objective.architectures:
-    raise ConfigError(
-        f"objective {objective.name!r} does not support architecture {arch_name!r}; "
-        f"it supports: {', '.join(objective.architectures)}")
+  """ConfigError, in one line, unless `objective` runs on architecture `arch_name`: kept for
+  callers of the old name; new code calls models/registry.py `check_supports`."""
+  arch_registry.check_supports(arch_name, objective)

@@ -1,4 +1,5 @@
-"""SpacTor (Ye et al. 2024, arXiv 2401.13160; reference §1.9): the data side.
+"""SpacTor (Ye et al. 2024, arXiv 2401.13160; docs/objectives.md#spactor):
+the data side.
 
 The examples are exactly span corruption's (objectives/span_corruption.py: r=0.15,
 mu=3; 512/114 at a 626 budget). The rest is model side (models/rtd.py,
@@ -7,7 +8,7 @@ tokens are masked, a generator sharing the embeddings fills them in, the encoder
 head labels each input token original or replaced, and the loss is
 SC + mlm_weight * MLM + rtd_weight * RTD; from step tau on, plain span corruption.
 
-Only the paper's abstract was readable when this was written (reference open item 2), so
+Only the paper's abstract was readable when this was written, so
 tau, the weights and the generator size are gin settings whose defaults are ours: ELECTRA's
 weights (1, 50) and generator size (1/4), ELECTRA's 15% masking, tau = 120,000 steps.
 """
@@ -52,8 +53,6 @@ OBJECTIVE = registry.register(registry.Objective(
     config_cls=SpactorConfig,
     preprocess=span_corruption.preprocess,
     features=("inputs", "targets"),
-    # The RTD head reads the encoder output: SpacTor is defined for encoder-decoders (T5).
-    architectures=("encoder_decoder",),
     lengths=span_corruption.lengths,
     description="SpacTor: span corruption + generator MLM + replaced-token detection for "
                 "tau steps, then span corruption",

@@ -1,11 +1,14 @@
-"""T5 span corruption (Raffel et al. 2020 §3.1.4; Wang et al. 2022's "MLM"; reference §1.3).
+"""T5 span corruption (Raffel et al. 2020 sec. 3.1.4; Wang et al. 2022's "MLM").
+
+See docs/objectives.md#span-corruption.
 
 Pipeline (T5 `span_corruption`, with the chunking made exact): documents are concatenated
 without EOS, split into chunks of `raw` tokens (remainder dropped), and each chunk gets a
 `random_spans_noise_mask`: exactly round(raw * r) noise tokens in round(noise / mu) spans.
 Inputs keep the non-noise tokens and replace each noise span by a unique sentinel; targets
 keep the noise tokens and replace each non-noise span by the matching sentinel. Sentinels
-count down from vocab_size - 1 (<extra_id_0>), pitfall P5. EOS ends both features.
+count down from vocab_size - 1 (<extra_id_0>), as T5's (docs/objectives.md#sentinel-ids).
+EOS ends both features.
 
 Worked example (a real run of this module under map_seed_manager(0): r=0.15, mu=3, token
 budget 45 -> raw 39, inputs 36, targets 9; vocabulary seqio.ByteVocabulary(extra_ids=100),
@@ -40,7 +43,8 @@ class SpanCorruptionConfig:
     noise_density: fraction r of raw tokens corrupted, in (0, 1).
     mean_noise_span_length: mean span length mu >= 1 (T5 Table 7 compares 2, 3, 5, 10).
     min_noise_spans: the fewest spans a chunk may have (2: one span is a suffix blank,
-      pitfall P6); UL2's mu=64 X-denoisers set 1, as T5's code allows.
+      docs/objectives.md#where-the-noise-spans-fall); UL2's mu=64 X-denoisers set 1, as T5's
+      code allows.
   """
   noise_density: float = 0.15
   mean_noise_span_length: float = 3.0
@@ -73,7 +77,7 @@ def random_spans_noise_mask(length: int, noise_density: float, mean_noise_span_l
 
   The noise and non-noise span lengths are independent random partitions (seeds[0] and
   seeds[1]); spans alternate starting with non-noise and ending with noise, as T5's
-  `random_spans_noise_mask(random_roll=False)` (so a chunk always ends in noise, P6).
+  `random_spans_noise_mask(random_roll=False)` (so a chunk always ends in noise).
   Example, length=39, r=0.15, mu=3: round(5.85) = 6 noise tokens in 2 spans; the module
   docstring's run drew non-noise lengths [4, 29] and noise lengths [3, 3], so the mask is
   [F]*4 + [T]*3 + [F]*29 + [T]*3 (noise at positions 4-6 and 36-38).
@@ -158,7 +162,7 @@ def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]]
         "targets": tf.ensure_shape(_append_eos_if(targets, targets_eos), [targets_length]),
     }
 
-  # T5 concatenates documents without EOS before span corruption (P10: EOS comes after).
+  # T5 concatenates documents without EOS before span corruption; EOS comes after.
   return corrupt(stream.concat_and_split(ds, raw, "targets", eos_id=None))
 
 
@@ -174,9 +178,6 @@ OBJECTIVE = registry.register(registry.Objective(
     config_cls=SpanCorruptionConfig,
     preprocess=preprocess,
     features=("inputs", "targets"),
-    # ED is T5's home; CD and ND see concat(inputs, targets) with loss on targets only
-    # (Wang et al. 2022 CD:MLM and ND:MLM; T5 Table 2 "LM/Prefix LM + Denoising").
-    architectures=("encoder_decoder", "causal_decoder", "prefix_decoder"),
     lengths=lengths,
     description="T5 span corruption: unique sentinels replace noise spans (r=0.15, mu=3)",
 ))

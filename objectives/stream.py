@@ -1,7 +1,7 @@
 """tf.data helpers shared by objectives: documents -> one token stream -> fixed-size chunks.
 
-Every objective here follows T5's `reduce_concat_tokens` + `split_tokens` recipe (reference
-§1.1, §1.3), with one change that keeps the lengths exact: the last partial chunk is
+Every objective here follows T5's `reduce_concat_tokens` + `split_tokens` recipe (full LM,
+span corruption), with one change that keeps the lengths exact: the last partial chunk is
 dropped, never padded. Example with chunk length 4 and EOS id 1:
 
   docs [5, 6, 7], [8, 9], [10, 11, 12]

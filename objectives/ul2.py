@@ -1,4 +1,6 @@
-"""UL2's mixture of denoisers (Tay et al. 2022, "Unifying Language Learning Paradigms"; reference §1.8).
+"""UL2's mixture of denoisers (Tay et al. 2022, "Unifying Language Learning Paradigms").
+
+See docs/objectives.md#ul2.
 
 Seven denoisers, each a seqio Task whose inputs start with its mode ("paradigm") token,
 combined as one seqio Mixture:
@@ -13,17 +15,19 @@ combined as one seqio Mixture:
   s     [S2S]  S: prefix LM                                prefix_lm (or t5_prefix_lm)
 
 Sources and choices:
-- The seven (mu, r) pairs and the mode tokens ([NLU] for R, [NLG] for X, [S2S] for S) are
-  [secondary] in the reference (the UL2 paper's Table 1 / §3.1.2 as transcribed, consistently,
-  by the Finnish-NLP ul2 tasks.py, Levanter's `DenoisingTaskConfig.ul2_configs` and Birdie's
-  `ul2_config.py`; the modes by Levanter `ul2r.py` [code] and the HF UL2 model card).
-- Default rates: equal, 1/7 each. The reference says the seven denoisers are "mixed roughly
-  uniformly" and lists the exact S share as an open item (reference §5.1: check arXiv
-  2205.05131 §3.1.2); bind `Ul2Config.rates` to change it, e.g. the decoder-only UL2 of
+- The seven (mu, r) pairs and the mode tokens ([NLU] for R, [NLG] for X, [S2S] for S) come
+  from secondary sources, not the paper's text: the UL2 paper's Table 1 / sec. 3.1.2 as
+  transcribed, consistently, by the Finnish-NLP ul2 tasks.py, Levanter's
+  `DenoisingTaskConfig.ul2_configs` and Birdie's `ul2_config.py`; the modes by Levanter's
+  `ul2r.py` code and the HF UL2 model card.
+- Default rates: equal, 1/7 each. The seven denoisers are said to be "mixed roughly
+  uniformly"; the exact S share is unverified (arXiv 2205.05131 sec. 3.1.2); bind
+  `Ul2Config.rates` to change it, e.g. the decoder-only UL2 of
   Garcia et al. 2023 (60% causal LM, 20% prefix LM, 20% span corruption) needs a full-LM
   component, which this mixture does not have.
 - Span lengths: T5's random partition (`random_spans_noise_mask`), not the normal
-  distribution around mu that the UL2 paper describes (pitfall P6): the same code as the
+  distribution around mu that the UL2 paper describes
+  (docs/objectives.md#where-the-noise-spans-fall): the same code as the
   `span_corruption` objective, so the R-denoiser mu=3 r=0.15 *is* T5 span corruption.
 - S-denoiser: Wang et al.'s concatenated prefix LM (`prefix_lm`: split uniform in [1, L),
   no padding) by default; `s_objective = "t5_prefix_lm"` uses T5's unconcatenated one,
@@ -198,9 +202,6 @@ OBJECTIVE = registry.register(registry.Objective(
     preprocess=None,
     mixture=mixture,
     features=("inputs", "targets"),
-    # UL2-20B is an encoder-decoder; decoder-only UL2 runs as a prefix LM (ND); a causal
-    # decoder reads the same concatenation causally (reference §1.8).
-    architectures=("encoder_decoder", "prefix_decoder", "causal_decoder"),
     lengths=lengths,
     description="UL2 mixture of denoisers: 2 R + 4 X span corruptions and S prefix LM, "
                 "each with its mode token, as a seqio Mixture",

@@ -39,19 +39,15 @@ import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
-import jax
 import orbax.checkpoint as ocp
 import seqio
 import tensorflow as tf
 
 from objectax.data import sources, zeroshot_tasks
 from objectax.models.registry import ConfigError
-from objectax.launch import checkpoints, configure, input_pipeline, sharding
+from objectax.launch import builder, checkpoints, configure, input_pipeline, sharding
 from objectax.launch.eval import yardstick
 from objectax.launch.eval import zeroshot
-from objectax.launch import step as step_lib
-from objectax.launch import train
-from objectax.models import model_objectives
 
 
 def _stderr(msg: str) -> None:
@@ -85,8 +81,8 @@ def _restore(workdir: str, step: int, abstract) -> object:
         state=ocp.args.StandardRestore(abstract))).state
 
 
-def held_out(corpus: str, vocabulary: Any, num_documents: int,
-             max_tokens: int) -> list[yardstick.Document]:
+def held_out(corpus: str, vocabulary: Any, num_documents: int, max_tokens: int,
+             data: Optional[sources.DataConfig] = None) -> list[yardstick.Document]:
   """The first `num_documents` validation documents of `corpus` with >= 2 tokens.
 
   Tokenised exactly as training tokenises (rekey, then seqio.preprocessors.tokenize, i.e.
@@ -94,8 +90,8 @@ def held_out(corpus: str, vocabulary: Any, num_documents: int,
   truncated to `max_tokens`.
   """
   spec = sources.get_corpus(corpus)
-  spec.prepare()
-  ds = spec.make_source().get_dataset(split="validation", shuffle=False)
+  spec.prepare(data)
+  ds = spec.make_source(data).get_dataset(split="validation", shuffle=False)
   ds = seqio.preprocessors.rekey(ds, key_map={"targets": spec.text_key})
   ds = seqio.preprocessors.tokenize(
       ds, {"targets": seqio.Feature(vocabulary, add_eos=False)}, copy_pretokenized=True)
@@ -127,46 +123,37 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, documents: int
   settings = yardstick.Settings(documents=documents)
   chosen = _pick_step(workdir, step)
   configure.parse([config_path], list(bindings))
-  cfg = train.resolve_config()
+  cfg = builder.resolve()
   exp = cfg.exp
-  yardstick.LAYOUTS.get(exp.arch)  # an architecture without a layout fails here, in one line
   zs_names = zeroshot.select(zeroshot_names)
   zeroshot_tasks.check_available(zs_names)  # absent TFDS data fails before any restore
   say(f"{exp.name} step {chosen} from {workdir}")
 
-  ti = input_pipeline.build_task_input(exp, cfg.objective_cfg, cfg.vocab, cfg.arch)
+  ti = input_pipeline.build_task_input(cfg)
   vocabulary = ti.vocabulary
-  model_cfg = cfg.model.with_vocab_size(vocabulary.vocab_size)
   # The checkpoint holds the whole train state of the model training built (a model-side
   # objective's extra modules included); restore it all, score with the architecture's own.
-  train_model, _ = model_objectives.build(
-      cfg.arch, model_cfg, cfg.objective, cfg.objective_cfg,
-      model_objectives.Vocab(vocabulary.vocab_size, vocabulary.extra_ids))
-  mesh = sharding.make_mesh(cfg.mesh)
-  spec = cfg.arch.batch_spec(dict(ti.task_feature_lengths), cfg.train.batch_size,
-                             pack=exp.pack, concat_length=ti.lengths.concat)
-  with sharding.activate(mesh, cfg.mesh):
-    abstract, _, _ = step_lib.abstract_and_init(
-        train_model, step_lib.make_optimizer(cfg.train), spec, mesh, cfg.mesh, cfg.train.seed)
-  params = _restore(workdir, chosen, abstract).params
+  parts = builder.build(cfg, vocab_size=vocabulary.vocab_size, extra_ids=vocabulary.extra_ids,
+                        feature_lengths=ti.task_feature_lengths, concat=ti.lengths.concat)
+  run = parts.on_mesh(sharding.make_mesh(cfg.mesh))
+  params = _restore(workdir, chosen, run.abstract).params
+  model_cfg = parts.model_cfg
 
   # The held-out text is the run's own corpus, or, for a run on prompt/answer pairs
   # (multitask finetuning), the embedded text corpus its vocabulary was trained on.
   text_corpus = exp.corpus if sources.get_corpus(exp.corpus).kind == "text" else "pydocs"
-  docs = held_out(text_corpus, vocabulary, documents, exp.sequence_length)
+  docs = held_out(text_corpus, vocabulary, documents, exp.sequence_length, cfg.data)
   fewer = f" (the split has no more of >= 2 tokens)" if len(docs) < documents else ""
   say(f"held-out text: the first {len(docs)} validation documents of {text_corpus}{fewer}, "
       f"truncated to {exp.sequence_length} tokens")
-  dp = sharding.data_parallel_size(mesh)
+  dp = sharding.data_parallel_size(run.mesh, cfg.mesh)
   settings = dataclasses.replace(settings, batch_size=-(-settings.batch_size // dp) * dp)
-  batch_sharding = sharding.batch_sharding(mesh)
-  put = lambda batch: {k: jax.device_put(v, batch_sharding) for k, v in batch.items()}
-  model = cfg.arch.make_model(model_cfg)
-  with sharding.activate(mesh, cfg.mesh):
+  model = parts.scoring_model()
+  with run.activate():
     scores = yardstick.evaluate(model, params, exp.arch, docs,
                                 vocab_size=vocabulary.vocab_size,
                                 sequence_length=exp.sequence_length, settings=settings,
-                                put=put, say=say)
+                                put=run.put, say=say)
   result = {
       "workdir": workdir, "experiment": exp.name, "arch": exp.arch, "objective": exp.objective,
       "size": exp.size, "corpus": exp.corpus, "text_corpus": text_corpus, "step": chosen,
@@ -189,12 +176,12 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, documents: int
                                      "corpus", "step", "sequence_length", "vocab_size")}
     request = zeroshot_tasks.Request(
         num_examples=zeroshot_examples, seed=zeroshot_seed,
-        texts=lambda: zeroshot.validation_texts(text_corpus))
-    with sharding.activate(mesh, cfg.mesh):
+        texts=lambda: zeroshot.validation_texts(text_corpus, data=cfg.data))
+    with run.activate():
       result["zeroshot"] = zeroshot.run_report(
           model, params, exp.arch, vocabulary, zs_names, request,
           os.path.join(workdir, "eval", "zeroshot.json"), run_id,
-          sequence_length=exp.sequence_length, batch_size=settings.batch_size, put=put,
+          sequence_length=exp.sequence_length, batch_size=settings.batch_size, put=run.put,
           say=say)
   return result
 

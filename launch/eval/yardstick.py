@@ -1,9 +1,8 @@
 """The common yardstick: every model scored on the same held-out text, in bits per byte.
 
 Losses of different objectives measure different things, so `objectax eval` scores every
-checkpoint, whatever its architecture and objective, the same ways on the same text
-(issue 6). A held-out sequence is a validation document truncated to the run's
-sequence_length.
+checkpoint, whatever its architecture and objective, the same ways on the same text. A
+held-out sequence is a validation document truncated to the run's sequence_length.
 
   continuation_F  the sequence split after round(F n) of its n tokens, the continuation
                   scored given the prefix. ED: prefix -> encoder, continuation -> decoder;
@@ -41,12 +40,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from objectax.models.registry import ConfigError, Registry
-
-EOS_ID = 1
+from objectax.models import registry as arch_registry
+from objectax.models.registry import ConfigError
+# The scored pairs and their layouts are part of the architecture contract (models/).
+from objectax.models.scoring import EOS_ID, Layout, Pair  # pylint: disable=unused-import
 LN2 = math.log(2.0)
 # Split points of the continuation rows, and the (density, mean span) of the infilling
-# rows: T5's default span corruption (Raffel et al. 2020 §3.1.4) and a long-span,
+# rows: T5's default span corruption (Raffel et al. 2020 sec. 3.1.4) and a long-span,
 # high-density X-denoiser of UL2 (Tay et al. 2022, Table 1).
 FRACTIONS = (0.25, 0.5, 0.75)
 INFILLING = ((0.15, 3.0), (0.5, 32.0))
@@ -110,26 +110,6 @@ def make_document(vocabulary: Any, text: str, ids: Sequence[int], max_tokens: in
 
 
 # ------------------------------------------------------------------------- examples
-
-
-@dataclasses.dataclass(frozen=True)
-class Pair:
-  """One scored example, before an architecture lays it out.
-
-  Attributes:
-    inputs: int32[I], what conditions the targets (I may be 0).
-    targets: int32[T], what is scored.
-    scored: bool[T], the text tokens counted in bits per byte (not sentinels or EOS).
-    num_bytes: UTF-8 bytes of the scored tokens.
-    aligned: (inputs, targets) of the encoder-only form, int32[M] each: the inputs with
-      the scored tokens masked, the original ids there and 0 elsewhere. None when the
-      evaluation has no encoder-only form.
-  """
-  inputs: np.ndarray
-  targets: np.ndarray
-  scored: np.ndarray
-  num_bytes: int
-  aligned: Optional[tuple[np.ndarray, np.ndarray]] = None
 
 
 def split_point(n: int, fraction: float) -> int:
@@ -207,90 +187,11 @@ def infilling_pairs(docs: Sequence[Document], density: float, mean_span: float, 
   return pairs
 
 
-# -------------------------------------------------------------------------- layouts
-# Each: (pairs, row length) -> (model features, all-target weights, scored weights), numpy
-# (N, L), exactly seqio's unpacked layout for that architecture (tested against seqio).
-
-Layout = tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]
-
-
-def _shift_right(rows_NL: np.ndarray) -> np.ndarray:
-  """seqio's autoregressive inputs: BOS 0, then the padded row shifted by one."""
-  return np.pad(rows_NL[:, :-1], ((0, 0), (1, 0)))
-
-
-def decoder_layout(pairs: Sequence[Pair], length: int) -> Layout:
-  """CD / ND: concat(inputs, targets); causal attention on inputs + 1 position (seqio
-  PrefixLMFeatureConverter); loss on the targets."""
-  n = len(pairs)
-  targets_NL, causal_NL = np.zeros((n, length), np.int32), np.zeros((n, length), np.int32)
-  all_NL, scored_NL = np.zeros((n, length)), np.zeros((n, length))
-  for row, p in enumerate(pairs):
-    k, s = len(p.inputs), len(p.inputs) + len(p.targets)
-    _check_fits(s, length)
-    targets_NL[row, :s] = np.r_[p.inputs, p.targets]
-    causal_NL[row, :k + 1] = 1
-    all_NL[row, k:s], scored_NL[row, k:s] = 1, p.scored
-  features = {"decoder_target_tokens": targets_NL,
-              "decoder_input_tokens": _shift_right(targets_NL),
-              "decoder_loss_weights": (all_NL > 0).astype(np.int32),
-              "decoder_causal_attention": causal_NL}
-  return features, all_NL, scored_NL
-
-
-def encoder_decoder_layout(pairs: Sequence[Pair], length: int) -> Layout:
-  """ED: inputs -> encoder (empty inputs -> [EOS], seqio's add_eos on an empty feature),
-  targets -> decoder (seqio EncDecFeatureConverter)."""
-  n = len(pairs)
-  encoder_NL, targets_NL = np.zeros((n, length), np.int32), np.zeros((n, length), np.int32)
-  all_NL, scored_NL = np.zeros((n, length)), np.zeros((n, length))
-  for row, p in enumerate(pairs):
-    inputs = p.inputs if len(p.inputs) else np.array([EOS_ID], np.int32)
-    _check_fits(max(len(inputs), len(p.targets)), length)
-    encoder_NL[row, :len(inputs)] = inputs
-    targets_NL[row, :len(p.targets)] = p.targets
-    all_NL[row, :len(p.targets)], scored_NL[row, :len(p.targets)] = 1, p.scored
-  features = {"encoder_input_tokens": encoder_NL, "decoder_target_tokens": targets_NL,
-              "decoder_input_tokens": _shift_right(targets_NL),
-              "decoder_loss_weights": (all_NL > 0).astype(np.int32)}
-  return features, all_NL, scored_NL
-
-
-def encoder_only_layout(pairs: Sequence[Pair], length: int) -> Layout:
-  """EO: the aligned (masked inputs, targets) form; loss where targets > 0."""
-  n = len(pairs)
-  inputs_NL, targets_NL = np.zeros((n, length), np.int32), np.zeros((n, length), np.int32)
-  for row, p in enumerate(pairs):
-    inputs, targets = p.aligned
-    _check_fits(len(inputs), length)
-    inputs_NL[row, :len(inputs)], targets_NL[row, :len(targets)] = inputs, targets
-  weights_NL = (targets_NL > 0).astype(np.float64)
-  features = {"encoder_input_tokens": inputs_NL, "encoder_target_tokens": targets_NL,
-              "encoder_loss_weights": weights_NL.astype(np.int32)}
-  return features, weights_NL, weights_NL
-
-
-def _check_fits(used: int, length: int) -> None:
-  if used > length:
-    raise ValueError(f"an example of {used} tokens does not fit rows of {length}")
-
-
-@dataclasses.dataclass(frozen=True)
-class ArchLayout:
-  """How an architecture reads the yardstick's pairs, and whether it scores left to right."""
-  layout: Callable[[Sequence[Pair], int], Layout]
-  targets_key: str
-  left_to_right: bool  # can score a sequence token by token
-
-
-LAYOUTS = Registry[ArchLayout]("yardstick architecture")
-LAYOUTS.add("causal_decoder", ArchLayout(decoder_layout, "decoder_target_tokens", True))
-LAYOUTS.add("prefix_decoder", ArchLayout(decoder_layout, "decoder_target_tokens", True))
-LAYOUTS.add("encoder_decoder", ArchLayout(encoder_decoder_layout, "decoder_target_tokens", True))
-LAYOUTS.add("encoder_only", ArchLayout(encoder_only_layout, "encoder_target_tokens", False))
-
-
 # -------------------------------------------------------------------------- scoring
+# Each architecture lays the pairs out itself (`Architecture.score_layout`, beside its model
+# in models/): (pairs, row length) -> (model features, all-target weights, scored weights),
+# numpy (N, L), exactly seqio's unpacked layout for that architecture (tested against seqio).
+# `Architecture.left_to_right` says whether it can score a sequence token by token.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,7 +314,7 @@ def evaluate(model: Any, params: Any, arch: str, docs: Sequence[Document], *,
     put: places a numpy batch on the devices (e.g. with the run's batch sharding).
     say: progress messages.
   """
-  spec = LAYOUTS.get(arch)
+  spec = arch_registry.get(arch)
   scorer = make_scorer(model, spec.targets_key)
 
   def run(name: str, description: str, make_pairs: Callable[[], list[Pair]],
@@ -425,7 +326,7 @@ def evaluate(model: Any, params: Any, arch: str, docs: Sequence[Document], *,
     except ConfigError as e:  # a token budget too small for an infilling setting
       return Score(name, description, skipped=str(e).splitlines()[0])
     say(f"{name}: {len(pairs)} examples")
-    layout = spec.layout(pairs, sequence_length)
+    layout = spec.score_layout(pairs, sequence_length)
     nats_N, target_nats_N = score_rows(scorer, params, layout, settings.batch_size, put)
     return Score(name, description, float(nats_N.sum()), int(layout[2].sum()),
                  sum(p.num_bytes for p in pairs), float(target_nats_N.sum()),

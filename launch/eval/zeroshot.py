@@ -20,7 +20,8 @@ apart (as T5's rank_classification feeds inputs and targets), the option read as
 SentencePiece's dummy prefix gives it its leading space; a vocabulary without one (bytes)
 gets " " + option. A prompt too long for the run's sequence_length loses its first tokens.
 
-Predictions (Wang et al. 2022 score T0-Eval and EAI-Eval this way; reference §2.1, P2):
+Predictions (Wang et al. 2022 score T0-Eval and EAI-Eval this way;
+docs/objectives.md#wang-et-al-2022):
   accuracy       argmax of the summed log-probability (raw);
   accuracy_norm  argmax of log-probability / UTF-8 bytes of the option in context (its
                  leading space included), the EAI harness's acc_norm.
@@ -42,6 +43,7 @@ from objectax.data import zeroshot_tasks
 from objectax.models.registry import ConfigError
 from objectax.data.zeroshot_tasks import Example
 from objectax.launch.eval import yardstick
+from objectax.models import registry as arch_registry
 
 TIE_RULE = "ties go to the lowest option index"
 NORMALIZATION = "log-probability / UTF-8 bytes of the option in context (EAI acc_norm)"
@@ -168,7 +170,7 @@ def evaluate(model: Any, params: Any, arch: str, vocabulary: Any,
     put: places a numpy batch on the devices.
     say: progress messages.
   """
-  spec = yardstick.LAYOUTS.get(arch)
+  spec = arch_registry.get(arch)
   scorer = yardstick.make_scorer(model, spec.targets_key)
   joins = _joins_with_space(vocabulary)
   results = []
@@ -178,7 +180,7 @@ def evaluate(model: Any, params: Any, arch: str, vocabulary: Any,
     length = row_length(flat, sequence_length)
     rows = batch_size * max(1, sequence_length // length)
     say(f"zero-shot {name}: {len(examples)} examples, {len(flat)} options, rows of {length}")
-    ll_R = pair_log_likelihoods(scorer, params, spec.layout(flat, length), rows, put)
+    ll_R = pair_log_likelihoods(scorer, params, spec.score_layout(flat, length), rows, put)
     ends = np.cumsum([len(ps) for ps in pairs])[:-1]
     results.append(classify(name, description, examples, np.split(ll_R, ends),
                             [[p.num_bytes for p in ps] for ps in pairs]))
@@ -197,14 +199,14 @@ def select(names: Optional[Sequence[str]]) -> list[str]:
   return list(dict.fromkeys(names))
 
 
-def validation_texts(corpus: str, max_documents: int = 1000) -> list[str]:
+def validation_texts(corpus: str, max_documents: int = 1000, data=None) -> list[str]:
   """The text of the first `max_documents` documents of the corpus's validation split, in
-  the order evaluate.held_out reads them."""
+  the order evaluate.held_out reads them (`data`: the run's sources.DataConfig)."""
   # pylint: disable=g-import-not-at-top
   from objectax.data import sources
   spec = sources.get_corpus(corpus)
-  spec.prepare()
-  ds = spec.make_source().get_dataset(split="validation", shuffle=False).take(max_documents)
+  spec.prepare(data)
+  ds = spec.make_source(data).get_dataset(split="validation", shuffle=False).take(max_documents)
   return [ex[spec.text_key].decode("utf-8") for ex in ds.as_numpy_iterator()]
 
 

@@ -18,7 +18,7 @@ configured steps and whose eval/yardstick.json exists is skipped on a rerun; a r
 trained but was not evaluated is only evaluated. Every cell is configured (and checked) in
 this process before anything runs: a bad name or binding fails in one line.
 
-Cells are matched on tokens seen (Wang et al. 2022 §3.1, Table 2): steps x batch_size x
+Cells are matched on tokens seen (Wang et al. 2022 sec. 3.1, Table 2): steps x batch_size x
 sequence_length, the per-example budget (len(inputs) + len(targets)), must agree.
 """
 from __future__ import annotations
@@ -201,10 +201,10 @@ def configure_cell(name: str, gin_file: str, bindings: Sequence[str],
                    own: Sequence[str] = ()) -> Cell:
   """Parses the cell as `objectax train` would and validates its config (no compile)."""
   # pylint: disable=g-import-not-at-top
-  from objectax.launch import configure, train
+  from objectax.launch import builder, configure
   try:
     configure.parse([gin_file], [*bindings, *own])
-    cfg = train.resolve_config()
+    cfg = builder.resolve()
   except ConfigError as e:
     raise ConfigError(f"cell {name}: {str(e).strip().splitlines()[0]}") from None
   return Cell(name, gin_file, cfg.train.steps, cfg.train.batch_size, cfg.exp.sequence_length,

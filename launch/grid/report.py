@@ -5,7 +5,7 @@ Reads, per (cell, seed) workdir: summary.json and metrics.jsonl (training), eval
 (rank-classification accuracies, with per-example correctness) when present. Differences
 against the reference cell come with paired-bootstrap 95% intervals (`paired_bootstrap`).
 The paper's published numbers for the same cells are printed beside ours, with their source
-(facts from reference/objectives.md §2), for orientation only: other scale, other metrics.
+(also in docs/objectives.md#published-results), for orientation only: other scale, other metrics.
 """
 from __future__ import annotations
 
@@ -38,11 +38,11 @@ class PaperTable:
 
 PAPERS = Registry[PaperTable]("paper")
 # Wang et al. 2022 (ICML, arXiv 2204.05832): zero-shot accuracy (%), rank classification.
-# Tables 3, 6 and 8 as transcribed in reference/objectives.md §2.1. MLM-only models were not
+# Tables 3, 6 and 8 (docs/objectives.md#wang-et-al-2022). MLM-only models were not
 # evaluated without MTF at 168B (near random at 84B).
 PAPERS.add("wang2022", PaperTable(
     source="Wang et al. 2022, arXiv 2204.05832: Table 6 (84B tokens, no MTF), Table 3 (168B, "
-           "no MTF), Table 8 (168B + 13B MTF); via reference/objectives.md §2.1",
+           "no MTF), Table 8 (168B + 13B MTF); see docs/objectives.md#wang-et-al-2022",
     columns=("EAI 84B", "EAI 168B", "T0 168B", "EAI 168B+MTF", "T0 168B+MTF"),
     rows={"causal_decoder_full_lm": (42.4, 44.2, 42.4, 50.4, 51.4),
           "prefix_decoder_prefix_lm": (42.2, 43.5, 41.8, 48.9, 54.0),
@@ -71,7 +71,7 @@ _T5 = {
 PAPERS.add("t5", PaperTable(
     source="Raffel et al. 2020 (T5, JMLR): Table 4 (objective family), Table 5 (BERT "
            "simplifications), Table 6 (corruption rate), Table 7 (span length); via "
-           "reference/objectives.md §2.2",
+           "docs/objectives.md#t5-objective-tables",
     columns=("GLUE", "CNNDM", "SQuAD", "SGLUE", "EnDe", "EnFr", "EnRo"), rows=_T5,
     note="fine-tuned validation scores, higher is better; 220M encoder-decoder on C4, 2^35 "
          "tokens; baseline (iid 15% replace spans) GLUE std 0.235 over 10 runs (Table 1)."))

@@ -26,11 +26,10 @@ from typing import Any
 import jax
 import numpy as np
 
-from objectax.models.registry import ConfigError
-from objectax.launch import config, mfu as mfu_lib, sharding, step as step_lib
-from objectax.models import model_objectives
+from objectax.launch import builder, sharding
+from objectax.launch import mfu as mfu_lib
 from objectax.models import registry as arch_registry
-from objectax.models.config import ModelConfig
+from objectax.models.registry import ConfigError
 
 # When ModelConfig.vocab_size is 0 and no --vocab_size is given: the default vocabulary's
 # size as training would round it (VocabConfig: 8,000 pieces + 100 extra ids -> 8,192).
@@ -39,16 +38,9 @@ _DISTINCT_BATCHES = 4  # synthetic batches cycled through (made once, put on the
 
 
 def task_lengths(arch_name: str, sequence_length: int, inputs_length: int = 0) -> dict[str, int]:
-  """Task feature lengths giving `sequence_length` tokens per example on `arch_name`."""
-  if arch_name == "encoder_decoder":
-    inputs = inputs_length or sequence_length // 2
-    if not 0 < inputs < sequence_length:
-      raise ConfigError(f"--inputs_length={inputs} must be in (0, {sequence_length}) "
-                        "(Experiment.sequence_length)")
-    return {"inputs": inputs, "targets": sequence_length - inputs}
-  if arch_name == "encoder_only":
-    return {"inputs": sequence_length, "targets": sequence_length}
-  return {"targets": sequence_length}
+  """Task feature lengths giving `sequence_length` tokens per example on `arch_name`
+  (the architecture's `budget_lengths`)."""
+  return arch_registry.get(arch_name).budget_lengths(sequence_length, inputs_length)
 
 
 def _peak_memory(compiled: Any) -> tuple[float | None, str]:
@@ -70,43 +62,37 @@ def run(steps: int = 20, warmup: int = 3, batch_size: int = 0, inputs_length: in
   """Benchmarks the configured (already parsed) model; returns the figures printed."""
   if steps < 1 or warmup < 0:
     raise ConfigError(f"--steps={steps} must be >= 1 and --warmup={warmup} >= 0")
-  exp, tc, mesh_cfg = config.Experiment(), config.TrainConfig(), sharding.MeshConfig()
-  arch = arch_registry.get(exp.arch)
-  cfg = ModelConfig()
-  cfg = cfg if cfg.vocab_size else cfg.with_vocab_size(vocab_size or DEFAULT_VOCAB)
+  cfg = builder.resolve(model_only=True)
+  exp, tc = cfg.exp, cfg.train
   batch_size = batch_size or tc.batch_size
   lengths = task_lengths(exp.arch, exp.sequence_length, inputs_length)
-  mesh = sharding.make_mesh(mesh_cfg)
-  sharding.check_batch_size(batch_size, mesh)
-  model, loss = model_objectives.build(arch, cfg, None, None,
-                                       model_objectives.Vocab(cfg.vocab_size, 0))
-  tx = step_lib.make_optimizer(tc)
-  spec = arch.batch_spec(lengths, batch_size, pack=exp.pack)
-  model_lengths = arch.model_lengths(lengths)
-  tokens_per_step = batch_size * sum(model_lengths.values())
-  flops_per_token = arch.flops_per_token(cfg, lengths)
+  mesh = sharding.make_mesh(cfg.mesh)
+  sharding.check_batch_size(batch_size, mesh, cfg.mesh)
+  # No vocabulary: the data-only loss over ModelConfig.vocab_size ids (or --vocab_size).
+  parts = builder.build(cfg, vocab_size=cfg.model.vocab_size or vocab_size or DEFAULT_VOCAB,
+                        extra_ids=0, feature_lengths=lengths, batch_size=batch_size)
+  model_cfg, arch = parts.model_cfg, cfg.arch
+  model_lengths = parts.model_lengths
+  tokens_per_step = batch_size * parts.tokens_per_example
+  flops_per_token = parts.flops_per_token()
   devices = jax.devices()
-  say(f"model {exp.arch}/{exp.size}: d_model {cfg.d_model}, {cfg.num_layers} layers, vocab "
-      f"{cfg.vocab_size}, {cfg.dtype} compute, remat {cfg.remat}, scan {cfg.scan_layers}, "
-      f"attention {cfg.attention}, logits_chunk {cfg.logits_chunk}")
+  say(f"model {exp.arch}/{exp.size}: d_model {model_cfg.d_model}, {model_cfg.num_layers} layers, "
+      f"vocab {model_cfg.vocab_size}, {model_cfg.dtype} compute, remat {model_cfg.remat}, scan "
+      f"{model_cfg.scan_layers}, attention {model_cfg.attention}, logits_chunk "
+      f"{model_cfg.logits_chunk}")
   say(f"batch {batch_size} x {model_lengths} = {tokens_per_step} tokens/step on "
       f"{len(devices)} {devices[0].device_kind} device(s), mesh {dict(mesh.shape)}")
 
-  batch_sharding = sharding.batch_sharding(mesh)
+  run = parts.on_mesh(mesh)
   rng = np.random.default_rng(0)
-  batches = [{k: jax.device_put(v, batch_sharding) for k, v in
-              arch.synthetic_batch(spec, cfg.vocab_size, rng).items()}
+  batches = [run.put(arch.synthetic_batch(parts.spec, model_cfg.vocab_size, rng))
              for _ in range(_DISTINCT_BATCHES)]
-  with sharding.activate(mesh, mesh_cfg):
-    _, state_shardings, init = step_lib.abstract_and_init(model, tx, spec, mesh, mesh_cfg, tc.seed)
-    state = init()
+  with run.activate():
+    state = run.init()
     n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(state.params))
-    train_step = jax.jit(step_lib.make_train_step(model, loss, tx, tc),
-                         in_shardings=(state_shardings, {k: batch_sharding for k in spec}, None),
-                         out_shardings=(state_shardings, None), donate_argnums=(0,))
     key = jax.random.key(1)
     t0 = time.perf_counter()
-    compiled = train_step.lower(state, batches[0], key).compile()
+    compiled = run.train_step.lower(state, batches[0], key).compile()
     compile_seconds = time.perf_counter() - t0
     say(f"{n_params / 1e6:.1f}M parameters; compiled in {compile_seconds:.1f} s")
     times, last_loss = [], float("nan")

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Issue 7's GPU benchmark: the ~1B causal decoder (sequence 2048) and the FLOP-matched
+# The GPU benchmark (MFU of the train step at scale): the ~1B causal decoder (sequence 2048) and
+# the FLOP-matched
 # encoder-decoder, one GPU, `objectax bench model` on synthetic batches; prints MFU for each.
 #
 #   bash launch/gpu_benchmark.sh            # on a GPU host (jax with CUDA, flax, optax, orbax)

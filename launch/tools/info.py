@@ -4,7 +4,7 @@ Everything comes from abstract evaluation (`jax.eval_shape` of the real init): t
 parameter count is the model's own, and the bytes per device follow from each array's
 logical axis names, the mesh's rule preset and the mesh's axis sizes, exactly as the
 trainer would shard them. So a 11B encoder-decoder on a 64-chip mesh can be sized on a
-laptop. Imports no TensorFlow or seqio (the vocabulary size comes from the config).
+laptop. No data is read (the vocabulary size comes from the config).
 """
 from __future__ import annotations
 
@@ -17,12 +17,9 @@ import jax
 import numpy as np
 
 from objectax.data import vocab as vocab_lib
-from objectax.models.registry import ConfigError
-from objectax.launch import config, sharding, step
-from objectax.models import model_objectives
-from objectax.models import registry as arch_registry
+from objectax.launch import builder, config, sharding, step
 from objectax.models.config import ModelConfig
-from objectax.objectives import registry as objective_registry
+from objectax.models.registry import ConfigError
 
 BYTE_VOCAB_BASE = 256 + 3  # bytes plus PAD / EOS / UNK (seqio.ByteVocabulary)
 
@@ -100,65 +97,66 @@ def bytes_per_device(abstract_boxed: Any, mesh_shape: dict[str, int], rules) -> 
 @dataclasses.dataclass(frozen=True)
 class Setup:
   """The configured run, traced abstractly: what `info` and `plan` read."""
-  exp: config.Experiment
-  arch: arch_registry.Architecture
-  objective: objective_registry.Objective
-  objective_cfg: Any
-  model: ModelConfig
-  lengths: objective_registry.TaskLengths
+  parts: builder.Parts
+  lengths: Any  # objectives.registry.TaskLengths
   mesh: dict[str, int]
-  mesh_cfg: sharding.MeshConfig
-  batch_per_replica: int  # examples per data-parallel shard (data x fsdp)
+  batch_per_replica: int  # examples per data-parallel shard (the `batch` rule's mesh axes)
   abstract: Any  # the TrainState's shapes, logical-axis boxes kept
+
+  @property
+  def cfg(self) -> builder.RunConfig:
+    return self.parts.cfg
+
+  @property
+  def exp(self) -> config.Experiment:
+    return self.parts.cfg.exp
+
+  @property
+  def arch(self):
+    return self.parts.cfg.arch
+
+  @property
+  def model(self) -> ModelConfig:
+    return self.parts.model_cfg
+
+  @property
+  def mesh_cfg(self) -> sharding.MeshConfig:
+    return self.parts.cfg.mesh
 
 
 def setup(num_devices: int | None = None) -> Setup:
   """Traces the gin-configured experiment's state for `num_devices` (default: this host's)."""
-  exp = config.Experiment()
-  arch = arch_registry.get(exp.arch)
-  objective = objective_registry.get(exp.objective)
-  objective_registry.check_architecture(objective, exp.arch)
-  tc, mesh_cfg = config.TrainConfig(), sharding.MeshConfig()
-  vocab_cfg = vocab_lib.VocabConfig()
-  model_cfg = ModelConfig().with_vocab_size(vocabulary_size(vocab_cfg))
-  objective_cfg = objective.config_cls()
-  lengths = objective.lengths(objective_cfg, exp.sequence_length)
+  cfg = builder.resolve()
+  lengths = cfg.task_lengths()
   n = jax.device_count() if num_devices is None else num_devices
   if n < 1:
     raise ConfigError(f"--devices must be at least 1, got {n}")
-  mesh_shape = dict(zip(sharding.MESH_AXES, mesh_cfg.shape(n)))
-  replicas = mesh_shape["data"] * mesh_shape["fsdp"]
-  if tc.batch_size % replicas:
-    raise ConfigError(f"TrainConfig.batch_size={tc.batch_size} must be divisible by the "
+  mesh_shape = dict(zip(sharding.MESH_AXES, cfg.mesh.shape(n)))
+  replicas = math.prod(mesh_shape[a] for a in sharding.batch_axes(cfg.mesh))
+  if cfg.train.batch_size % replicas:
+    raise ConfigError(f"TrainConfig.batch_size={cfg.train.batch_size} must be divisible by the "
                       f"data-parallel size {replicas} (data x fsdp of mesh {mesh_shape})")
-  per_replica = tc.batch_size // replicas
   # The state's shapes do not depend on the batch: trace with one example per replica.
-  spec = arch.batch_spec(lengths.feature_lengths(), 1, pack=exp.pack,
-                         concat_length=lengths.concat)
-  model, _ = model_objectives.build(arch, model_cfg, objective, objective_cfg,
-                                    model_objectives.Vocab(vocabulary_size(vocab_cfg),
-                                                           vocab_cfg.extra_ids))
-  abstract = step.abstract_state(model, step.make_optimizer(tc), spec)
-  return Setup(exp=exp, arch=arch, objective=objective, objective_cfg=objective_cfg,
-               model=model_cfg, lengths=lengths, mesh=mesh_shape, mesh_cfg=mesh_cfg,
-               batch_per_replica=per_replica, abstract=abstract)
+  parts = builder.build(cfg, vocab_size=vocabulary_size(cfg.vocab),
+                        extra_ids=cfg.vocab.extra_ids, feature_lengths=lengths.feature_lengths(),
+                        concat=lengths.concat, batch_size=1)
+  return Setup(parts=parts, lengths=lengths, mesh=mesh_shape,
+               batch_per_replica=cfg.train.batch_size // replicas,
+               abstract=parts.abstract_state())
 
 
 def compute(num_devices: int | None = None) -> Info:
   """Figures for the gin-configured experiment on `num_devices` (default: this host's)."""
   su = setup(num_devices)
   rules = sharding.rules(su.mesh_cfg)
-  feature_lengths = su.lengths.feature_lengths()
   return Info(experiment=su.exp.name, arch=su.exp.arch, model=su.model,
               num_params=sum(math.prod(x.shape)
                              for x in jax.tree.leaves(step.unbox(su.abstract.params))),
-              flops_per_token=model_objectives.flops_per_token(
-                  su.arch, su.model, su.objective, su.objective_cfg, feature_lengths,
-                  su.lengths.concat),
+              flops_per_token=su.parts.flops_per_token(),
               sequence_length=su.lengths.budget, mesh=su.mesh, rules=su.mesh_cfg.rules,
               param_bytes_per_device=bytes_per_device(su.abstract.params, su.mesh, rules),
               optimizer_bytes_per_device=bytes_per_device(su.abstract.opt_state, su.mesh, rules),
-              two_stacks=len(su.arch.model_lengths(feature_lengths, su.lengths.concat)) > 1)
+              two_stacks=len(su.parts.model_lengths) > 1)
 
 
 def _gb(n: int) -> str:

@@ -7,7 +7,6 @@ wrapped in ⟦ ⟧, so one glance shows what the objective asks the model to pre
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import numpy as np
@@ -15,14 +14,7 @@ import seqio
 import tensorflow as tf
 
 from objectax.data import pydocs
-from objectax.data import vocab as vocab_lib
-from objectax.launch import input_pipeline
-from objectax.launch import config
-from objectax.launch import sharding
-from objectax.launch.train import Resolved
-from objectax.models import registry as arch_registry
-from objectax.models.config import ModelConfig
-from objectax.objectives import registry as objective_registry
+from objectax.launch import builder, input_pipeline
 from objectax.objectives import mixture as mixture_lib
 
 EOS_ID = 1
@@ -78,9 +70,9 @@ def one_example(provider, preprocess, output_features, sequence_length, vocabula
   return next(ds.take(1).as_numpy_iterator())
 
 
-def _render(cfg: Resolved, ti: input_pipeline.TaskInput, example, features) -> list[str]:
+def _render(cfg: builder.RunConfig, ti: input_pipeline.TaskInput, example, features) -> list[str]:
   """The example's features as text, then the architecture's stream with ⟦loss⟧ marked."""
-  if cfg.arch is None or ti.lengths.aligned:  # aligned (encoder-only): mark the inputs
+  if ti.lengths.aligned:  # aligned (encoder-only): mark the inputs
     vocabulary = ti.vocabulary
     weights = np.asarray(example["targets"]) > 0
     return [f"{'targets':>8}: {_token_text(vocabulary, list(example['targets']))}",
@@ -101,37 +93,25 @@ def _render(cfg: Resolved, ti: input_pipeline.TaskInput, example, features) -> l
   return lines
 
 
-def resolve_config() -> Resolved:
-  """train.resolve_config, except that an architecture the objective cannot run is replaced.
-
-  `objectax inspect bert_mlm` should show BERT's example, not fail because the default
-  architecture is the causal decoder: the first supported architecture that is built is
-  used instead, and with none (encoder-only objectives before that model exists) the
-  example is shown in its aligned layout (`arch` None). The header names what was used.
-  """
-  exp = config.Experiment()
-  objective = objective_registry.get(exp.objective)
-  arch = arch_registry.get(exp.arch)  # an unknown name still fails in one line
-  if exp.arch not in objective.architectures:
-    built = [a for a in objective.architectures if a in arch_registry.ARCHITECTURES.names()]
-    arch = arch_registry.get(built[0]) if built else None
-    exp = dataclasses.replace(exp, arch=built[0]) if built else exp
-  return Resolved(exp=exp, train=config.TrainConfig(), mesh=sharding.MeshConfig(),
-                  model=ModelConfig(), vocab=vocab_lib.VocabConfig(), objective=objective,
-                  objective_cfg=objective.config_cls(), arch=arch)
+def resolve_config() -> builder.RunConfig:
+  """The run as `objectax train` resolves it, except that an architecture the objective
+  cannot run is replaced by the first that can: `objectax inspect bert_mlm` should show
+  BERT's example, not fail because the default architecture is the causal decoder. The
+  header names the architecture used."""
+  return builder.resolve(fallback_arch=True)
 
 
-def inspect(cfg: Resolved, *, seed: int = 0, text: str | None = None) -> str:
+def inspect(cfg: builder.RunConfig, *, seed: int = 0, text: str | None = None) -> str:
   """A few lines describing one example of the configured objective on its architecture.
 
   For a mixture objective (UL2) it shows one example of every component, each headed by
   its name, objective, settings and share of the mixture.
   """
   pydocs.keep_tensorflow_off_accelerators()
-  ti = input_pipeline.build_task_input(cfg.exp, cfg.objective_cfg, cfg.vocab, cfg.arch)
+  ti = input_pipeline.build_task_input(cfg)
   lengths = dict(ti.task_feature_lengths)
   obj = cfg.objective
-  arch_name = cfg.arch.name if cfg.arch is not None else "its aligned (encoder-only) layout"
+  arch_name = cfg.arch.name
   lines = [f"objective {cfg.exp.objective} {cfg.objective_cfg} on {arch_name}, token budget "
            f"{cfg.exp.sequence_length} -> {lengths}, seed {seed}"]
   if obj.mixture is None:

@@ -97,10 +97,11 @@ def test_ul2_lengths_fill_one_budget():
   assert obj.lengths(cfg, 626).inputs == 625  # the S-denoiser's longest prefix + [S2S]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("num", [
     3_000, pytest.param(10_000, marks=pytest.mark.slow, id="10000")])
 def test_ul2_mixture_shares_and_mode_tokens(vocabulary, num):
-  """Each denoiser's share is 1/7 (within 2 points over 10,000 examples, the issue's figure;
+  """Each denoiser's share is 1/7 (within 2 points over 10,000 examples with --slow;
   within 4 standard errors over 3,000 by default); every example starts with its mode."""
   obj = objective_registry.get("ul2")
   cfg = Ul2Config()
@@ -136,6 +137,7 @@ def test_ul2_mixture_shares_and_mode_tokens(vocabulary, num):
   assert t_r1 < i_r1 / 3 and abs(t_x1 - i_x1) <= 2  # r=0.15 vs r=0.5
 
 
+@pytest.mark.e2e
 @pytest.mark.slow  # for time: the shares themselves are checked by the default UL2 tests
 def test_ul2_rates_are_configurable(vocabulary):
   cfg = Ul2Config(rates=(4.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0))
@@ -148,6 +150,7 @@ def test_ul2_rates_are_configurable(vocabulary):
   assert abs(share - 0.4) < 0.062
 
 
+@pytest.mark.e2e
 def test_ul2_denoisers_read_disjoint_documents(vocabulary):
   """With shard_documents (the default) each denoiser reads its own documents."""
   obj = objective_registry.get("ul2")
@@ -179,6 +182,7 @@ def test_ul2_mode_token_longer_than_reserved():
   assert np.all([c.lengths.budget + 5 <= BUDGET for c in comps])
 
 
+@pytest.mark.e2e
 def test_ul2_mixture_is_deterministic_for_a_seed_and_differs_across_seeds(vocabulary):
   cfg = Ul2Config()
   lengths = objective_registry.get("ul2").lengths(cfg, BUDGET)

@@ -158,6 +158,7 @@ def test_wrong_corpus_objective_pairings_are_one_line_errors():
 # ------------------------------------------------------------------ gin/adapt/mtf.gin
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_mtf_finetunes_a_pretrained_checkpoint_at_a_fixed_rate(tfds_data_dir, tmp_path):
   from objectax.launch import adapt, configure, train  # pylint: disable=g-import-not-at-top

@@ -121,6 +121,7 @@ def test_module_text_parses_without_importing(tmp_path):
   assert not flag.exists()
 
 
+@pytest.mark.e2e
 def test_racing_processes_both_succeed(tmp_path):
   """Two processes build at once with the lock disabled: TFDS's rename is the last guard.
 

@@ -11,15 +11,15 @@ import sys
 
 import numpy as np
 
-from objectax.launch import configure, input_pipeline, train
+from objectax.launch import builder, configure, input_pipeline, train
 
 
 def main(out_dir: str, workdir: str, bindings: list[str]) -> None:
   configure.parse(["run/quickstart.gin"], bindings)
   train.train(workdir, quiet=True)
   import jax  # pylint: disable=g-import-not-at-top
-  cfg = train.resolve_config()
-  ti = input_pipeline.build_task_input(cfg.exp, cfg.objective_cfg, cfg.vocab, cfg.arch)
+  cfg = builder.resolve()
+  ti = input_pipeline.build_task_input(cfg)
   stream = input_pipeline.TrainStream(ti, cfg.train.batch_size, cfg.train.seed,
                                       input_shards=cfg.train.input_shards)
   batches = [next(stream)["decoder_target_tokens"] for _ in range(3)]

@@ -19,6 +19,7 @@ from objectax.launch import main
 from objectax.launch.grid import ablate
 from objectax.launch.grid import report as ablate_report
 from objectax.launch.eval import yardstick
+from objectax.models import registry as arch_registry
 
 WANG = "gin/experiments/wang2022/grid.gin"
 WANG_CELLS = ["causal_decoder_full_lm", "causal_decoder_span_corruption",
@@ -169,6 +170,7 @@ FAKE = textwrap.dedent("""\
     """)
 
 
+@pytest.mark.e2e
 def test_run_grid_trains_evaluates_then_skips_finished_runs(tmp_path):
   path = _grid(tmp_path, """\
       Grid.cells = ['causal_decoder_full_lm', 'encoder_decoder_span_corruption']
@@ -209,6 +211,7 @@ def test_run_grid_trains_evaluates_then_skips_finished_runs(tmp_path):
   held.close()
 
 
+@pytest.mark.e2e
 def test_a_failing_run_is_reported_and_the_grid_goes_on(tmp_path):
   path = _grid(tmp_path, """\
       Grid.cells = ['causal_decoder_full_lm', 'encoder_decoder_span_corruption']
@@ -253,7 +256,7 @@ def test_paired_bootstrap_on_known_data():
 
 
 def test_yardstick_scores_keep_per_document_figures():
-  layout = yardstick.decoder_layout(
+  layout = arch_registry.get("causal_decoder").score_layout(
       [yardstick.Pair(np.array([5]), np.array([6, 7]), np.array([True, True]), 4),
        yardstick.Pair(np.array([8, 9]), np.array([3]), np.array([True]), 2),
        yardstick.Pair(np.array([4]), np.array([2, 2, 2]), np.array([True, False, True]), 3)], 8)
@@ -350,6 +353,7 @@ def test_report_from_fabricated_workdirs(tmp_path):
 # --------------------------------------------------------------------------- end to end
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_mini_grid_end_to_end_then_rerun_skips(tmp_path, tfds_data_dir, capsys):
   path = _grid(tmp_path, """\

@@ -1,7 +1,7 @@
 """Adaptation: a run starts from another run's parameters with another objective and mask.
 
 LM-A (ND:MLM -> CD:FLM) and NC-A (CD:FLM -> ND:MLM) from their gin files (gin/adapt/),
-as Wang et al. 2022 §5 did, on tiny runs of the embedded corpus.
+as Wang et al. 2022 (sec. 5) did, on tiny runs of the embedded corpus.
 """
 import json
 
@@ -11,6 +11,8 @@ import pytest
 
 from objectax.models.registry import ConfigError
 from objectax.launch import adapt, configure, train
+
+pytestmark = pytest.mark.e2e
 
 FAST = ["TrainConfig.batch_size=4", "TrainConfig.eval_batches=2", "TrainConfig.log_every=1",
         "Experiment.sequence_length=64", "TrainConfig.warmup_steps=1"]

@@ -1,8 +1,11 @@
 """`objectax bench data` measures each objective on the pre-tokenized embedded corpus."""
+import pytest
+
 from objectax.launch import main
 from objectax.launch.tools import bench_data
 
 
+@pytest.mark.e2e
 def test_bench_data_prints_one_row_per_objective(tfds_data_dir, capsys):
   lines = []
   results = bench_data.run(budget=128, seconds=0.3, objectives=["full_lm", "span_corruption"],
@@ -25,6 +28,7 @@ def test_bench_rejects_unknown_objective_in_one_line(capsys):
   assert len(err) == 1 and "unknown objective 'spam'; valid choices: full_lm" in err[0]
 
 
+@pytest.mark.e2e
 def test_bench_counts_consumed_tokens_for_varying_and_mixture_objectives(tfds_data_dir):
   results = bench_data.run(budget=128, seconds=0.3, objectives=["t5_prefix_lm", "ul2"],
                            out=lambda *_: None)

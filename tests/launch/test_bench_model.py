@@ -8,6 +8,8 @@ import no_tensorflow  # pylint: disable=g-bad-import-order
 
 import pytest
 
+pytestmark = pytest.mark.e2e
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _SCRIPT = no_tensorflow.BLOCK + r'''

@@ -14,6 +14,7 @@ def _run_cli(args, capsys):
   return code, [line for line in err.splitlines() if line.strip()]
 
 
+@pytest.mark.e2e
 def test_help_explains_commands_and_gin_flags(tmp_path):
   out = subprocess.run([sys.executable, "-m", "objectax.launch.main", "--help"], cwd=tmp_path,
                        capture_output=True, text=True, check=True).stdout

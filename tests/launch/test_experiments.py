@@ -33,7 +33,7 @@ def test_experiment_file_parses_to_its_own_name_and_the_papers_lengths(path):
   assert exp.name == os.path.basename(path)[:-4]
   arch_registry.get(exp.arch)
   obj = objective_registry.get(exp.objective)
-  objective_registry.check_architecture(obj, exp.arch)
+  arch_registry.check_supports(exp.arch, obj)
   if path in WANG:
     lengths = obj.lengths(obj.config_cls(), exp.sequence_length)
     assert exp.sequence_length == 626 and lengths.budget == 626

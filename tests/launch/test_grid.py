@@ -39,6 +39,7 @@ def _params(cells):
           for a, o in cells]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("arch,objective", _params(CELLS))
 def test_cell_trains_20_steps_with_falling_loss(arch, objective, tfds_data_dir, tmp_path):
   configure.parse(["run/quickstart.gin"], [*RUN, f"Experiment.arch={arch}",

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import jax
+import pytest
 
 from objectax.launch import configure, main
 from objectax.launch.tools import info
@@ -38,12 +39,14 @@ def test_fsdp_bytes_per_device_scale_as_one_over_n():
     assert abs(got.total_bytes_per_device * n / base - 1) < 0.05, (n, got)
 
 
+@pytest.mark.e2e
 def test_bytes_equal_the_shards_the_trainer_lays_out(tmp_path):
   """On 8 simulated devices: info's figure == bytes of device 0's shards of the real state."""
   script = tmp_path / "shards.py"
   script.write_text(
       "import json, jax\n"
-      "from objectax.launch import configure, info, sharding, step\n"
+      "from objectax.launch import configure, sharding, step\n"
+      "from objectax.launch.tools import info\n"
       "from objectax.launch import config\n"
       "from objectax.models import registry\n"
       "from objectax.models.config import ModelConfig\n"

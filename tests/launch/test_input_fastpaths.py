@@ -152,6 +152,7 @@ def _crash_after_step_4_and_resume(wd, *bindings):
   return [again[s] for s in range(5, 11)]
 
 
+@pytest.mark.e2e
 def test_prefetch_and_sync_checkpoints_change_nothing_and_resume_exactly(
     tfds_data_dir, tmp_path, capsys):
   """Prefetch 2 with async saves vs no prefetch with sync saves: the same losses, bitwise the
@@ -186,6 +187,7 @@ def test_prefetch_and_sync_checkpoints_change_nothing_and_resume_exactly(
                              [fast[s] for s in range(5, 11)], rtol=1e-5)
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_sync_checkpoints_resume_to_the_async_runs_losses(tfds_data_dir, tmp_path):
   _train(tmp_path / "fast", *COMMON, *RUNS["fast"])
@@ -195,6 +197,7 @@ def test_sync_checkpoints_resume_to_the_async_runs_losses(tfds_data_dir, tmp_pat
                              [fast[s] for s in range(5, 11)], rtol=1e-5)
 
 
+@pytest.mark.e2e
 def test_bench_input_prints_pipeline_and_training_figures(tfds_data_dir):
   lines = []
   r = bench_input.run(["run/quickstart.gin"], FAST, steps=3, seconds=0.3, out=lines.append)

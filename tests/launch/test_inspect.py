@@ -1,6 +1,8 @@
 """`objectax objectives` and `objectax inspect`: what a researcher reads about an objective."""
 import re
 
+import pytest
+
 from objectax.launch import main
 from objectax.objectives import registry as objective_registry
 
@@ -17,6 +19,7 @@ def test_objectives_lists_each_with_description_and_architectures(capsys):
       assert arch in line
 
 
+@pytest.mark.e2e
 def test_inspect_span_corruption_marks_exactly_the_targets(tfds_data_dir, capsys):
   text = "Thank you for inviting me to your party last week."
   assert main.run(["inspect", "span_corruption", "--text", text, "--seed", "1",
@@ -33,6 +36,7 @@ def test_inspect_span_corruption_marks_exactly_the_targets(tfds_data_dir, capsys
   assert "Thank you" in inputs
 
 
+@pytest.mark.e2e
 def test_inspect_full_lm_puts_loss_everywhere_and_seeds_differ(tfds_data_dir, capsys):
   outs = []
   for seed in ("0", "1"):
@@ -46,6 +50,7 @@ def test_inspect_full_lm_puts_loss_everywhere_and_seeds_differ(tfds_data_dir, ca
   assert outs[0] != outs[1]
 
 
+@pytest.mark.e2e
 def test_inspect_ul2_shows_every_denoiser_with_its_mode_token(tfds_data_dir, capsys):
   assert main.run(["inspect", "ul2", "--gin.Experiment.sequence_length=48",
                    "--gin.Experiment.arch=prefix_decoder"]) == 0
@@ -64,6 +69,7 @@ def test_inspect_ul2_shows_every_denoiser_with_its_mode_token(tfds_data_dir, cap
   assert n_all == 48 and 0 < n_loss < 48  # the S-denoiser fills the budget exactly
 
 
+@pytest.mark.e2e
 def test_inspect_bert_mlm_marks_the_selected_positions(tfds_data_dir, capsys):
   text = "The quick brown fox jumps over the lazy dog. It was not amused at all."
   assert main.run(["inspect", "bert_mlm", "--text", text, "--gin.Experiment.sequence_length=40",

@@ -4,6 +4,8 @@ import shlex
 import subprocess
 import sys
 
+import pytest
+
 from objectax.launch import launchers, main
 
 TRAIN = ["--workdir=/gcs/bucket/ed", "--gin_file=experiments/wang2022/"
@@ -44,6 +46,7 @@ def test_launch_without_a_workdir_is_refused_in_one_line(capsys):
   assert code == 2 and len(err) == 1 and "--workdir" in err[0]
 
 
+@pytest.mark.e2e
 def test_gpu_xla_flags_are_known_to_this_xla():
   """XLA aborts on an unknown flag; every preset flag must parse (flags parse on any backend)."""
   env = {**os.environ, "XLA_FLAGS": " ".join(launchers.GPU_XLA_FLAGS)}

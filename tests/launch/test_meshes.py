@@ -14,8 +14,10 @@ import pytest
 
 from objectax.launch import configure, train
 
+pytestmark = pytest.mark.e2e
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-MESHES = {  # name -> gin file: the four layouts of the issue, on 8 devices
+MESHES = {  # name -> gin file: the four gin/mesh/ layouts, on 8 devices
     "data8": "mesh/data_parallel.gin",       # data=8
     "fsdp8": "mesh/fsdp.gin",                # fsdp=8
     "fsdp4_tensor2": "mesh/fsdp_tensor.gin",  # fsdp=4 x tensor=2

@@ -60,6 +60,7 @@ def _one_and_two_processes(tmp_path, tfds_data_dir):
   return one_dir, two_dir
 
 
+@pytest.mark.e2e
 def test_two_processes_reproduce_one_process_on_the_same_devices(tfds_data_dir, tmp_path):
   one_dir, two_dir = _one_and_two_processes(tmp_path, tfds_data_dir)
   one, two = _rows(one_dir / "wd"), _rows(two_dir / "wd")  # process 0 alone writes metrics
@@ -82,6 +83,7 @@ def test_two_processes_reproduce_one_process_on_the_same_devices(tfds_data_dir, 
     assert not {r.tobytes() for r in first} & {r.tobytes() for r in second}
 
 
+@pytest.mark.e2e
 @pytest.mark.slow
 def test_a_two_process_checkpoint_resumes_in_one_process(tfds_data_dir, tmp_path):
   """The input shards fix the stream; the per-process iterator files no longer apply, so the

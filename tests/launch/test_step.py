@@ -2,7 +2,11 @@
 import subprocess
 import sys
 
+import pytest
+
 import no_tensorflow  # pylint: disable=g-bad-import-order
+
+pytestmark = pytest.mark.e2e
 
 _SCRIPT = no_tensorflow.BLOCK + r'''
 import jax, numpy as np

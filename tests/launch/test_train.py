@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from objectax.launch import configure, input_pipeline, train
+from objectax.launch import builder, configure, input_pipeline, train
 
 FAST = ["TrainConfig.batch_size=4", "TrainConfig.eval_batches=2", "TrainConfig.log_every=1",
         "Experiment.sequence_length=64"]
@@ -21,6 +21,7 @@ def _train(workdir, *bindings):
   return train.train(str(workdir), quiet=True)
 
 
+@pytest.mark.e2e
 def test_run_writes_outputs_and_resumes(tfds_data_dir, tmp_path):
   wd = tmp_path / "wd"
   s = _train(wd, "TrainConfig.steps=6", "TrainConfig.checkpoint_every=3", "TrainConfig.eval_every=3")
@@ -49,6 +50,7 @@ def test_run_writes_outputs_and_resumes(tfds_data_dir, tmp_path):
   assert again["step0_eval_loss"] == s["step0_eval_loss"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("data_resume", ["iterator_state", "skip_batches"])
 def test_resumed_run_equals_uninterrupted_run(tfds_data_dir, tmp_path, data_resume):
   """Drop the last checkpoint (a crash after step 4): the resumed run must land exactly where
@@ -73,6 +75,7 @@ def test_resumed_run_equals_uninterrupted_run(tfds_data_dir, tmp_path, data_resu
   np.testing.assert_allclose(resumed["final_eval_loss"], straight["final_eval_loss"], rtol=1e-6)
 
 
+@pytest.mark.e2e
 def test_kill_9_mid_run_resumes_from_last_checkpoint(tfds_data_dir, tmp_path):
   wd = tmp_path / "wd"
   cmd = [sys.executable, "-m", "objectax.launch.main", "train", f"--workdir={wd}",
@@ -113,6 +116,7 @@ CAUSAL_DECODER_OBJECTIVES = [n for n in objective_registry.OBJECTIVES.names()
 TRAINED_BY_DEFAULT = {"full_lm", "span_corruption", "prefix_lm", "bart", "mtp"}
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("objective", CAUSAL_DECODER_OBJECTIVES)
 def test_objective_is_one_binding_and_loss_falls_on_targets_only(objective, tfds_data_dir,
                                                                  tmp_path):
@@ -128,8 +132,8 @@ def test_objective_is_one_binding_and_loss_falls_on_targets_only(objective, tfds
     configure.parse(["run/quickstart.gin"], [*FAST, *bindings])
 
   # The batches the causal decoder trains on, straight from the training pipeline.
-  cfg = train.resolve_config()
-  ti = input_pipeline.build_task_input(cfg.exp, cfg.objective_cfg, cfg.vocab, cfg.arch)
+  cfg = builder.resolve()
+  ti = input_pipeline.build_task_input(cfg)
   lengths = ti.task_feature_lengths
   batch = next(input_pipeline.TrainStream(ti, 4, seed=0))
   weights = batch["decoder_loss_weights"]
@@ -172,6 +176,7 @@ def test_objective_is_one_binding_and_loss_falls_on_targets_only(objective, tfds
   assert np.all(g[weights == 0] == 0) and np.all(g[weights == 1] > 0)
 
 
+@pytest.mark.e2e
 def test_divergence_stops_in_one_line_and_keeps_checkpoints(tfds_data_dir, tmp_path, capsys):
   from objectax.launch import main  # pylint: disable=g-import-not-at-top
   wd = tmp_path / "wd"
@@ -188,6 +193,7 @@ def test_divergence_stops_in_one_line_and_keeps_checkpoints(tfds_data_dir, tmp_p
   assert all(d.isdigit() for d in os.listdir(wd / "checkpoints")), "a half-written checkpoint"
 
 
+@pytest.mark.e2e
 def test_resume_refuses_a_different_data_stream(tfds_data_dir, tmp_path, capsys):
   from objectax.launch import main  # pylint: disable=g-import-not-at-top
   wd = tmp_path / "wd"
@@ -201,6 +207,7 @@ def test_resume_refuses_a_different_data_stream(tfds_data_dir, tmp_path, capsys)
   assert sorted(os.listdir(wd / "checkpoints")) == before
 
 
+@pytest.mark.e2e
 def test_unpacked_batches_train(tfds_data_dir, tmp_path):
   s = _train(tmp_path / "wd", "Experiment.pack=False", "TrainConfig.steps=2",
              "TrainConfig.eval_every=2", "TrainConfig.checkpoint_every=2")

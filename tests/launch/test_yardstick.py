@@ -36,7 +36,7 @@ def _model(arch, tie):
   cfg = ModelConfig(d_model=32, num_heads=2, head_dim=16, mlp_dim=64, num_layers=1,
                     tie_embeddings=tie).with_vocab_size(VOCAB.vocab_size)
   model = arch_registry.get(arch).make_model(cfg)
-  features, _, _ = yardstick.LAYOUTS.get(arch).layout(
+  features, _, _ = arch_registry.get(arch).score_layout(
       yardstick.infilling_pairs(_docs()[:1], 0.15, 3.0, 40, VOCAB.vocab_size, 0), LENGTH)
   params = nn.meta.unbox(model.init(jax.random.key(1), features)["params"])
   return model, params, cfg.vocab_size
@@ -123,8 +123,8 @@ def test_infilling_scores_the_same_text_with_the_same_masks_for_every_architectu
   assert not all(np.array_equal(a.targets, b.targets) for a, b in zip(pairs, other))
   scored = {}
   for arch in ARCHS:
-    features, all_w, scored_w = yardstick.LAYOUTS.get(arch).layout(pairs, LENGTH)
-    targets = features[yardstick.LAYOUTS.get(arch).targets_key]
+    features, all_w, scored_w = arch_registry.get(arch).score_layout(pairs, LENGTH)
+    targets = features[arch_registry.get(arch).targets_key]
     scored[arch] = [targets[i][scored_w[i] > 0].tolist() for i in range(len(pairs))]
     assert (scored_w <= all_w).all()
   for i, (doc, pair) in enumerate(zip(docs, pairs)):
@@ -153,7 +153,7 @@ def test_layouts_are_seqios_unpacked_layouts(arch):
   pairs = yardstick.infilling_pairs(docs, 0.15, 3.0, 40, VOCAB.vocab_size, 0)
   if arch != "encoder_only":
     pairs += yardstick.continuation_pairs(docs, 0.25)
-  features, _, _ = yardstick.LAYOUTS.get(arch).layout(pairs, LENGTH)
+  features, _, _ = spec.score_layout(pairs, LENGTH)
   examples = [{"inputs": p.aligned[0], "targets": p.aligned[1]} if arch == "encoder_only"
               else {"inputs": p.inputs, "targets": p.targets} for p in pairs]
   lengths = {"inputs": LENGTH, "targets": LENGTH}
@@ -165,11 +165,12 @@ def test_layouts_are_seqios_unpacked_layouts(arch):
       np.testing.assert_array_equal(features[key][i], value, err_msg=f"{arch} {key} row {i}")
   assert set(rows[0]) == set(features)
   if arch == "encoder_decoder":  # left to right: the encoder reads one EOS
-    features, _, _ = yardstick.LAYOUTS.get(arch).layout(yardstick.left_to_right_pairs(docs), LENGTH)
+    features, _, _ = spec.score_layout(yardstick.left_to_right_pairs(docs), LENGTH)
     assert (features["encoder_input_tokens"][:, 0] == 1).all()
     assert (features["encoder_input_tokens"][:, 1:] == 0).all()
 
 
+@pytest.mark.e2e
 def test_eval_command_on_a_trained_run(trained_quickstart, tmp_path, capsys):
   """A few training steps already score below the uniform log2(V) on every evaluation."""
   wd = trained_quickstart

@@ -92,6 +92,7 @@ def test_last_word_is_the_word_after_the_passage():
   assert list(skipped) == ["last_word"]
 
 
+@pytest.mark.e2e
 def test_words_are_plain_pieces_of_the_embedded_vocabulary(tfds_data_dir):
   from objectax.data import vocab  # pylint: disable=g-import-not-at-top
   v = vocab.get_vocabulary(data_dir=tfds_data_dir)
@@ -136,7 +137,7 @@ def _model(arch, tie=True, layers=1):
                     tie_embeddings=tie).with_vocab_size(VOCAB.vocab_size)
   model = arch_registry.get(arch).make_model(cfg)
   ex = zt.Example("a prompt", ("x", "yy"), 0)
-  features, _, _ = yardstick.LAYOUTS.get(arch).layout(zeroshot.option_pairs(VOCAB, ex, 32), 32)
+  features, _, _ = arch_registry.get(arch).score_layout(zeroshot.option_pairs(VOCAB, ex, 32), 32)
   params = nn.meta.unbox(model.init(jax.random.key(1), features)["params"])
   return model, params, cfg.vocab_size
 
@@ -162,9 +163,9 @@ def test_uniform_model_picks_the_first_shortest_option(arch):
   # The log-likelihoods themselves: -n ln V for an n-token option.
   ex = tasks["copy"][1][0]
   pairs = zeroshot.option_pairs(VOCAB, ex, 96)
-  spec = yardstick.LAYOUTS.get(arch)
+  spec = arch_registry.get(arch)
   ll = zeroshot.pair_log_likelihoods(yardstick.make_scorer(model, spec.targets_key), params,
-                                     spec.layout(pairs, 96), 4)
+                                     spec.score_layout(pairs, 96), 4)
   np.testing.assert_allclose(ll, [-len(p.targets) * math.log(v) for p in pairs], rtol=1e-5)
   assert [p.num_bytes for p in pairs] == [len(o) + 1 for o in ex.options]
 
@@ -175,21 +176,21 @@ def test_causal_option_score_is_the_chain_rule_and_the_prefix_decoder_reads_ahea
   the second layer on: in one layer the option's positions see the same inputs)."""
   model, params, _ = _model("causal_decoder", tie=False, layers=2)
   nd_model, _, _ = _model("prefix_decoder", tie=False, layers=2)  # the same module
-  spec = yardstick.LAYOUTS.get("causal_decoder")
+  spec = arch_registry.get("causal_decoder")
   scorer = yardstick.make_scorer(model, spec.targets_key)
   ex = zt.make_examples("facts_forward", _request(1))[0]
   pairs = zeroshot.option_pairs(VOCAB, ex, 128)
-  ll = zeroshot.pair_log_likelihoods(scorer, params, spec.layout(pairs, 128), 4)
+  ll = zeroshot.pair_log_likelihoods(scorer, params, spec.score_layout(pairs, 128), 4)
   prompt = pairs[0].inputs
   whole = [yardstick.Pair(prompt[:0], np.r_[prompt, p.targets], np.ones(len(prompt) +
                           len(p.targets), bool), 0) for p in pairs]
-  ll_whole = zeroshot.pair_log_likelihoods(scorer, params, spec.layout(whole, 128), 4)
-  ll_prompt = zeroshot.pair_log_likelihoods(scorer, params, spec.layout(
+  ll_whole = zeroshot.pair_log_likelihoods(scorer, params, spec.score_layout(whole, 128), 4)
+  ll_prompt = zeroshot.pair_log_likelihoods(scorer, params, spec.score_layout(
       [yardstick.Pair(prompt[:0], prompt, np.ones(len(prompt), bool), 0)], 128), 4)
   np.testing.assert_allclose(ll, ll_whole - ll_prompt[0], rtol=1e-4)
-  nd_spec = yardstick.LAYOUTS.get("prefix_decoder")
+  nd_spec = arch_registry.get("prefix_decoder")
   nd_scorer = yardstick.make_scorer(nd_model, nd_spec.targets_key)
-  nd = zeroshot.pair_log_likelihoods(nd_scorer, params, nd_spec.layout(pairs, 128), 4)
+  nd = zeroshot.pair_log_likelihoods(nd_scorer, params, nd_spec.score_layout(pairs, 128), 4)
   assert np.abs(nd - ll).max() > 1e-3
   # The encoder-only form masks every option token and ends in EOS.
   for p in pairs:
@@ -254,6 +255,7 @@ def test_tfds_templates_as_seqio_tasks(name):
 # ------------------------------------------------------------------------ the command
 
 
+@pytest.mark.e2e
 def test_eval_command_runs_the_zeroshot_tasks(trained_quickstart, tfds_data_dir, capsys):
   wd = trained_quickstart
   assert main.run(["eval", f"--workdir={wd}", "--documents=2", "--zeroshot=recall",

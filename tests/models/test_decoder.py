@@ -236,6 +236,7 @@ def test_model_on_unpacked_synthetic_batch(arch, lengths):
                              logits[real], atol=1e-5)
 
 
+@pytest.mark.e2e
 def test_imports_without_tensorflow_or_seqio():
   code = ("import sys; import objectax.models.registry, objectax.models.losses; "
           "import objectax.models.masks; "

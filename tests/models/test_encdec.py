@@ -429,6 +429,7 @@ def test_tiny_model_learns_to_copy():
   mt.assert_learns_to_copy(model, params, num_symbols, n, batch_size)
 
 
+@pytest.mark.e2e
 def test_imports_without_tensorflow_or_seqio():
   """GPU benchmark hosts carry neither: the model must build and run without them."""
   mt.assert_runs_without_tensorflow_or_seqio("""

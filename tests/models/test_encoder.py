@@ -1,4 +1,4 @@
-"""Encoder-only model (EO): bidirectional leakage, packing, the MLM converter (P4), training.
+"""Encoder-only model (EO): bidirectional leakage, packing, the MLM converter, training.
 
 Leakage is measured as in test_masks.py: influence[b, q, c, k] = sum |d out[b, q] /
 d x[c, k, :]|, x the input embedding and out a random projection of the logits. Within a
@@ -96,7 +96,7 @@ def test_leakage_harness_detects_broken_masks(monkeypatch):
   segment_ids = [[1, 1, 1, 2, 2, 2, 2, 0]]
   segment_mask = masks.segment_mask
   broken = {
-      "causal": lambda s: segment_mask(s) & masks.causal_mask(s.shape[-1]),
+      "causal": lambda s: segment_mask(s) & masks.causal_mask(s.shape[-1])[None, None],
       "all": lambda s: jnp.ones((s.shape[0], 1, s.shape[1], s.shape[1]), bool),
   }
   for fn in broken.values():
@@ -229,7 +229,7 @@ def test_docstring_worked_example_and_seqio_faults():
   assert set(row) == set(expected)
   for k, v in expected.items():
     np.testing.assert_array_equal(row[k], v, err_msg=k)
-  # seqio's converter on the same row: half the predictions lost (P4), and packing cuts
+  # seqio's converter on the same row: half the predictions lost, and packing cuts
   # each example's targets to its count of non-zero ids, moving them (12 and 13 vanish).
   theirs = next(seqio.EncoderFeatureConverter(mask_id=358, pack=True)(
       _dataset(tf, examples), lengths).as_numpy_iterator())
@@ -354,6 +354,7 @@ def test_tiny_model_learns_mlm():
   mt.assert_fits_one_batch(model, params, batch, encoder.TARGETS_KEY, encoder.WEIGHTS_KEY, 40)
 
 
+@pytest.mark.e2e
 def test_imports_and_runs_without_tensorflow_or_seqio():
   mt.assert_runs_without_tensorflow_or_seqio("""
 import jax

@@ -1,4 +1,4 @@
-"""Every fast path of ModelConfig trains like the plain path (issue 7's acceptance).
+"""Every fast path of ModelConfig trains like the plain path (same losses, so they are safe).
 
 Ten optimizer steps from one initialisation on one synthetic batch stream: remat (full,
 save_dots), scan over layers (plain parameters converted with `stack_block_params`),

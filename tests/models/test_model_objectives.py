@@ -302,10 +302,11 @@ def test_model_objectives_are_refused_on_other_architectures():
                      ("spactor", "encoder_decoder")):
     objective = objective_registry.get(name)
     assert objective.architectures == (arch,) and objective.model_objective == name
-    for other in objective_registry.ARCHITECTURES:
+    assert model_objectives.MODEL_OBJECTIVES.get(name).wraps == (arch,)
+    for other in arch_registry.ARCHITECTURES.names():
       if other != arch:
         with pytest.raises(Exception, match=f"supports: {arch}"):
-          objective_registry.check_architecture(objective, other)
+          arch_registry.check_supports(other, objective)
 
 
 @pytest.mark.parametrize("name,kwargs,message", [

@@ -127,7 +127,8 @@ def test_bias_module_reads_key_minus_query_positions():
 
 
 def test_prefix_decoder_uses_causal_buckets_like_t5x():
-  """T5X's decoder-only model (AO repo, Wang et al.) calls its bias with bidirectional=False."""
+  """T5X's decoder-only model (Wang et al.'s fork, bigscience-workshop/architecture-objective)
+  calls its bias with bidirectional=False."""
   cfg = _config(position_embedding="relative")
   batch = {"decoder_input_tokens": np.full((1, 6), 5, np.int32),
            "decoder_causal_attention": np.array([[1, 1, 1, 1, 0, 0]], np.int32)}

@@ -8,6 +8,7 @@ import seqio
 import tensorflow as tf
 
 from objectax.models.registry import ConfigError
+from objectax.models import registry as arch_registry
 from objectax.objectives import registry
 from objectax.objectives import stream
 
@@ -109,7 +110,7 @@ def assert_seq2seq_for_decoders_and_encdec(obj):
   assert obj.features == ("inputs", "targets")
   assert set(obj.architectures) == {"encoder_decoder", "causal_decoder", "prefix_decoder"}
   with pytest.raises(ConfigError, match="does not support architecture 'encoder_only'"):
-    registry.check_architecture(obj, "encoder_only")
+    arch_registry.check_supports("encoder_only", obj)
 
 
 def assert_rejects_bad_features(obj, cfg, sequence_length, vocab):

@@ -1,4 +1,5 @@
-"""BERT MLM (reference §1.4, P4): exact n per chunk, 80/10/10, loss on selected positions only."""
+"""BERT MLM (docs/objectives.md#bert-mlm): exact n per chunk, 80/10/10, loss on selected
+positions only."""
 import functools
 import math
 
@@ -9,6 +10,7 @@ import tensorflow as tf
 
 from objectax.models.registry import ConfigError
 from objectax.objectives import bert_mlm
+from objectax.models import registry as arch_registry
 from objectax.objectives import registry
 from objectax.objectives.bert_mlm import BertMLMConfig
 import objective_testing as ot  # pylint: disable=g-bad-import-order
@@ -77,7 +79,7 @@ def test_registration_lengths_and_minimum_budget():
   with pytest.raises(ConfigError, match="minimum token budget is 2"):
     OBJ.lengths(BertMLMConfig(), 1)
   with pytest.raises(ConfigError, match="it supports: encoder_only"):
-    registry.check_architecture(OBJ, "causal_decoder")
+    arch_registry.check_supports("causal_decoder", OBJ)
 
 
 def test_exact_lengths_and_reconstruction_of_the_stream_chunks():
@@ -111,7 +113,8 @@ def test_loss_weights_are_exactly_the_selected_positions():
   assert not (changed_KL & ~weights_KL).any()
   np.testing.assert_array_equal(weights_KL.sum(axis=1), n_K)
   assert (inputs_KL[kept_KL] == targets_KL[kept_KL]).all() and kept_KL.sum() > 0
-  # P4: seqio's EncoderFeatureConverter weights inputs == mask_id only, a strict subset
+  # docs/objectives.md#mlm-loss-positions: seqio's EncoderFeatureConverter weights inputs ==
+  # mask_id only, a strict subset
   # that misses the random and kept ~20%.
   seqio_weights_KL = inputs_KL == MASK
   assert not (seqio_weights_KL & ~weights_KL).any()

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from objectax.models.registry import ConfigError
 from objectax.objectives import deshuffle
+from objectax.models import registry as arch_registry
 from objectax.objectives import registry
 from objectax.objectives.deshuffle import DeshuffleConfig, PartialDeshuffleConfig
 import objective_testing as ot  # pylint: disable=g-bad-import-order
@@ -233,7 +234,7 @@ def test_registration_and_architectures():
     assert obj.features == ("inputs", "targets")
     assert set(obj.architectures) == {"encoder_decoder", "causal_decoder", "prefix_decoder"}
     with pytest.raises(ConfigError, match="does not support architecture 'encoder_only'"):
-      registry.check_architecture(obj, "encoder_only")
+      arch_registry.check_supports("encoder_only", obj)
   assert FULL.config_cls is DeshuffleConfig and PARTIAL.config_cls is PartialDeshuffleConfig
   assert DeshuffleConfig().shuffle_fraction == 1.0
   assert PartialDeshuffleConfig().shuffle_fraction == 0.75  # Birdie's default.

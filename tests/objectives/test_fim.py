@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from objectax.models.registry import ConfigError
 from objectax.objectives import fim
+from objectax.models import registry as arch_registry
 from objectax.objectives import registry
 from objectax.objectives.fim import FimConfig
 import objective_testing as ot  # pylint: disable=g-bad-import-order
@@ -271,10 +272,10 @@ def test_lengths_and_registry_contract():
   assert OBJ.lengths(FimConfig(), 626) == registry.TaskLengths(raw=626, inputs=0, targets=626)
   assert OBJ.lengths(FimConfig(), 4).feature_lengths() == {"targets": 4}
   assert OBJ.features == ("targets",) and OBJ.config_cls is FimConfig
-  registry.check_architecture(OBJ, "causal_decoder")
-  registry.check_architecture(OBJ, "prefix_decoder")
+  arch_registry.check_supports("causal_decoder", OBJ)
+  arch_registry.check_supports("prefix_decoder", OBJ)
   with pytest.raises(ConfigError, match="it supports: causal_decoder, prefix_decoder"):
-    registry.check_architecture(OBJ, "encoder_decoder")
+    arch_registry.check_supports("encoder_decoder", OBJ)
   # The smallest budget works: one stream token per FIM example.
   exs = _fim(_random_docs(100, seed=6), 0, budget=4, cfg=FimConfig(fim_rate=1.0))
   assert exs and all(sorted(ex.tolist())[-3:] == [MID, SUF, PRE] for ex in exs)

@@ -9,6 +9,7 @@ import seqio
 import tensorflow as tf
 
 from objectax.models.registry import ConfigError
+from objectax.models import registry as arch_registry
 from objectax.objectives import registry
 from objectax.objectives import stream
 from objectax.objectives.full_lm import FullLMConfig
@@ -121,19 +122,30 @@ def test_registry_contract():
     lengths.raw = 1  # pytype: disable=not-writable
 
 
-def test_check_architecture():
+def test_check_supports():
   obj = registry.get("full_lm")
-  registry.check_architecture(obj, "causal_decoder")
-  registry.check_architecture(obj, "prefix_decoder")
+  arch_registry.check_supports("causal_decoder", obj)
+  arch_registry.check_supports("prefix_decoder", obj)
   with pytest.raises(ConfigError) as err:
-    registry.check_architecture(obj, "encoder_decoder")
+    arch_registry.check_supports("encoder_decoder", obj)
   assert str(err.value) == ("objective 'full_lm' does not support architecture "
                             "'encoder_decoder'; it supports: causal_decoder, prefix_decoder")
   with pytest.raises(ConfigError, match="unknown architecture 'gpt'"):
-    registry.check_architecture(obj, "gpt")
-  registry.check_architecture(registry.get("span_corruption"), "encoder_decoder")
+    arch_registry.check_supports("gpt", obj)
+  arch_registry.check_supports("encoder_decoder", registry.get("span_corruption"))
   with pytest.raises(ConfigError, match="encoder_only"):
-    registry.check_architecture(registry.get("span_corruption"), "encoder_only")
+    arch_registry.check_supports("encoder_only", registry.get("span_corruption"))
+  # The same from plain values: the kind of example, the model-side objective's name.
+  assert obj.example_kind == "lm" and registry.get("span_corruption").example_kind == "seq2seq"
+  assert registry.get("bert_mlm").example_kind == "aligned"
+  assert arch_registry.supports("prefix_decoder", "lm")
+  assert not arch_registry.supports("encoder_decoder", "lm")
+  assert arch_registry.supporting("seq2seq", "spactor") == ["encoder_decoder"]
+  assert arch_registry.supporting("lm", "mtp") == ["causal_decoder"]
+  with pytest.raises(ConfigError) as err:
+    arch_registry.check_supports("prefix_decoder", "lm", "mtp", objective_name="mtp")
+  assert str(err.value) == ("objective 'mtp' does not support architecture 'prefix_decoder'; "
+                            "it supports: causal_decoder")
 
 
 def test_configs_are_gin_configurable():

@@ -1,4 +1,5 @@
-"""i.i.d. denoising (T5 §3.3): exact counts and lengths, reconstruction, 90/10 split, seeding."""
+"""i.i.d. denoising (T5 sec. 3.3): exact counts and lengths, reconstruction, 90/10 split,
+seeding."""
 import collections
 import functools
 import itertools
@@ -108,7 +109,7 @@ def test_exact_lengths_eos_and_noise_count(name):
   for ex, raw in zip(examples, raws):
     assert ex["inputs"].shape == (lengths.inputs,) and ex["targets"].shape == (lengths.targets,)
     assert ex["inputs"][-1] == EOS and ex["targets"][-1] == EOS
-    if cfg.targets_encoding == "f":  # The loss falls on the whole original chunk (P1).
+    if cfg.targets_encoding == "f":  # The loss falls on the whole original chunk (unlike BERT).
       np.testing.assert_array_equal(ex["targets"][:-1], raw)
 
 

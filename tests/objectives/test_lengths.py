@@ -1,10 +1,11 @@
-"""Exact span-corruption length arithmetic against T5's random_spans_helper (reference §0.3)."""
+"""Exact span-corruption length arithmetic against T5's random_spans_helper."""
 import pytest
 
 from objectax.models.registry import ConfigError
 from objectax.objectives import lengths
 
-# Reference §0.3: (inputs_length) x (noise_density, mean_noise_span_length) -> (raw, targets),
+# T5's lengths table (docs/objectives.md#span-corruption): (inputs_length) x (noise_density,
+# mean_noise_span_length) -> (raw, targets),
 # the numbers of T5's `random_spans_helper`.
 COLUMNS = [(0.15, 3), (0.15, 8), (0.15, 64), (0.5, 3), (0.5, 8), (0.5, 32), (0.5, 64),
            (0.15, 2), (0.15, 5), (0.15, 10), (0.25, 3), (0.10, 3)]

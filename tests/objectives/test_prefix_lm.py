@@ -18,6 +18,7 @@ import tensorflow as tf
 from objectax.models.registry import ConfigError
 from objectax.models import decoder
 from objectax.objectives import prefix_lm
+from objectax.models import registry as arch_registry
 from objectax.objectives import registry
 from objectax.objectives.prefix_lm import PrefixLMConfig, T5PrefixLMConfig
 import objective_testing as ot  # pylint: disable=g-bad-import-order
@@ -357,7 +358,7 @@ def test_registration_and_gin():
     assert obj.features == ("inputs", "targets")
     assert set(obj.architectures) == {"causal_decoder", "prefix_decoder", "encoder_decoder"}
     with pytest.raises(ConfigError, match="does not support architecture 'encoder_only'"):
-      registry.check_architecture(obj, "encoder_only")
+      arch_registry.check_supports("encoder_only", obj)
   with gin.unlock_config():
     gin.parse_config("T5PrefixLMConfig.noise_density = 0.25")
   try:

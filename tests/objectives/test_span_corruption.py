@@ -213,4 +213,4 @@ def test_noise_mask_counts_and_layout(length):
     assert mask.shape == (length,) and mask.sum() == num_noise
     starts = np.flatnonzero(mask & ~np.concatenate([[False], mask[:-1]]))
     assert len(starts) == num_spans
-    assert not mask[0] and mask[-1]  # Starts with non-noise, ends with noise (P6).
+    assert not mask[0] and mask[-1]  # Starts with non-noise, ends with noise (as T5).
