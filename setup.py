@@ -20,7 +20,7 @@ setuptools.setup(
     packages=[f"objectax.{p}" for p in _PACKAGES]
     + [f"objectax.launch.{s}" for s in _LAUNCH_SUBPACKAGES],
     package_dir={f"objectax.{p}": p for p in _PACKAGES},  # sub-packages follow their parent
-    package_data={"objectax.gin": ["*.gin", "*/*.gin", "*/*/*.gin"]},
+    package_data={"objectax.gin": ["*.gin", "*/*.gin", "*/*/*.gin", "*/*/*.json"]},
     include_package_data=True,
     install_requires=[
         # Ranges are open upward where it is safe: GPU hosts often carry a newer jax.

@@ -36,45 +36,29 @@ class PaperTable:
   note: str = ""
 
 
-PAPERS = Registry[PaperTable]("paper")
-# Wang et al. 2022 (ICML, arXiv 2204.05832): zero-shot accuracy (%), rank classification.
-# Tables 3, 6 and 8 (docs/objectives.md#wang-et-al-2022). MLM-only models were not
-# evaluated without MTF at 168B (near random at 84B).
-PAPERS.add("wang2022", PaperTable(
-    source="Wang et al. 2022, arXiv 2204.05832: Table 6 (84B tokens, no MTF), Table 3 (168B, "
-           "no MTF), Table 8 (168B + 13B MTF); see docs/objectives.md#wang-et-al-2022",
-    columns=("EAI 84B", "EAI 168B", "T0 168B", "EAI 168B+MTF", "T0 168B+MTF"),
-    rows={"causal_decoder_full_lm": (42.4, 44.2, 42.4, 50.4, 51.4),
-          "prefix_decoder_prefix_lm": (42.2, 43.5, 41.8, 48.9, 54.0),
-          "encoder_decoder_prefix_lm": (39.6, 39.9, 41.7, 44.2, 45.8),
-          "causal_decoder_span_corruption": (37.8, None, None, 47.1, 50.3),
-          "prefix_decoder_span_corruption": (37.7, None, None, 51.0, 55.2),
-          "encoder_decoder_span_corruption": (34.6, None, None, 51.3, 60.6)},
-    note="accuracy %, higher is better; random: EAI 32.9, T0 41.7 (Tables 3, 8). 4.8B/11B "
-         "models on C4; ours are tiny models scored in bits/byte and on generated tasks."))
-# Raffel et al. 2020 (JMLR), T5 Tables 4-7, encoder-decoder, 2^35 tokens, fine-tuned scores.
-_T5 = {
-    "encoder_decoder_t5_prefix_lm": (80.69, 18.94, 77.99, 65.27, 26.86, 39.73, 27.49),
-    "encoder_decoder_t5_bert_style": (82.96, 19.17, 80.65, 69.85, 26.78, 40.03, 27.41),
-    "encoder_decoder_deshuffle": (73.17, 18.59, 67.61, 58.47, 26.11, 39.30, 25.62),
-    "encoder_decoder_t5_mass_style": (82.32, 19.16, 80.10, 69.28, 26.79, 39.89, 27.55),
-    "encoder_decoder_iid_replace_spans": (83.28, 19.24, 80.88, 71.36, 26.98, 39.82, 27.65),
-    "encoder_decoder_iid_drop_tokens": (84.44, 19.31, 80.52, 68.67, 27.07, 39.76, 27.82),
-    "encoder_decoder_iid_replace_spans_r10": (82.82, 19.00, 80.38, 69.55, 26.87, 39.28, 27.44),
-    "encoder_decoder_iid_replace_spans_r25": (83.00, 19.54, 80.96, 70.48, 27.04, 39.83, 27.47),
-    "encoder_decoder_iid_replace_spans_r50": (81.27, 19.32, 79.80, 70.33, 27.01, 39.90, 27.49),
-    "encoder_decoder_span_corruption_mu2": (83.54, 19.39, 82.09, 72.20, 26.76, 39.99, 27.63),
-    "encoder_decoder_span_corruption_mu3": (83.49, 19.62, 81.84, 72.53, 26.86, 39.65, 27.62),
-    "encoder_decoder_span_corruption_mu5": (83.40, 19.24, 82.05, 72.23, 26.88, 39.40, 27.53),
-    "encoder_decoder_span_corruption_mu10": (82.85, 19.33, 81.84, 70.44, 26.79, 39.49, 27.69),
-}
-PAPERS.add("t5", PaperTable(
-    source="Raffel et al. 2020 (T5, JMLR): Table 4 (objective family), Table 5 (BERT "
-           "simplifications), Table 6 (corruption rate), Table 7 (span length); via "
-           "docs/objectives.md#t5-objective-tables",
-    columns=("GLUE", "CNNDM", "SQuAD", "SGLUE", "EnDe", "EnFr", "EnRo"), rows=_T5,
-    note="fine-tuned validation scores, higher is better; 220M encoder-decoder on C4, 2^35 "
-         "tokens; baseline (iid 15% replace spans) GLUE std 0.235 over 10 runs (Table 1)."))
+PUBLISHED_FILE = "published.json"
+
+
+def _load_papers() -> None:
+  """Registers every `gin/experiments/<grid>/published.json` under its "paper" name.
+
+  The numbers live beside the grid they belong to, as data: {"paper", "source",
+  "columns", "rows": {cell: [value or null, ...]}, "note"} ("comment" is for readers).
+  """
+  # pylint: disable=g-import-not-at-top
+  import glob
+  from objectax.launch import configure
+  for path in sorted(glob.glob(os.path.join(configure.GIN_DIR, "experiments", "*",
+                                            PUBLISHED_FILE))):
+    with open(path, encoding="utf-8") as f:
+      table = json.load(f)
+    PAPERS.add(table["paper"], PaperTable(
+        source=table["source"], columns=tuple(table["columns"]),
+        rows={cell: tuple(values) for cell, values in table["rows"].items()},
+        note=table.get("note", "")))
+
+
+PAPERS = Registry[PaperTable]("paper", loader=_load_papers)
 
 
 # ----------------------------------------------------------------------- statistics
