@@ -33,7 +33,6 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence, Union
 
-import functools
 import sys
 
 import flax.linen as nn

@@ -34,7 +34,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from objectax.models.registry import ConfigError, Registry
+from objectax.models import registry
+from objectax.models.registry import ConfigError
 from objectax.models import losses
 from objectax.models.config import ModelConfig
 
@@ -92,16 +93,9 @@ class ModelObjective:
   wraps: tuple[str, ...] = ()
 
 
-def _import_model_objective_modules() -> None:
-  """The model-side objectives register themselves when their modules load; those modules
-  build on this one, so the registry imports them the first time it is read."""
-  import importlib  # pylint: disable=g-import-not-at-top
-  for module in ("mtp", "rtd"):
-    importlib.import_module(f"objectax.models.{module}")
-
-
-MODEL_OBJECTIVES = Registry[ModelObjective]("model objective",
-                                            loader=_import_model_objective_modules)
+# The registry itself lives in models/registry.py, which checks what a model-side
+# objective wraps without importing this module; mtp.py and rtd.py add to it on import.
+MODEL_OBJECTIVES = registry.MODEL_OBJECTIVES
 
 
 def mean_cross_entropy(logits_BLV: jax.Array, targets_BL: jax.Array, weights_BL: jax.Array,

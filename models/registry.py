@@ -115,7 +115,7 @@ class BatchSpecFn(Protocol):
   """
 
   def __call__(self, task_feature_lengths: Mapping[str, int], batch_size: int, *,
-               pack: bool = True, concat_length: int = 0) -> dict[str, jax.ShapeDtypeStruct]:
+               pack: bool = True, concat_length: int = 0) -> dict[str, Any]:
     ...
 
 
@@ -158,7 +158,7 @@ class Architecture:
 
   name: str
   description: str
-  make_model: Callable[["ModelConfig"], Any]
+  make_model: Callable[..., Any]  # ModelConfig -> Linen module
   feature_converter: Callable[..., Any]
   model_lengths: Callable[..., dict[str, int]]
   batch_spec: BatchSpecFn
@@ -254,10 +254,21 @@ def _example(kind: Any, model_objective: Optional[str], objective_name: Optional
   return kind.example_kind, kind.model_objective, objective_name or kind.name
 
 
+def _import_model_objective_modules() -> None:
+  """The model-side objectives (models/model_objectives.py's contract) register themselves
+  when their modules load; the registry imports them the first time it is read."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  for module in ("mtp", "rtd"):
+    importlib.import_module(f"objectax.models.{module}")
+
+
+# name -> model_objectives.ModelObjective
+MODEL_OBJECTIVES = Registry[Any]("model objective", loader=_import_model_objective_modules)
+
+
 def _wraps(model_objective: str) -> tuple[str, ...]:
   """The architectures a model-side objective's module is built around (() means any)."""
-  from objectax.models import model_objectives  # pylint: disable=g-import-not-at-top
-  return model_objectives.MODEL_OBJECTIVES.get(model_objective).wraps
+  return MODEL_OBJECTIVES.get(model_objective).wraps
 
 
 def supports(arch: Any, kind: Any, model_objective: Optional[str] = None) -> bool:
