@@ -94,7 +94,7 @@ def _add_task(name: str, corpus_spec, features, vocabulary: seqio.Vocabulary,
   }
   # A prompted corpus already has "inputs" and "targets"; a text corpus's document becomes
   # "targets", which the objective cuts up.
-  rekey = [] if corpus_spec.kind == "prompted" else [
+  rekey = [] if corpus_spec.kind != "text" else [
       functools.partial(seqio.preprocessors.rekey, key_map={"targets": corpus_spec.text_key})]
   return _register(name, corpus_spec.make_source(data),
                    [*rekey, seqio.preprocessors.tokenize, preprocess], output_features)

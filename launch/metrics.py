@@ -107,7 +107,9 @@ class Progress:
     self.stream.flush()
 
   def message(self, text: str) -> None:
-    """A line that must not be overwritten by the bar."""
+    """A line that must not be overwritten by the bar (none when the bar is off)."""
+    if not self.enabled:
+      return
     if self.tty:
       self.stream.write("\r\033[K")
     self.stream.write(text + "\n")

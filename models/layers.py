@@ -73,7 +73,8 @@ class RMSNorm(nn.Module):
     x32_BLD = x_BLD.astype(jnp.float32)
     mean_square_BL1 = jnp.mean(jnp.square(x32_BLD), axis=-1, keepdims=True)
     y_BLD = x32_BLD * jax.lax.rsqrt(mean_square_BL1 + self.epsilon)
-    return (y_BLD * scale_D.astype(jnp.float32)).astype(_dtype(self.config.dtype))
+    scale_11D = scale_D.astype(jnp.float32).reshape((1,) * (y_BLD.ndim - 1) + (d,))
+    return (y_BLD * scale_11D).astype(_dtype(self.config.dtype))
 
 
 class Embed(nn.Module):
@@ -148,7 +149,7 @@ def apply_rope(x_BLHK: jax.Array, positions_BL: jax.Array, max_wavelength: float
   k = x_BLHK.shape[-1]
   fraction_R = 2.0 * jnp.arange(k // 2, dtype=jnp.float32) / k
   timescale_R = jnp.float32(max_wavelength) ** fraction_R
-  angle_BLR = positions_BL.astype(jnp.float32)[:, :, None] / timescale_R
+  angle_BLR = positions_BL.astype(jnp.float32)[:, :, None] / timescale_R[None, None, :]
   sin_BL1R = jnp.sin(angle_BLR)[:, :, None, :]
   cos_BL1R = jnp.cos(angle_BLR)[:, :, None, :]
   first_BLHR, second_BLHR = jnp.split(x_BLHK.astype(jnp.float32), 2, axis=-1)
@@ -162,7 +163,7 @@ def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool,
                              num_buckets: int, max_distance: int) -> np.ndarray:
   """T5's bucket of each relative position = key position - query position (numpy, int32).
 
-  Raffel et al. 2020 §2.1 (Mesh TF / T5X `RelativePositionBiases._relative_position_bucket`,
+  Raffel et al. 2020 sec. 2.1 (Mesh TF / T5X `RelativePositionBiases._relative_position_bucket`,
   same float32 arithmetic): bidirectional, half the buckets are for keys after the query;
   causal, every key after the query falls in bucket 0 (it is masked anyway). Within a
   direction of E buckets (buckets / 2 bidirectional, all of them causal), distances
@@ -199,7 +200,7 @@ class RelativePositionBias(nn.Module):
 
   One table of shape (H, N), logical axes ("heads", "relpos_buckets"), initialised as in
   T5X (variance_scaling(1, fan_avg, uniform)); the model builds one per stack and hands
-  its output to every block (T5 shares it across layers, Raffel et al. 2020 §2.1).
+  its output to every block (T5 shares it across layers, Raffel et al. 2020 sec. 2.1).
 
   The distances come from the batch's positions, so packed examples (positions restart
   at 0 in each segment) get exactly the bias they get alone. Relative positions are

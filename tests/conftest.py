@@ -2,8 +2,21 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Implicit rank promotion is an error everywhere the tests reach, subprocesses included
+# (they inherit the environment variable; this process gets the config update below).
+os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")
+# Compiled XLA programs persist between test runs, since compiling the same tiny models is
+# most of a re-run's time; jax keys each entry by the program, its devices and its own
+# version, so a stale entry is never used. Subprocesses inherit the setting.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(os.path.expanduser("~"), ".cache", "objectax", "jax_tests"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
+import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 def pytest_addoption(parser):
@@ -13,6 +26,10 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
   config.addinivalue_line("markers", "slow: slower than about a minute; run with --slow")
+  config.addinivalue_line(
+      "markers", "e2e: trains a model for real, runs a CLI command end to end, spawns "
+      "subprocesses or reads the built TFDS corpus through the input pipeline; "
+      "`-m \"not e2e\"` is the quick unit tier")
 
 
 def pytest_collection_modifyitems(config, items):

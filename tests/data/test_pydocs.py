@@ -35,6 +35,7 @@ def test_name_follows_the_interpreter_and_is_registered():
   assert tfds.builder_cls("objectax_pydocs") is pydocs.ObjectaxPydocs
 
 
+@pytest.mark.e2e
 def test_reads_back_through_seqio(data_dir):
   train, validation = _read(data_dir, "train"), _read(data_dir, "validation")
   # Measured with CPython 3.11.7: 412 train / 30 validation documents, 2.0 MB.
@@ -48,6 +49,7 @@ def test_reads_back_through_seqio(data_dir):
   assert any(i.startswith("stdlib/") for i in ids)
 
 
+@pytest.mark.e2e
 def test_splits_are_disjoint_by_id_and_text_and_follow_the_hash_rule(data_dir):
   train, validation = _read(data_dir, "train"), _read(data_dir, "validation")
   assert not {i for i, _ in train} & {i for i, _ in validation}
@@ -57,6 +59,7 @@ def test_splits_are_disjoint_by_id_and_text_and_follow_the_hash_rule(data_dir):
   assert not any(pydocs.is_validation(i) for i, _ in train)
 
 
+@pytest.mark.e2e
 def test_skips_tests_apps_and_site_packages(data_dir):
   ids = [i for i, _ in _read(data_dir, "train") + _read(data_dir, "validation")]
   banned = ("/test/", "/tests/", "idlelib/", "lib2to3/", "turtledemo/", "site-packages/")
@@ -64,6 +67,7 @@ def test_skips_tests_apps_and_site_packages(data_dir):
   assert not [i for i in ids if i.startswith("stdlib/test")]
 
 
+@pytest.mark.e2e
 def test_two_builds_give_the_same_ids_in_the_same_order(data_dir, tmp_path, capsys):
   pydocs.documents.cache_clear()  # re-walk and re-parse the stdlib from scratch
   other = pydocs.ensure_built(str(tmp_path))
@@ -72,6 +76,7 @@ def test_two_builds_give_the_same_ids_in_the_same_order(data_dir, tmp_path, caps
     assert _read(other, split) == _read(data_dir, split)
 
 
+@pytest.mark.e2e
 def test_ensure_built_reuses_prepared_data(data_dir, capsys):
   info = os.path.join(pydocs.dataset_dir(data_dir), "dataset_info.json")
   before = os.stat(info).st_mtime_ns

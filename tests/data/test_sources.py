@@ -82,6 +82,7 @@ def test_gin_binding_sets_the_tfds_dir(tmp_path, empty_tfds_dir, clean_gin):
     sources.get_corpus("lm1b").prepare()
 
 
+@pytest.mark.e2e
 def test_pydocs_corpus_builds_and_reads(no_network, empty_tfds_dir, clean_gin):
   corpus = sources.get_corpus("pydocs")
   corpus.prepare()

@@ -110,6 +110,7 @@ def test_too_large_vocab_fails_in_one_line(tmp_path):
   assert "\n" not in str(e.value)
 
 
+@pytest.mark.e2e
 def test_default_trains_on_the_embedded_corpus_and_caches(tmp_path, capsys):
   data_dir = str(tmp_path)
   cfg = vocab.VocabConfig(vocab_size=1000)

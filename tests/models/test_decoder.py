@@ -249,6 +249,7 @@ def test_dropout_and_bfloat16():
   mt.assert_dropout_only_in_training(decoder)
 
 
+@pytest.mark.e2e
 def test_tiny_model_learns():
   model = decoder.Model(CONFIG)
   batch = decoder.synthetic_batch(decoder.batch_spec({"targets": 16}, 4), 100, 0)

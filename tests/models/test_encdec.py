@@ -421,6 +421,7 @@ def test_dropout_and_bfloat16():
   np.testing.assert_array_equal(default, evaluated)  # evaluation is the default
 
 
+@pytest.mark.e2e
 def test_tiny_model_learns_to_copy():
   """Targets = inputs, fresh random tokens every step: only cross-attention can do it."""
   batch_size, n, num_symbols = 32, 6, 8

@@ -346,6 +346,7 @@ def test_dropout_and_bfloat16():
   mt.assert_dropout_only_in_training(encoder)
 
 
+@pytest.mark.e2e
 def test_tiny_model_learns_mlm():
   model = encoder.Model(CONFIG)
   spec = encoder.batch_spec({"targets": 32}, 4)

@@ -16,6 +16,9 @@ from objectax.launch import config, step
 from objectax.models import layers, model_objectives, registry
 from objectax.models.config import ModelConfig
 
+# Ten optimizer steps per configuration: real (if short) training runs.
+pytestmark = pytest.mark.e2e
+
 STEPS = 10
 VOCAB = 300
 BASE = ModelConfig(d_model=32, num_heads=2, head_dim=16, mlp_dim=64, num_layers=3,

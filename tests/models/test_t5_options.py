@@ -455,6 +455,7 @@ def test_encoder_without_positions_is_permutation_equivariant():
 # ------------------------------------------------------------------------ learning
 
 
+@pytest.mark.e2e
 def test_t5_1_1_encoder_decoder_learns_to_copy():
   """Targets = inputs, fresh random tokens every step: needs the relative positions."""
   batch_size, n, num_symbols = 32, 6, 8
