@@ -200,9 +200,3 @@ def register(objective: Objective) -> Objective:
 def get(name: str) -> Objective:
   """The objective registered as `name`; ConfigError listing the valid names otherwise."""
   return OBJECTIVES.get(name)
-
-
-def check_architecture(objective: Objective, arch_name: str) -> None:
-  """ConfigError, in one line, unless `objective` runs on architecture `arch_name`: kept for
-  callers of the old name; new code calls models/registry.py `check_supports`."""
-  arch_registry.check_supports(arch_name, objective)
