@@ -224,9 +224,9 @@ class LocalTextSource(seqio.DataSource):
   """Local text files as a file-sharded `seqio.DataSource` (splits "train", "validation").
 
   `cfg` is the run's LocalTextConfig; without one, the gin-bound LocalTextConfig is read
-  when shards are listed or a dataset is built, so bindings parsed later apply. Files are read in sorted order (a
-  seeded shuffle of them when `shuffle`), each file in turn, so the tf.data iterator
-  position can be checkpointed with the training state. With `shard_info` and at least
+  when shards are listed or a dataset is built, so bindings parsed later apply. Files are
+  read in sorted order (a seeded shuffle of them when `shuffle`), each file in turn, so
+  the tf.data iterator position can be checkpointed with the training state. With `shard_info` and at least
   as many files as shards, each shard (host) reads its own files; with fewer files, each
   reads all of them and keeps every num_shards-th document.
   """

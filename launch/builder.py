@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import Any, Callable, Mapping, Optional
 
 import jax
@@ -137,10 +136,6 @@ class Parts:
   def abstract_state(self) -> step_lib.TrainState:
     """Shapes of the whole train state, logical-axis boxes kept; no devices needed."""
     return step_lib.abstract_state(self.model, self.tx, self.spec, self.cfg.train.seed)
-
-  def num_params(self) -> int:
-    return sum(math.prod(x.shape)
-               for x in jax.tree.leaves(step_lib.unbox(self.abstract_state().params)))
 
   def on_mesh(self, mesh: Mesh) -> "OnMesh":
     """Shardings, the sharded initialiser and the jitted steps on `mesh`."""

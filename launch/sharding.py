@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import gin
 import jax
@@ -118,9 +118,10 @@ def batch_axes(cfg: MeshConfig) -> tuple[str, ...]:
   return () if axes is None else ((axes,) if isinstance(axes, str) else tuple(axes))
 
 
-def data_parallel_size(mesh: Mesh, cfg: MeshConfig) -> int:
-  """Ways a global batch is split: the product of the mesh axes of the `batch` rule."""
-  return math.prod(mesh.shape[a] for a in batch_axes(cfg))
+def data_parallel_size(mesh_shape: Mapping[str, int], cfg: MeshConfig) -> int:
+  """Ways a global batch is split: the product of the sizes (a Mesh's `shape`, or axis ->
+  size of a mesh not built) of the mesh axes of the `batch` rule."""
+  return math.prod(mesh_shape[a] for a in batch_axes(cfg))
 
 
 def batch_sharding(mesh: Mesh, cfg: MeshConfig) -> NamedSharding:
@@ -136,7 +137,7 @@ def logical_shardings(abstract_tree: Any, mesh: Mesh, cfg: MeshConfig) -> Any:
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh, cfg: MeshConfig) -> None:
-  dp = data_parallel_size(mesh, cfg)
+  dp = data_parallel_size(mesh.shape, cfg)
   if global_batch_size % dp or global_batch_size % jax.process_count():
     raise ConfigError(
         f"TrainConfig.batch_size={global_batch_size} must be divisible by the data-parallel "

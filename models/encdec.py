@@ -31,9 +31,8 @@ TensorFlow/seqio can build, benchmark and train the model on `synthetic_batch` d
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence, Union
-
 import sys
+from typing import Any, Mapping, Sequence, Union
 
 import flax.linen as nn
 import jax

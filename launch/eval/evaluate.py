@@ -146,7 +146,7 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, documents: int
   fewer = f" (the split has no more of >= 2 tokens)" if len(docs) < documents else ""
   say(f"held-out text: the first {len(docs)} validation documents of {text_corpus}{fewer}, "
       f"truncated to {exp.sequence_length} tokens")
-  dp = sharding.data_parallel_size(run.mesh, cfg.mesh)
+  dp = sharding.data_parallel_size(run.mesh.shape, cfg.mesh)
   settings = dataclasses.replace(settings, batch_size=-(-settings.batch_size // dp) * dp)
   model = parts.scoring_model()
   with run.activate():

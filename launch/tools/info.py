@@ -132,7 +132,7 @@ def setup(num_devices: int | None = None) -> Setup:
   if n < 1:
     raise ConfigError(f"--devices must be at least 1, got {n}")
   mesh_shape = dict(zip(sharding.MESH_AXES, cfg.mesh.shape(n)))
-  replicas = math.prod(mesh_shape[a] for a in sharding.batch_axes(cfg.mesh))
+  replicas = sharding.data_parallel_size(mesh_shape, cfg.mesh)
   if cfg.train.batch_size % replicas:
     raise ConfigError(f"TrainConfig.batch_size={cfg.train.batch_size} must be divisible by the "
                       f"data-parallel size {replicas} (data x fsdp of mesh {mesh_shape})")
