@@ -6,6 +6,7 @@ imports TensorFlow or seqio.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import gin
 
@@ -91,3 +92,29 @@ class TrainConfig:
                         "(0 = no prefetch)")
     if self.warmup_steps < 0:
       raise ConfigError(f"TrainConfig.warmup_steps={self.warmup_steps} must be >= 0")
+    if self.warmup_steps > self.steps:
+      # The schedule warms up over min(warmup_steps, steps - 1) steps (launch/step.py), so
+      # any value from steps - 1 to steps gives the same run.
+      raise ConfigError(f"TrainConfig.warmup_steps={self.warmup_steps} > TrainConfig.steps="
+                        f"{self.steps} (warmup beyond the run); valid: 0 to {self.steps}, and "
+                        f"{self.steps - 1} already warms up over the whole run")
+    # clip_grad_norm: optax.clip_by_global_norm(0) scales every gradient to zero (NaN where
+    # the norm is zero), so 0 would train nothing rather than turn clipping off.
+    for field, ok, valid in (
+        ("learning_rate", lambda v: v > 0, "a finite number > 0 (the peak)"),
+        ("end_lr_fraction", lambda v: 0 <= v <= 1,
+         "in [0, 1] (the final learning rate as a fraction of the peak)"),
+        ("adam_b1", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("adam_b2", lambda v: 0 <= v < 1, "in [0, 1)"),
+        ("weight_decay", lambda v: v >= 0, "a finite number >= 0 (0 = no weight decay)"),
+        ("clip_grad_norm", lambda v: v > 0,
+         "a finite number > 0 (0 would zero every update, not turn clipping off; a huge "
+         "value such as 1e30 never clips)"),
+        ("z_loss", lambda v: v >= 0, "a finite number >= 0 (0 = no z-loss)")):
+      value = getattr(self, field)
+      number = isinstance(value, (int, float)) and not isinstance(value, bool)
+      if not (number and math.isfinite(value) and ok(value)):
+        raise ConfigError(f"TrainConfig.{field}={value!r} must be {valid}")
+    if not isinstance(self.init_from_step, int) or self.init_from_step < -1:
+      raise ConfigError(f"TrainConfig.init_from_step={self.init_from_step!r} must be >= -1 "
+                        "(-1 = the latest checkpoint of init_from)")

@@ -41,6 +41,11 @@ ATTENTION_IMPLEMENTATIONS = ("xla", "cudnn")
 # matmuls tile evenly (TPU MXU/GPU tensor cores like multiples of 128).
 VOCAB_MULTIPLE = 128
 
+# ModelConfig fields that change how the model runs, not what it computes (memory, kernels,
+# chunking): a run may resume with other values of these, e.g. another attention kernel on
+# another machine, and they do not make a different model.
+EXECUTION_SETTINGS = ("remat", "attention", "logits_chunk")
+
 
 def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple

@@ -86,7 +86,10 @@ def run(gin_files: list[str], bindings: list[str], *, steps: int = 30, seconds: 
   # devices (it reads step N-1's metrics after dispatching step N): between log lines it
   # may run ahead of them, and time blocked on a batch then costs the devices nothing,
   # which the fraction would count anyway.
+  # The schedule warms up over min(warmup_steps, steps - 1) steps: binding that keeps it and
+  # keeps warmup_steps <= steps, which TrainConfig requires.
   configure.parse(gin_files, [*bindings, f"TrainConfig.steps={steps}",
+                              f"TrainConfig.warmup_steps={min(tc.warmup_steps, steps - 1)}",
                               f"TrainConfig.checkpoint_every={steps}",
                               f"TrainConfig.eval_every={steps}", "TrainConfig.eval_batches=1",
                               "TrainConfig.log_every=1", "TrainConfig.keep_checkpoints=1"])

@@ -97,6 +97,7 @@ def test_t5_grid_covers_tables_4_to_7_with_paper_numbers(tmp_path):
      "grid files hold bindings only"),
     ("tiny", "Grid.cells = ['causal_decoder_full_lm', 'encoder_decoder_span_corruption']\n"
              "tiny/TrainConfig.steps = 7\n"
+             "tiny/TrainConfig.warmup_steps = 6\n"
              "tiny/Experiment.sequence_length = 128",
      None),  # same tokens: fine (the next case differs)
 ])
@@ -124,7 +125,8 @@ def test_cells_that_see_different_tokens_are_refused(tmp_path):
   folder.mkdir()
   for name, steps in (("a_lm", 10), ("b_lm", 20)):
     (folder / f"{name}_tiny_pydocs.gin").write_text(
-        f"include 'run/quickstart.gin'\nTrainConfig.steps = {steps}\n")
+        f"include 'run/quickstart.gin'\nTrainConfig.steps = {steps}\n"
+        f"TrainConfig.warmup_steps = {steps - 1}\n")
   path = _grid(tmp_path, f"Grid.cells = ['a_lm', 'b_lm']\nGrid.experiment_dir = '{folder}'\n")
   with pytest.raises(ConfigError, match="different numbers of tokens.*a_lm 20,480, b_lm 40,960"):
     ablate.make_plan(path, "tiny", 1, str(tmp_path))
@@ -176,6 +178,7 @@ def test_run_grid_trains_evaluates_then_skips_finished_runs(tmp_path):
       Grid.cells = ['causal_decoder_full_lm', 'encoder_decoder_span_corruption']
       Grid.experiment_dir = 'experiments/wang2022'
       TrainConfig.steps = 10
+      TrainConfig.warmup_steps = 9
       """)
   fake = tmp_path / "fake.py"
   fake.write_text(FAKE)
@@ -308,6 +311,7 @@ def test_report_from_fabricated_workdirs(tmp_path):
       Grid.experiment_dir = 'experiments/wang2022'
       Grid.paper = 'wang2022'
       TrainConfig.steps = 10
+      TrainConfig.warmup_steps = 9
       """)
   plan = ablate.make_plan(path, "tiny", 2, str(tmp_path / "out"))
   for seed in range(2):

@@ -48,6 +48,11 @@ def test_list_names_every_registry(capsys):
     (["--gin.MeshConfig.rules=zero3"], "unknown sharding rule preset 'zero3'; valid choices"),
     (["--gin.Experiment.objective=span_corruption", "--gin.Experiment.sequence_length=12"],
      "minimum"),
+    (["--gin.TrainConfig.steps=50", "--gin.TrainConfig.init_from=(oops"],
+     "gin binding TrainConfig.init_from = (oops cannot be parsed; quote a string value: "
+     "--gin.TrainConfig.init_from=\"'(oops'\""),
+    (["--gin.TrainConfig.steps=10"], "TrainConfig.warmup_steps=30 > TrainConfig.steps=10"),
+    (["--gin.TrainConfig.learning_rate=-1"], "TrainConfig.learning_rate=-1 must be a finite"),
 ])
 def test_bad_config_fails_in_one_line(args, expected, capsys, tmp_path):
   workdir = tmp_path / "wd"
@@ -74,6 +79,8 @@ def test_bare_words_become_strings():
   assert configure.normalize_binding("TrainConfig.steps=10") == "TrainConfig.steps = 10"
   assert configure.normalize_binding("TrainConfig.z_loss=1e-4") == "TrainConfig.z_loss = 1e-4"
   assert configure.normalize_binding("Experiment.pack=False") == "Experiment.pack = False"
+  assert configure.normalize_binding("TrainConfig.init_from=/abs/run") == \
+      "TrainConfig.init_from = '/abs/run'"
 
 
 def test_size_is_one_switch(tmp_path):

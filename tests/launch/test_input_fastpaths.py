@@ -136,7 +136,8 @@ def _restored(workdir, step):
   return jax.tree.leaves(jax.device_get(r.state)), dict(r.data)
 
 
-COMMON = ["TrainConfig.steps=10", "TrainConfig.checkpoint_every=4", "TrainConfig.eval_every=10"]
+COMMON = ["TrainConfig.steps=10", "TrainConfig.warmup_steps=9", "TrainConfig.checkpoint_every=4",
+          "TrainConfig.eval_every=10"]
 RUNS = {"fast": ["TrainConfig.prefetch_batches=2", "TrainConfig.async_checkpoints=True"],
         "plain": ["TrainConfig.prefetch_batches=0", "TrainConfig.async_checkpoints=False"]}
 

@@ -110,7 +110,8 @@ def test_bench_model_accepts_it(toy, toy_gin, tmp_path, capsys):
 @pytest.mark.e2e
 def test_three_training_steps(toy, toy_gin, tfds_data_dir, tmp_path):
   configure.parse(["run/quickstart.gin", toy_gin], [
-      "TrainConfig.steps=3", "TrainConfig.batch_size=4", "TrainConfig.eval_batches=1",
+      "TrainConfig.steps=3", "TrainConfig.warmup_steps=2", "TrainConfig.batch_size=4",
+      "TrainConfig.eval_batches=1",
       "TrainConfig.eval_every=3", "TrainConfig.checkpoint_every=3", "TrainConfig.log_every=1",
       "Experiment.sequence_length=64"])
   summary = train.train(str(tmp_path / "wd"), quiet=True)
