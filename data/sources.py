@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import random
+import threading
 from typing import Callable, Mapping, Optional
 
 import gin
@@ -116,10 +118,22 @@ class LocalTextConfig:
     validation_glob: files of the validation split; "" holds out the documents whose
       sha1 mod 20 == 0 (about 5%) from `train_glob`, the rule the embedded corpus uses.
     text_key: the JSON key holding the text in `.jsonl` files.
+    bad_records: what a `.jsonl` line that is not a JSON object with a string under
+      `text_key` does when it is read: "error" stops the run in one line naming the file
+      and line; "skip" drops it and counts it (`skipped_records()`).
   """
   train_glob: str = ""
   validation_glob: str = ""
   text_key: str = "text"
+  bad_records: str = "error"
+
+  def __post_init__(self):
+    if self.bad_records not in BAD_RECORDS:
+      raise ConfigError(f"LocalTextConfig.bad_records={self.bad_records!r} is not valid; "
+                        f"valid choices: {', '.join(BAD_RECORDS)}")
+
+
+BAD_RECORDS = ("error", "skip")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +155,9 @@ def _glob(binding: str, pattern: str) -> list[str]:
   if not pattern:
     raise ConfigError(
         f"corpus 'local' needs LocalTextConfig.{binding}, e.g. "
-        f"--gin.LocalTextConfig.{binding}=\"'/data/*.txt'\"")
+        f"--gin.LocalTextConfig.{binding}=/data/*.txt")
+  if "://" not in pattern:
+    pattern = os.path.expanduser(pattern)
   files = sorted(tf.io.gfile.glob(pattern))
   if not files:
     raise ConfigError(f"LocalTextConfig.{binding}={pattern!r} matches no files")
@@ -158,19 +174,99 @@ def _split_files(cfg: LocalTextConfig, split: str) -> tuple[list[str], Optional[
   return _glob("train_glob", cfg.train_glob), split == "validation"
 
 
+# ------------------------------------------------------------ records of .jsonl files
+
+# Opens the one line that describes a bad record in the message of the error raised while
+# reading it. The record is parsed inside tf.data, so the error reaches the reader as a
+# tf.errors.OpError whose message also holds a Python traceback; `bad_record_line` finds
+# the line again (the input pipeline turns it into a ConfigError).
+BAD_RECORD_MARKER = "objectax-bad-record: "
+
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+class BadRecordError(ValueError):
+  """A .jsonl record that cannot be read (raised inside tf.data; see BAD_RECORD_MARKER)."""
+
+
+def bad_record_line(message: str) -> Optional[str]:
+  """The one-line description of a bad record in an error's message, or None if the
+  error is not about one."""
+  start = message.find(BAD_RECORD_MARKER)
+  if start < 0:
+    return None
+  return message[start + len(BAD_RECORD_MARKER):].split("\n", 1)[0].strip()
+
+
+def _record_text(line: bytes | str, text_key: str) -> tuple[Optional[str], str]:
+  """(the text of a .jsonl record, "") or (None, what is wrong with it, one line)."""
+  try:
+    record = json.loads(line)
+  except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+    return None, " ".join(f"not JSON ({e})".split())
+  if not isinstance(record, dict):
+    return None, f"not a JSON object but {_JSON_TYPES.get(type(record), 'a value')}"
+  if text_key not in record:
+    return None, f"no key {text_key!r}"
+  text = record[text_key]
+  if not isinstance(text, str):
+    return None, (f"{text_key!r} holds {_JSON_TYPES.get(type(text), 'a value')}, "
+                  "not a string")
+  return text, ""
+
+
+_skipped_lock = threading.Lock()
+_skipped: dict[str, set[int]] = {}  # file -> line numbers of the bad records skipped
+
+
+def skipped_records() -> dict[str, int]:
+  """How many bad records (LocalTextConfig.bad_records="skip") each file has had skipped
+  in this process so far; a record read again (another epoch, another reader of the
+  same file) is counted once."""
+  with _skipped_lock:
+    return {path: len(lines) for path, lines in sorted(_skipped.items())}
+
+
+def _parse_records(path: str, numbers_M: np.ndarray, lines_M: np.ndarray, text_key: str,
+                   bad_records: str) -> np.ndarray:
+  """The texts of a batch of non-blank .jsonl lines; a bad record raises BadRecordError
+  ("error") or is dropped and counted ("skip")."""
+  texts, bad = [], []
+  for number, line in zip(numbers_M, lines_M):
+    text, what = _record_text(line, text_key)
+    if text is not None:
+      texts.append(text)
+    elif bad_records == "skip":
+      bad.append(int(number))
+    else:
+      raise BadRecordError(
+          f"{BAD_RECORD_MARKER}{path}:{int(number)}: {what} "
+          f"(LocalTextConfig.bad_records='skip' skips such records and counts them)")
+  if bad:
+    with _skipped_lock:
+      _skipped.setdefault(path, set()).update(bad)
+  return np.array(texts, dtype=object)
+
+
 def _check_jsonl(path: str, text_key: str) -> None:
-  """Fails in one line when the first record of a .jsonl file lacks `text_key`."""
+  """Fails in one line when the first record of a .jsonl file cannot be read."""
   with tf.io.gfile.GFile(path) as f:
-    for line in f:
+    for number, line in enumerate(f, start=1):
       if line.strip():
+        text, what = _record_text(line, text_key)
+        if text is not None:
+          return
         try:
           record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise ConfigError(f"{path}: first line is not JSON ({e})") from None
-        if not isinstance(record, dict) or text_key not in record:
+        except ValueError:
+          record = None
+        if isinstance(record, dict) and text_key not in record:
           raise ConfigError(
-              f"{path}: no key {text_key!r} in the first record; set LocalTextConfig.text_key")
-        return
+              f"{path}:{number}: no key {text_key!r} in the first record (its keys: "
+              f"{', '.join(map(str, list(record)[:8]))}); set LocalTextConfig.text_key")
+        raise ConfigError(f"{path}:{number}: {what} (the first record; "
+                          "LocalTextConfig.bad_records='skip' skips such records)")
 
 
 # Lines handled per tf.data function call: a per-line map or filter costs 8-25 us a call
@@ -180,16 +276,22 @@ def _check_jsonl(path: str, text_key: str) -> None:
 _LINES_PER_BATCH = 256
 
 
-def _documents(lines_N: tf.Tensor, is_jsonl: bool, text_key: str,
-               keep_validation: Optional[bool]) -> dict[str, tf.Tensor]:
-  """The documents among a batch of lines: blank lines dropped, .jsonl records parsed,
-  and (keep_validation not None) only one side of the split kept."""
-  texts_M = tf.boolean_mask(lines_N, tf.strings.length(tf.strings.strip(lines_N)) > 0)
-  if is_jsonl:
+def _documents(path: tf.Tensor, numbers_N: Optional[tf.Tensor], lines_N: tf.Tensor,
+               text_key: str, keep_validation: Optional[bool],
+               bad_records: str) -> dict[str, tf.Tensor]:
+  """The documents among a batch of lines of file `path`: blank lines dropped, .jsonl
+  records parsed (`numbers_N`, their 1-based line numbers, given: a .jsonl file), and
+  (keep_validation not None) only one side of the split kept."""
+  nonblank_N = tf.strings.length(tf.strings.strip(lines_N)) > 0
+  texts_M = tf.boolean_mask(lines_N, nonblank_N)
+  if numbers_N is not None:
     # tf.io.decode_json_example reads only tf.Example-shaped JSON: records need Python.
-    def parse(t):
-      return np.array([json.loads(line)[text_key] for line in t.numpy()], dtype=object)
-    texts_M = tf.ensure_shape(tf.py_function(parse, [texts_M], tf.string), [None])
+    def parse(path_t, numbers_t, lines_t):
+      return _parse_records(path_t.numpy().decode(), numbers_t.numpy(), lines_t.numpy(),
+                            text_key, bad_records)
+    numbers_M = tf.boolean_mask(numbers_N, nonblank_N)
+    texts_M = tf.ensure_shape(
+        tf.py_function(parse, [path, numbers_M, texts_M], tf.string), [None])
   if keep_validation is not None:
     # pydocs' rule, sha1(text) mod 20 == 0. TF has no sha1 op, and its native hashes
     # (farmhash, SipHash) would move documents across the split; sha1 itself is ~1 us.
@@ -200,15 +302,22 @@ def _documents(lines_N: tf.Tensor, is_jsonl: bool, text_key: str,
   return {"text": texts_M}
 
 
-def _read_files(files: list[str], text_key: str,
-                keep_validation: Optional[bool]) -> tf.data.Dataset:
+def _read_files(files: list[str], text_key: str, keep_validation: Optional[bool],
+                bad_records: str = "error") -> tf.data.Dataset:
   """The documents of `files` as {"text": string}, file after file, each in line order.
 
   .txt lines need no Python; .jsonl records and the hash split do (a batch per call).
+  Each .jsonl line carries its file and line number, which name a bad record.
   """
   def read(path: tf.Tensor, is_jsonl: bool) -> tf.data.Dataset:
-    return tf.data.TextLineDataset(path).batch(_LINES_PER_BATCH).map(
-        lambda lines_N: _documents(lines_N, is_jsonl, text_key, keep_validation))
+    lines = tf.data.TextLineDataset(path)
+    if not is_jsonl:
+      return lines.batch(_LINES_PER_BATCH).map(
+          lambda lines_N: _documents(path, None, lines_N, text_key, keep_validation,
+                                     bad_records))
+    return lines.enumerate(start=1).batch(_LINES_PER_BATCH).map(
+        lambda numbers_N, lines_N: _documents(path, numbers_N, lines_N, text_key,
+                                              keep_validation, bad_records))
 
   is_jsonl = [f.endswith(".jsonl") for f in files]
   files_ds = tf.data.Dataset.from_tensor_slices((files, is_jsonl))
@@ -218,6 +327,16 @@ def _read_files(files: list[str], text_key: str,
     batches = files_ds.flat_map(
         lambda f, j: tf.cond(j, lambda: read(f, True), lambda: read(f, False)))
   return batches.unbatch()
+
+
+def count_documents(ds: tf.data.Dataset, limit: int) -> int:
+  """How many elements `ds` has, counting at most `limit` (reads no further; meant for
+  small limits: tf.data's graph optimizations, which cost more than reading a few
+  elements, are off)."""
+  options = tf.data.Options()
+  options.experimental_optimization.apply_default_optimizations = False
+  options.autotune.enabled = False
+  return sum(1 for _ in ds.take(limit).with_options(options))
 
 
 class LocalTextSource(seqio.DataSource):
@@ -249,6 +368,23 @@ class LocalTextSource(seqio.DataSource):
   def __repr__(self) -> str:
     return f"{type(self).__name__}({self.cfg!r})"
 
+  def too_few_documents_hint(self, split: str, cap: int = 1000) -> str:
+    """What to change when `split` holds too few documents, in one line (it may read up
+    to `cap` documents to say how many the hash split chose from)."""
+    cfg = self.cfg
+    files, keep_validation = _split_files(cfg, split)
+    skipped = sum(skipped_records().get(path, 0) for path in files)
+    note = (f" ({skipped} bad records were skipped: LocalTextConfig.bad_records='skip')"
+            if skipped else "")
+    if keep_validation:
+      n = count_documents(_read_files(files, cfg.text_key, None, cfg.bad_records), cap)
+      return (f"without LocalTextConfig.validation_glob it holds out the documents of "
+              f"LocalTextConfig.train_glob={cfg.train_glob!r} whose sha1 mod 20 == 0, about "
+              f"1 in 20 of its {n if n < cap else f'{cap}+'} documents{note}; set "
+              "LocalTextConfig.validation_glob to files of validation documents")
+    binding = "validation_glob" if split == "validation" else "train_glob"
+    return f"add documents to LocalTextConfig.{binding}={getattr(cfg, binding)!r}{note}"
+
   def get_dataset(
       self,
       split: str = "train",
@@ -269,7 +405,7 @@ class LocalTextSource(seqio.DataSource):
       files = files[shard_info.index::shard_info.num_shards]
     if shuffle:
       random.Random(seed).shuffle(files)
-    ds = _read_files(files, cfg.text_key, keep_validation)
+    ds = _read_files(files, cfg.text_key, keep_validation, cfg.bad_records)
     if shard_info is not None and not by_file:
       ds = ds.shard(shard_info.num_shards, shard_info.index)
     # The py_functions are pure (same lines in, same values out), so the iterator may be
@@ -288,7 +424,7 @@ def _prepare_local(data: Optional[DataConfig] = None) -> None:
   for split in SPLITS:
     files, _ = _split_files(cfg, split)
     for path in files:
-      if path.endswith(".jsonl"):
+      if path.endswith(".jsonl") and cfg.bad_records == "error":
         _check_jsonl(path, cfg.text_key)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import os
 import threading
 from typing import Callable, Mapping
 
@@ -106,13 +107,30 @@ def _host_dataset(ti: TaskInput, split: str, global_batch_size: int, *, shuffle:
       lambda *parts: {k: tf.concat([p[k] for p in parts], axis=0) for k in parts[0]})
 
 
+# Beside a stream state <path>.index: the batches it had read ahead ({i}/{feature} arrays).
+PENDING_SUFFIX = ".pending.npz"
+
+
+def _flatten_batches(batches: list[Batch]) -> dict[str, np.ndarray]:
+  return {f"{i}/{k}": np.asarray(v) for i, b in enumerate(batches) for k, v in b.items()}
+
+
+def _unflatten_batches(arrays) -> list[Batch]:
+  batches: dict[int, dict] = {}
+  for key in arrays.files:
+    i, feature = key.split("/", 1)
+    batches.setdefault(int(i), {})[feature] = arrays[key]
+  return [batches[i] for i in sorted(batches)]
+
+
 class TrainStream:
   """The endless, deterministic training stream of host-local numpy batches.
 
   Resuming restores the saved tf.data iterator state when there is one (a checkpoint
   writes it beside the model state: about 0.1 s and a few MB per host for the quickstart),
   and otherwise skips `start_position` batches, which replays the pipeline and so costs
-  time proportional to the position.
+  time proportional to the position. A state saved when the run stopped on a signal also
+  holds the few batches the prefetcher had read past the saved step; they come first.
   """
 
   def __init__(self, ti: TaskInput, global_batch_size: int, seed: int, *,
@@ -120,10 +138,13 @@ class TrainStream:
     ds = _host_dataset(ti, "train", global_batch_size, shuffle=True, seed=seed,
                        input_shards=input_shards)
     self.restored_from = None
+    self._pending: collections.deque = collections.deque()  # read ahead, not yet consumed
     if state_path is None and start_position:
       ds = ds.skip(start_position)
     self._iterator = iter(ds.prefetch(tf.data.AUTOTUNE))
     if state_path is not None:
+      with np.load(state_path + PENDING_SUFFIX) as pending:
+        self._pending.extend(_unflatten_batches(pending))
       tf.train.Checkpoint(iterator=self._iterator).read(state_path).assert_consumed()
       self.restored_from = state_path
 
@@ -131,10 +152,23 @@ class TrainStream:
     return self
 
   def __next__(self) -> Batch:
-    return {k: v.numpy() for k, v in next(self._iterator).items()}
+    if self._pending:
+      return self._pending.popleft()
+    return read_records(lambda: {k: v.numpy() for k, v in next(self._iterator).items()})
 
-  def save(self, path: str) -> None:
-    tf.train.Checkpoint(iterator=self._iterator).write(path)
+  def save(self, path: str, read_ahead: list[Batch] = ()) -> None:
+    """Writes the iterator's state to `path` (.index, .data-*) and, beside it, the batches
+    read from it but not yet consumed (`read_ahead`, then any still pending from a restore),
+    which a restored stream yields first. Every file is written under a temporary name and
+    renamed, the .index last: a stream state whose .index exists is complete."""
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp_pending = os.path.join(folder, f".tmp_pending_{name}.npz")
+    np.savez(tmp_pending, **_flatten_batches([*read_ahead, *self._pending]))
+    os.replace(tmp_pending, path + PENDING_SUFFIX)
+    written = tf.train.Checkpoint(iterator=self._iterator).write(os.path.join(folder, f".tmp_{name}"))
+    for f in sorted(tf.io.gfile.glob(written + ".*"), key=lambda f: f.endswith(".index")):
+      os.replace(f, path + f[len(written):])
 
 
 def eval_batches(ti: TaskInput, global_batch_size: int, num_batches: int, *,
@@ -142,7 +176,107 @@ def eval_batches(ti: TaskInput, global_batch_size: int, num_batches: int, *,
   """A fixed list of validation batches (same every call), so losses compare across steps."""
   ds = _host_dataset(ti, "validation", global_batch_size, shuffle=False, seed=0,
                      input_shards=input_shards)
-  return list(ds.take(num_batches).as_numpy_iterator())
+  return read_records(lambda: list(ds.take(num_batches).as_numpy_iterator()))
+
+
+def read_records(read: Callable):
+  """`read()`, with an error about a bad record of the corpus (sources.BAD_RECORD_MARKER,
+  raised inside tf.data) turned into a ConfigError of its one line; other errors pass."""
+  try:
+    return read()
+  except tf.errors.OpError as e:
+    line = sources.bad_record_line(e.message or str(e))
+    if line is None:
+      raise
+    raise ConfigError(line) from None
+
+
+# The fewest documents an input shard of a split may hold. Both streams repeat
+# (num_epochs=None), so one document fills any number of batches; an empty shard ends its
+# stream instead: training gets no batch, evaluation averages over no batches at all.
+_MIN_SHARD_DOCUMENTS = 1
+# At most this many documents are counted to say how many a too-small split holds in all.
+_COUNT_CAP = 1000
+
+
+def _tasks_read(task: seqio.Task | seqio.Mixture) -> list[seqio.Task]:
+  """The tasks whose data a task or mixture reads (a mixture's at a nonzero rate)."""
+  if isinstance(task, seqio.Mixture):
+    return [t for t in task.tasks if task.get_rate(t) > 0]
+  return [task]
+
+
+def _corpus_name(task: seqio.Task) -> str:
+  """The corpus of a task registered by data/tasks.py ("{corpus}_{objective}...")."""
+  names = [n for n in sources.CORPORA.names()
+           if task.name == n or task.name.startswith(n + "_")]
+  return max(names, key=len) if names else task.name
+
+
+def _count_shard(source: seqio.DataSource, split: str, shard: seqio.ShardInfo | None,
+                 limit: int) -> int:
+  """The documents (at most `limit`) of one shard of `split` (None: all of it)."""
+  ds = source.get_dataset(split=split, shuffle=False, shard_info=shard)
+  return read_records(lambda: sources.count_documents(ds, limit))
+
+
+def _count_shards(source: seqio.DataSource, split: str, indices: range, shards: int,
+                  need: int) -> list[int]:
+  """The documents (at most `need`) of each shard in `indices` of `split`, sharded the way
+  seqio.Task.get_dataset shards a source: by the source itself when it can (or has at
+  least as many files as shards), else every shards-th document of the whole split, where
+  one count of the split's first documents gives every shard's."""
+  if (shards == 1 or source.supports_arbitrary_sharding
+      or len(source.list_shards(split=split)) >= shards):
+    return [_count_shard(source, split, seqio.ShardInfo(i, shards), need) for i in indices]
+  total = _count_shard(source, split, None, indices[-1] + 1 + (need - 1) * shards)
+  return [min(need, max(0, -(-(total - i) // shards))) for i in indices]
+
+
+def _too_few_documents(task: seqio.Task, split: str, index: int, shards: int,
+                       found: int) -> ConfigError:
+  source = task.source
+  head = f"corpus {_corpus_name(task)!r}: "
+  if shards == 1:
+    head += (f"the {split} split has {found} documents, fewer than the "
+             f"{_MIN_SHARD_DOCUMENTS} it needs")
+  else:
+    total = _count_shard(source, split, None, _COUNT_CAP)
+    head += (f"input shard {index} (of {shards}, TrainConfig.input_shards) of the {split} "
+             f"split has {found} documents, fewer than the "
+             f"{_MIN_SHARD_DOCUMENTS} each needs; the split has "
+             f"{total if total < _COUNT_CAP else f'{_COUNT_CAP}+'} in all")
+  if isinstance(source, sources.LocalTextSource):
+    fix = read_records(lambda: source.too_few_documents_hint(split, _COUNT_CAP))
+  else:
+    fix = f"check the corpus's {split} data"
+  if shards > 1:
+    fix += ", or lower TrainConfig.input_shards"
+  return ConfigError(f"{head}; {fix}")
+
+
+def check_splits(ti: TaskInput, global_batch_size: int, input_shards: int) -> None:
+  """ConfigError in one line, before any model is built, when an input shard this process
+  reads of split "train" or "validation" holds fewer than _MIN_SHARD_DOCUMENTS documents,
+  or when the first records read hold a bad one.
+
+  It reads only the first documents of each shard (the first batch of lines, for a local
+  corpus), so it costs about the same on any size of corpus.
+  """
+  shards = resolve_input_shards(input_shards, global_batch_size)
+  per_process = shards // jax.process_count()
+  first = jax.process_index() * per_process
+  checked = set()
+  for task in _tasks_read(ti.task):
+    if repr(task.source) in checked:  # a mixture's components share the corpus
+      continue
+    checked.add(repr(task.source))
+    for split in sources.SPLITS:
+      indices = range(first, first + per_process)
+      counts = _count_shards(task.source, split, indices, shards, _MIN_SHARD_DOCUMENTS)
+      for index, found in zip(indices, counts):
+        if found < _MIN_SHARD_DOCUMENTS:
+          raise _too_few_documents(task, split, index, shards, found)
 
 
 def to_global(batch: Batch, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
@@ -203,7 +337,8 @@ class DevicePrefetcher:
           return
         self._claimed += 1
       try:
-        batch = to_global(next(self._stream), self._sharding)
+        host = next(self._stream)
+        batch = (host, to_global(host, self._sharding))
       except BaseException as e:  # pylint: disable=broad-except  (re-raised in the caller)
         with self._cond:
           self._error = e
@@ -228,12 +363,19 @@ class DevicePrefetcher:
         while not self._ready and self._error is None:
           self._cond.wait()
         if self._ready:
-          return self._ready.popleft()
+          return self._ready.popleft()[1]
         raise self._error
     return to_global(next(self._stream), self._sharding)
 
-  def save(self, path: str) -> None:
-    """Writes the stream's state; valid only at a held step, where nothing was read ahead."""
+  def save(self, path: str, *, final: bool = False) -> None:
+    """Writes the stream's state. Valid at a held step, where nothing was read ahead; with
+    `final` (the run stops here, e.g. on a signal) at any step: reading stops, and the
+    batches read ahead are saved beside the state, to be consumed first on resume."""
+    if final:
+      self.close()
+      with self._cond:
+        self._stream.save(path, read_ahead=[host for host, _ in self._ready])
+      return
     with self._cond:
       if self._claimed != self._requested:
         raise RuntimeError(
@@ -244,10 +386,11 @@ class DevicePrefetcher:
       self._cond.notify_all()
 
   def close(self) -> None:
-    """Stops the thread (it finishes a pull in progress, if any, and exits)."""
+    """Stops the thread (it finishes a pull in progress, if any, and exits). Batches already
+    read stay in `_ready` (a final `save` writes them)."""
     with self._cond:
       self._closed = True
-      self._ready.clear()
       self._cond.notify_all()
     if self._thread is not None:
       self._thread.join(timeout=60)
+      self._thread = None

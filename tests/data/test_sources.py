@@ -232,3 +232,192 @@ def test_local_hash_split_is_sharded_consistently(many_files, clean_gin):
     parts = [_texts(source, split, shard_info=seqio.ShardInfo(i, 2)) for i in range(2)]
     expected = sorted(t for t in every if pydocs.is_validation(t) == want)
     assert expected and sorted(sum(parts, [])) == expected  # 2 of the 12 are held out
+
+
+# ------------------------------------------------------- bad records and too-few documents
+
+def _local(**cfg):
+  return sources.LocalTextSource(sources.LocalTextConfig(**cfg))
+
+
+def _read_all(source, split="train"):
+  """Every document of `split`, read the way the trainer reads (a bad record: ConfigError)."""
+  from objectax.launch import input_pipeline  # pylint: disable=g-import-not-at-top
+  ds = source.get_dataset(split, shuffle=False)
+  return input_pipeline.read_records(
+      lambda: [ex["text"].decode() for ex in ds.as_numpy_iterator()])
+
+
+def _task_input(source):
+  from objectax.launch import input_pipeline  # pylint: disable=g-import-not-at-top
+  return input_pipeline.TaskInput(task=_task(source), task_feature_lengths={},
+                                  feature_converter=None, vocabulary=None, lengths=None)
+
+
+def _check_splits(source, input_shards=0, batch_size=8):
+  from objectax.launch import input_pipeline  # pylint: disable=g-import-not-at-top
+  input_pipeline.check_splits(_task_input(source), batch_size, input_shards)
+
+
+def _jsonl(path, lines):
+  path.write_text("".join(line + "\n" for line in lines))
+  return str(path)
+
+
+def _good(i):
+  return json.dumps({"text": f"good record {i} of the corpus."})
+
+
+def test_local_broken_json_names_file_and_line(tmp_path, clean_gin):
+  bad = _jsonl(tmp_path / "b.jsonl", [_good(0), _good(1), '{"text": "cut off', _good(3)])
+  _jsonl(tmp_path / "a.jsonl", [_good(i) for i in range(10, 15)])
+  source = _local(train_glob=bad, validation_glob=f"{tmp_path}/a.jsonl")
+  sources.get_corpus("local").prepare(sources.DataConfig(sources.TfdsConfig(), source.cfg))
+  assert len(_read_all(source, "validation")) == 5
+  with pytest.raises(ConfigError) as e:
+    _read_all(source)
+  message = str(e.value)
+  assert message.startswith(f"{bad}:3: not JSON (") and "\n" not in message
+  assert message.endswith(
+      "(LocalTextConfig.bad_records='skip' skips such records and counts them)")
+  assert sources.BAD_RECORD_MARKER not in message
+  # Through a seqio task and check_splits too (it reads the first batch of lines).
+  with pytest.raises(ConfigError, match=f"^{bad}:3: not JSON") as e:
+    _check_splits(source)
+  assert "\n" not in str(e.value)
+
+
+def test_local_record_without_text_names_file_and_line(tmp_path, clean_gin):
+  bad = _jsonl(tmp_path / "a.jsonl", [_good(0), json.dumps({"body": "no text here"}), _good(2)])
+  source = _local(train_glob=bad, validation_glob=bad)
+  with pytest.raises(ConfigError) as e:
+    _read_all(source, "validation")
+  assert str(e.value).startswith(f"{bad}:2: no key 'text' (")
+  assert "\n" not in str(e.value)
+
+
+def test_local_bad_record_stops_the_training_stream_in_one_line(tmp_path, clean_gin):
+  from objectax.launch import input_pipeline  # pylint: disable=g-import-not-at-top
+  lines = [_good(i) for i in range(300)] + ["[1, 2]"]  # past the first batch of lines
+  bad = _jsonl(tmp_path / "a.jsonl", lines)
+  source = _local(train_glob=bad, validation_glob=bad)
+  _check_splits(source)  # only the first batch of lines is read: not seen yet
+  stream = object.__new__(input_pipeline.TrainStream)
+  stream._pending = []  # pylint: disable=protected-access
+  stream._iterator = iter(  # pylint: disable=protected-access
+      source.get_dataset("train", shuffle=False).batch(100))
+  for _ in range(2):  # documents 1-200; the third batch needs line 301's batch of lines
+    next(stream)
+  with pytest.raises(ConfigError, match=f"^{bad}:301: not a JSON object but an array "):
+    next(stream)
+
+
+def test_read_records_passes_other_errors(clean_gin):
+  from objectax.launch import input_pipeline  # pylint: disable=g-import-not-at-top
+  ds = tf.data.Dataset.from_tensor_slices(["1", "x"]).map(tf.strings.to_number)
+  with pytest.raises(tf.errors.InvalidArgumentError):
+    input_pipeline.read_records(lambda: list(ds.as_numpy_iterator()))
+
+
+def test_local_skip_mode_drops_and_counts_bad_records(tmp_path, clean_gin):
+  a = _jsonl(tmp_path / "a.jsonl", [_good(0), "not json", _good(1), json.dumps({"text": 5}),
+                                    "", json.dumps({"body": "x"})])
+  b = _jsonl(tmp_path / "b.jsonl", [_good(2), "null"])
+  c = _jsonl(tmp_path / "c.jsonl", [_good(3)])
+  source = _local(train_glob=f"{tmp_path}/*.jsonl", validation_glob=c, bad_records="skip")
+  sources.get_corpus("local").prepare(sources.DataConfig(sources.TfdsConfig(), source.cfg))
+  expected = [f"good record {i} of the corpus." for i in range(4)]
+  assert _read_all(source) == expected
+  assert _read_all(source) == expected  # read again: the same records, counted once
+  skipped = sources.skipped_records()
+  assert skipped[a] == 3 and skipped[b] == 1 and c not in skipped
+  _check_splits(source)
+  assert sources.skipped_records()[a] == 3
+
+
+def test_bad_records_setting_is_checked(clean_gin):
+  with pytest.raises(ConfigError) as e:
+    sources.LocalTextConfig(train_glob="x", bad_records="ignore")
+  # gin appends the configurable's name on a line of its own; the CLI prints the first.
+  assert str(e.value).splitlines()[0] == ("LocalTextConfig.bad_records='ignore' is not "
+                                          "valid; valid choices: error, skip")
+
+
+def test_local_empty_file_among_good_ones_is_fine(tmp_path, clean_gin):
+  (tmp_path / "a.txt").write_text("first document of the corpus.\nsecond one.\n")
+  (tmp_path / "b.txt").write_text("")
+  _jsonl(tmp_path / "c.jsonl", [])
+  _jsonl(tmp_path / "d.jsonl", [_good(0), _good(1)])
+  source = _local(train_glob=f"{tmp_path}/*", validation_glob=f"{tmp_path}/d.jsonl")
+  sources.get_corpus("local").prepare(sources.DataConfig(sources.TfdsConfig(), source.cfg))
+  assert _read_all(source) == ["first document of the corpus.", "second one.",
+                               "good record 0 of the corpus.", "good record 1 of the corpus."]
+  _check_splits(source)
+  # 2 shards of train: a.txt, c.jsonl and b.txt, d.jsonl; of validation: a document each.
+  _check_splits(source, input_shards=2)
+  source = _local(train_glob=f"{tmp_path}/*", validation_glob=f"{tmp_path}/[cd].jsonl")
+  with pytest.raises(ConfigError, match="input shard 0 .* the validation split has 0 "):
+    _check_splits(source, input_shards=2)  # a shard of whole files, all empty
+
+
+def test_check_splits_empty_file(tmp_path, clean_gin):
+  empty = _jsonl(tmp_path / "empty.jsonl", [])
+  with pytest.raises(ConfigError) as e:
+    _check_splits(_local(train_glob=empty))
+  message = str(e.value)
+  assert "\n" not in message
+  assert message.startswith("corpus 'local': the train split has 0 documents, fewer than "
+                            "the 1 it needs; add documents to LocalTextConfig.train_glob=")
+
+
+def test_check_splits_too_few_for_the_hash_split(tmp_path, clean_gin):
+  docs = [f"tiny corpus document number {i}." for i in range(3)]
+  assert not any(pydocs.is_validation(d) for d in docs)
+  (tmp_path / "a.txt").write_text("\n".join(docs) + "\n")
+  with pytest.raises(ConfigError) as e:
+    _check_splits(_local(train_glob=f"{tmp_path}/*.txt"))
+  message = str(e.value)
+  assert "\n" not in message
+  assert message.startswith("corpus 'local': the validation split has 0 documents, fewer "
+                            "than the 1 it needs; ")
+  assert "about 1 in 20 of its 3 documents" in message
+  assert "set LocalTextConfig.validation_glob" in message
+
+
+def test_check_splits_per_input_shard(tmp_path, clean_gin):
+  (tmp_path / "a.txt").write_text("the one document.\n")
+  (tmp_path / "b.txt").write_text("\n")
+  source = _local(train_glob=f"{tmp_path}/*.txt", validation_glob=f"{tmp_path}/a.txt")
+  _check_splits(source, input_shards=1)
+  with pytest.raises(ConfigError) as e:  # 2 files, 2 shards: shard 1 reads b.txt alone
+    _check_splits(source, input_shards=2)
+  message = str(e.value)
+  assert "\n" not in message
+  assert message.startswith(
+      "corpus 'local': input shard 1 (of 2, TrainConfig.input_shards) of the train split "
+      "has 0 documents, fewer than the 1 each needs; the split has 1 in all; add documents "
+      "to LocalTextConfig.train_glob=")
+  assert message.endswith(", or lower TrainConfig.input_shards")
+
+
+def test_check_splits_shards_of_documents(tmp_path, clean_gin):
+  from objectax.launch import input_pipeline  # pylint: disable=g-import-not-at-top
+  docs = [f"document {i} of a one-file corpus." for i in range(5)]
+  (tmp_path / "a.txt").write_text("\n".join(docs) + "\n")
+  source = _local(train_glob=f"{tmp_path}/a.txt", validation_glob=f"{tmp_path}/a.txt")
+  # Fewer files than shards: shard i keeps documents i, i + n, ...; one count of the
+  # first documents says what each shard holds, as reading each shard does.
+  for shards in (2, 4, 8):
+    indices = range(shards)
+    for need in (1, 2):
+      assert input_pipeline._count_shards(source, "train", indices, shards, need) == [  # pylint: disable=protected-access
+          min(need, sources.count_documents(source.get_dataset(
+              "train", shuffle=False, shard_info=seqio.ShardInfo(i, shards)), 100))
+          for i in indices]
+  _check_splits(source, input_shards=4)
+  with pytest.raises(ConfigError) as e:
+    _check_splits(source, input_shards=8)
+  assert str(e.value).startswith(
+      "corpus 'local': input shard 5 (of 8, TrainConfig.input_shards) of the train split "
+      "has 0 documents, fewer than the 1 each needs; the split has 5 in all; ")
+  assert "\n" not in str(e.value)
