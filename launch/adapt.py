@@ -31,7 +31,7 @@ from objectax.launch import checkpoints
 def resolve_source(path: str, step: int = -1) -> tuple[str, int]:
   """(checkpoints directory, step) named by `path`: a workdir, its checkpoints/ folder, or
   one checkpoints/<step> folder. `step` -1 takes the latest."""
-  path = os.path.abspath(path)
+  path = os.path.abspath(os.path.expanduser(path))
   if os.path.basename(path).isdigit() and os.path.isdir(path):
     directory, step = os.path.dirname(path), int(os.path.basename(path))
   elif os.path.isdir(os.path.join(path, "checkpoints")):

@@ -5,19 +5,27 @@ data position) and ``data_iterators/<step>/process_<i>.*`` (each host's tf.data 
 state, written right after the Orbax save is started; a step whose iterator file is
 missing resumes by skipping batches instead).
 
+On resume, `restore_newest` takes the newest checkpoint that restores: one whose files are
+missing, torn or unreadable (a disk that filled up, an interrupted copy, a stray empty
+folder) is passed over for the previous one, and the trainer then moves it aside to
+`<workdir>/corrupt/` (never deleting it). A checkpoint written by a different model or
+data stream is not passed over: the run is refused before anything is written.
+
 Periodic, asynchronous by default (`async_save=False`, from TrainConfig.async_checkpoints,
 makes each save block until written), keeping the last N. A checkpoint is written to a temporary
 directory and renamed when complete, so a run killed mid-save (even with `kill -9`) leaves
 the previous checkpoints intact; leftover temporaries are cleaned up on the next start.
-A checkpoint that cannot be read is reported in one line and left where it is.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import glob
+import json
 import logging
 import os
-from typing import Any, Iterator
+import shutil
+from typing import Any, Callable, Iterator
 
 import jax
 import orbax.checkpoint as ocp
@@ -40,20 +48,33 @@ def complete_steps(directory: str) -> list[int]:
 
 
 @contextlib.contextmanager
+def quiet_orbax() -> Iterator[None]:
+  """Orbax's own logging (absl) and its event loop's (asyncio) down to errors that matter:
+  a failed read is reported by the caller in one line, not by pages of async tracebacks."""
+  loggers = [logging.getLogger(name) for name in ("absl", "asyncio")]
+  levels = [logger.level for logger in loggers]
+  for logger in loggers:
+    logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    for logger, level in zip(loggers, levels):
+      logger.setLevel(level)
+
+
+@contextlib.contextmanager
 def read_only(directory: str, what: str, **manager_kwargs) -> Iterator[ocp.CheckpointManager]:
   """A read-only CheckpointManager over `directory` (another run's checkpoints: nothing is
   created, pruned or cleaned up). Any Orbax failure inside becomes one ConfigError line,
   "<what> could not be read (<first line>)"."""
-  absl_logger = logging.getLogger("absl")
-  level = absl_logger.level
-  absl_logger.setLevel(logging.ERROR)  # orbax warns that a read-only directory is read-only
   manager = None
   try:
-    manager = ocp.CheckpointManager(
-        os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(create=False, read_only=True, save_interval_steps=0),
-        **manager_kwargs)
-    yield manager
+    with quiet_orbax():
+      manager = ocp.CheckpointManager(
+          os.path.abspath(directory),
+          options=ocp.CheckpointManagerOptions(create=False, read_only=True, save_interval_steps=0),
+          **manager_kwargs)
+      yield manager
   except ConfigError:
     raise
   except Exception as e:  # orbax raises many types; all mean "cannot use this checkpoint"
@@ -61,7 +82,93 @@ def read_only(directory: str, what: str, **manager_kwargs) -> Iterator[ocp.Check
   finally:
     if manager is not None:
       manager.close()
-    absl_logger.setLevel(level)
+
+
+def read_data(directory: str, step: int) -> dict | None:
+  """The data-position record of checkpoint `step` (a small JSON file), or None when it is
+  missing or unreadable: then the checkpoint is incomplete."""
+  path = os.path.join(directory, str(step), "data", "metadata")
+  try:
+    with open(path, encoding="utf-8") as f:
+      data = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return data if isinstance(data, dict) else None
+
+
+@dataclasses.dataclass
+class Restored:
+  step: int
+  state: Any
+  data: dict
+  passed_over: list[tuple[int, str]]  # newer checkpoints that could not be read, and why
+
+
+def restore_newest(directory: str, abstract_state: Any,
+                   check: Callable[[int, dict], None]) -> Restored | None:
+  """The newest checkpoint under `directory` that restores onto `abstract_state`'s
+  shardings; None when there is none at all.
+
+  `check(step, data)` sees each candidate's data record before its state is read and
+  raises ConfigError to refuse the run (another model, another stream): refusals are not
+  passed over. Nothing is moved or written here; a ConfigError names every checkpoint
+  tried when none restores.
+  """
+  passed_over = []
+  for step in reversed(complete_steps(directory)):
+    data = read_data(directory, step)
+    if data is None:
+      passed_over.append((step, "its data record is missing or unreadable"))
+      continue
+    check(step, data)
+    try:
+      with read_only(directory, f"checkpoint step {step} in {directory}",
+                     item_names=("state", "data")) as manager:
+        with quiet_orbax():
+          state = manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract_state))).state
+    except ConfigError as e:
+      if "model" not in data:  # an older record: a failure may be another model, so refuse
+        raise ConfigError(f"{e}; it is left untouched: use another workdir") from e
+      passed_over.append((step, str(e).split(" could not be read ", 1)[-1]))
+      continue
+    return Restored(step, state, data, passed_over)
+  if passed_over:
+    raise ConfigError(
+        f"no checkpoint in {directory} could be restored ("
+        + "; ".join(f"step {step}: {why}" for step, why in passed_over)
+        + "); all are left untouched: use another workdir, or move them aside to start afresh")
+  return None
+
+
+def move_aside(workdir: str, step: int) -> str:
+  """Moves checkpoint `step` and its data-iterator files to <workdir>/corrupt/ (kept for a
+  post-mortem, never deleted); returns where the checkpoint went."""
+  target = os.path.join(workdir, "corrupt")
+  moved = None
+  for folder in ("checkpoints", "data_iterators"):
+    source = os.path.join(workdir, folder, str(step))
+    if not os.path.exists(source):
+      continue
+    dest = os.path.join(target, folder, str(step))
+    suffix = 1
+    while os.path.exists(dest):  # an earlier bad copy of the same step stays too
+      dest, suffix = os.path.join(target, folder, f"{step}.{suffix}"), suffix + 1
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    shutil.move(source, dest)
+    moved = moved or dest
+  return moved or target
+
+
+def move_iterator_aside(workdir: str, step: int, process_index: int) -> str:
+  """Moves one process's data-iterator files of `step` to <workdir>/corrupt/ (see
+  `move_aside`); returns the folder they went to."""
+  dest = os.path.join(workdir, "corrupt", "data_iterators", str(step))
+  os.makedirs(dest, exist_ok=True)
+  for path in glob.glob(os.path.join(workdir, "data_iterators", str(step),
+                                     f"process_{process_index}.*")):
+    shutil.move(path, os.path.join(dest, os.path.basename(path)))
+  return dest
 
 
 class Checkpointer:
@@ -84,21 +191,6 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
 
-  def restore(self, abstract_state: Any) -> tuple[Any, dict]:
-    """Restores the latest checkpoint onto the shardings of `abstract_state`."""
-    step = self.manager.latest_step()
-    try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state),
-          data=ocp.args.JsonRestore(),
-      ))
-    except Exception as e:  # orbax raises many types; all mean "cannot use this checkpoint"
-      raise ConfigError(
-          f"checkpoint step {step} in {self.directory} could not be restored ({first_line(e)}); it is "
-          f"left untouched: use another workdir, or move that step aside to resume from an "
-          f"older one") from e
-    return restored.state, dict(restored.data)
-
   def iterator_path(self, step: int) -> str:
     return os.path.join(self.iterator_directory, str(step), f"process_{jax.process_index()}")
 
@@ -107,14 +199,15 @@ class Checkpointer:
     path = self.iterator_path(step)
     return path if os.path.exists(path + ".index") else None
 
-  def save(self, step: int, state: Any, data: dict, *, stream=None) -> bool:
-    """Saves `state` and `data` (in the background if async), and the data iterator's state."""
+  def save(self, step: int, state: Any, data: dict, *, stream=None, final: bool = False) -> bool:
+    """Saves `state` and `data` (in the background if async), and the data iterator's state
+    (`final`: the run stops after this save; the stream may have read ahead)."""
     saved = self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(data),
     ), force=True)
     if saved and stream is not None:
-      stream.save(self.iterator_path(step))
+      stream.save(self.iterator_path(step), final=final)
       self._prune_iterators(keep=set(self.manager.all_steps()) | {step})
     return saved
 

@@ -9,6 +9,7 @@
   objectax info [--devices N] [gin flags]
   objectax plan [--devices N] [--device_memory_gib G] [gin flags]
   objectax launch {tpu,slurm} [launcher flags] [--dry_run] -- [train flags]
+    (train exits 75 after SIGTERM/Ctrl-C saved a checkpoint: rerun it to resume)
   objectax eval --workdir=DIR [--step N] [--documents N] [--zeroshot TASK ...] [--no_zeroshot]
   objectax ablate GRID.gin [--size S] [--seeds N] [--out DIR] [--dry_run] [--print_commands]
   objectax list
@@ -42,20 +43,36 @@ examples:
 def _split_gin_flags(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
   """Pulls --gin_file and --gin.X=Y out of argv (argparse can't declare dynamic flags)."""
   files, bindings, rest = [], [], []
-  it = iter(argv)
-  for arg in it:
+  i = 0
+  while i < len(argv):
+    arg = argv[i]
+    # The value of a flag given as two words; never the next flag (a forgotten value
+    # would swallow it and fail far from the mistake).
+    following = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else None
     if arg.startswith("--gin_file"):
-      files.append(arg.split("=", 1)[1] if "=" in arg else next(it, ""))
+      files.append(arg.split("=", 1)[1] if "=" in arg else following or "")
+      i += "=" not in arg and following is not None
     elif arg.startswith("--gin."):
       body = arg[len("--gin."):]
-      bindings.append(body if "=" in body else f"{body}={next(it, '')}")
+      # No value at all: kept without '=', which configure refuses in one line.
+      bindings.append(body if "=" in body or following is None else f"{body}={following}")
+      i += "=" not in body and following is not None
     else:
       rest.append(arg)
+    i += 1
   return files, bindings, rest
 
 
+class _OneLineParser(argparse.ArgumentParser):
+  """A usage mistake (unknown flag, bad value, missing argument) in one line; argparse's
+  own error prints the usage first."""
+
+  def error(self, message: str):
+    self.exit(2, f"objectax: error: {' '.join(message.split())}; see {self.prog} --help\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(
+  parser = _OneLineParser(
       prog="objectax",
       description="Compare language-model pretraining objectives across architectures "
                   "(JAX/Flax/SeqIO). Each run is a point on the grid (architecture, "
@@ -235,6 +252,7 @@ def run(argv: list[str] | None = None) -> int:
     parser.print_help()
     return 2
   # pylint: disable=g-import-not-at-top
+  from objectax.launch import preemption
   from objectax.models.registry import ConfigError
   if args.command == "bench" and args.what == "model":  # GPU hosts: no TensorFlow, no seqio
     from objectax.launch.tools import bench_model
@@ -300,6 +318,12 @@ def run(argv: list[str] | None = None) -> int:
   except FloatingPointError as e:  # diverged: the message names the checkpoint kept
     print(f"objectax: error: {e}", file=sys.stderr)
     return 1
+  except (KeyboardInterrupt, preemption.Interrupted) as e:  # a second Ctrl-C: no traceback
+    print(f"objectax: interrupted ({str(e) or 'Ctrl-C'}); checkpoints already written are kept",
+          file=sys.stderr)
+    return 130
+  if summary.get("stopped_by"):
+    return preemption.EXIT_PREEMPTED
   return 0 if summary["final_step"] > 0 else 1
 
 

@@ -42,29 +42,51 @@ class MetricsWriter:
     if not self.enabled:
       return
     row = {"step": int(step), **{k: float(v) for k, v in scalars.items()}}
-    with open(self.path, "a", encoding="utf-8") as f:
+    with open(self.path, "a", encoding="utf-8") as f:  # one write per row: a crash tears one line at most
       f.write(json.dumps(row) + "\n")
+      f.flush()
     if self._tb is not None:
       for k, v in scalars.items():
         self._tb.add_scalar(k, float(v), int(step))
 
-  def read(self) -> list[dict]:
+  def read(self) -> tuple[list[dict], list[int]]:
+    """The rows of metrics.jsonl, and the line numbers of any that could not be read (a
+    torn last line after a crash or a full disk; such lines are left out)."""
     if not os.path.exists(self.path):
-      return []
-    with open(self.path, encoding="utf-8") as f:
-      return [json.loads(line) for line in f if line.strip()]
+      return [], []
+    rows, bad = [], []
+    with open(self.path, encoding="utf-8", errors="replace") as f:
+      for number, line in enumerate(f, 1):
+        if not line.strip():
+          continue
+        try:
+          row = json.loads(line)
+        except ValueError:
+          row = None
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+          rows.append(row)
+        else:
+          bad.append(number)
+    return rows, bad
 
-  def truncate(self, after_step: int) -> list[dict]:
-    """Drops rows logged after `after_step` (steps a resumed run will log again); returns the rest.
+  def truncate(self, after_step: int, warn=None) -> list[dict]:
+    """Drops rows logged after `after_step` (steps a resumed run will log again) and any
+    unreadable line (`warn` gets one line about them); returns the rest.
 
-    TensorBoard keeps both copies of such steps; metrics.jsonl is the clean record.
+    The file is rewritten (atomically) only when something was dropped. TensorBoard keeps
+    both copies of such steps; metrics.jsonl is the clean record.
     """
-    rows = self.read()
+    rows, bad = self.read()
+    if bad and warn is not None:
+      warn(f"warning: {self.path}: dropped {len(bad)} unreadable line(s) (line "
+           f"{', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''}), e.g. torn by a crash")
     kept = [r for r in rows if r["step"] <= after_step]
-    if self.enabled and len(kept) != len(rows):
+    if self.enabled and (len(kept) != len(rows) or bad):
       tmp = self.path + ".tmp"
       with open(tmp, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r) + "\n" for r in kept)
+        f.flush()
+        os.fsync(f.fileno())
       os.replace(tmp, self.path)
     return kept
 

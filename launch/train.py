@@ -7,38 +7,76 @@ checkpoints and the user's terminal.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from objectax.launch import builder, checkpoints, config, distributed, input_pipeline, sharding
+from objectax.data import sources
+from objectax.launch import builder, checkpoints, config, distributed, input_pipeline, preemption
+from objectax.launch import sharding
+from objectax.launch import workdir as workdir_lib
 from objectax.launch import metrics as metrics_lib
 from objectax.launch import mfu as mfu_lib
+from objectax.models.config import EXECUTION_SETTINGS
 from objectax.models.registry import ConfigError
 
 
-def resolve_workdir(exp: config.Experiment, tc: config.TrainConfig, workdir: str | None) -> str:
-  """The workdir, created and probed for writing before anything expensive happens."""
-  path = workdir or tc.workdir or os.path.join("workdir", exp.name)
-  if "://" in path:
-    raise ConfigError(
-        f"workdir {path} is a URL; metrics and iterator files are written with plain file "
-        "I/O, so give a path every host can write: a shared filesystem or a bucket mounted "
-        "with gcsfuse (e.g. /gcs/BUCKET/run)")
-  path = os.path.abspath(path)
-  try:
-    os.makedirs(path, exist_ok=True)
-    probe = os.path.join(path, f".write_probe_{jax.process_index()}")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise ConfigError(f"workdir {path} is not writable ({e.strerror}); pass --workdir=DIR") from None
-  return path
+def default_workdir(exp: config.Experiment) -> str:
+  """./workdir/<experiment name>, plus a suffix naming any model setting that differs from
+  the size's defaults: two different models never share a default workdir."""
+  from objectax.launch import configure  # pylint: disable=g-import-not-at-top
+  return os.path.join("workdir", exp.name + configure.workdir_suffix())
+
+
+def _json(value):
+  """`value` as it reads back from a checkpoint's JSON record (tuples become lists)."""
+  return json.loads(json.dumps(value))
+
+
+def _refuse_other_run(directory: str, model_id: dict, stream_id: dict):
+  """The check of a checkpoint's record against this run (see checkpoints.restore_newest)."""
+  def check(ckpt_step: int, data: dict) -> None:
+    where = f"checkpoint step {ckpt_step} in {directory}"
+    recorded = data.get("model")
+    if recorded is not None:
+      diffs = [f"{k} {recorded.get(k, 'unset')!r} there, {v!r} here"
+               for k, v in _json(model_id).items() if recorded.get(k) != v]
+      if diffs:
+        raise ConfigError(
+            f"{where} was written by another model ({'; '.join(diffs)}); nothing was written: "
+            "use another --workdir, or set Experiment.variant to name this model")
+    for key, value in _json(stream_id).items():
+      if key in data and data[key] != value:
+        raise ConfigError(
+            f"{where} was written with data {key}={data[key]!r} but this run has {value!r}; "
+            "nothing was written: restore that setting, or use another --workdir")
+  return check
+
+
+def _acquire_lock(workdir: str, chief: bool) -> workdir_lib.WorkdirLock | None:
+  """Process 0 takes the workdir's lock; every process learns whether it got it."""
+  lock, refusal = None, None
+  if chief:
+    lock = workdir_lib.WorkdirLock(workdir)
+    try:
+      lock.acquire()
+    except ConfigError as e:
+      lock, refusal = None, e
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    held = int(multihost_utils.broadcast_one_to_all(np.int32(lock is not None or not chief)))
+    if not held and refusal is None:
+      refusal = ConfigError(f"workdir {workdir} is in use by another objectax train "
+                            "(process 0 found its lock); pass another --workdir")
+  if refusal is not None:
+    raise refusal
+  return lock
 
 
 class WaitClock:
@@ -112,13 +150,29 @@ class WaitClock:
     return self._elapsed(self._t_end) / self._steps if self._steps else None
 
 
+@jax.jit
+def _first_nonfinite(first: jax.Array, step: jax.Array, metrics: dict) -> jax.Array:
+  """`step` if it is the first whose metrics are not all finite, else `first` (-1: none
+  yet). On the devices, once per step: the host reads it only when it reads metrics."""
+  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)]))
+  return jnp.where((first < 0) & ~finite, step, first)
+
+
 def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
-  """Runs (or resumes) the configured experiment; returns the end-of-run summary."""
+  """Runs (or resumes) the configured experiment; returns the end-of-run summary.
+
+  Before anything is written to the workdir, the run is accepted: the workdir's lock is
+  taken, the data is checked, and any checkpoint there is checked against this run (model
+  and data stream) and restored. Only then are config.gin, metrics and checkpoints written.
+  SIGTERM or Ctrl-C stops it after the current step with a checkpoint (summary
+  "stopped_by"); `objectax train` then exits with `preemption.EXIT_PREEMPTED`.
+  """
   t_start = time.perf_counter()
   joined = distributed.initialize()  # before anything asks JAX for devices
   cfg = builder.resolve()
   exp, tc = cfg.exp, cfg.train
-  workdir = resolve_workdir(exp, tc, workdir)
+  workdir = workdir_lib.resolve(workdir or tc.workdir or default_workdir(exp),
+                                process_index=jax.process_index())
   if tc.init_from:  # a bad source fails now, before data and compilation
     from objectax.launch import adapt  # pylint: disable=g-import-not-at-top
     adapt.resolve_source(tc.init_from, tc.init_from_step)
@@ -127,6 +181,17 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   chief = jax.process_index() == 0  # one host prints and writes the shared files
   say = (lambda *a: None) if quiet or not chief else (
       lambda msg: print(f"objectax: {msg}", flush=True))
+  lock = _acquire_lock(workdir, chief)
+  try:
+    with preemption.StopSignals() as signals:
+      return _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> dict:
+  exp, tc = cfg.exp, cfg.train
   say(f"experiment {exp.name} -> {workdir}")
   if jax.process_count() > 1:
     say(f"{jax.process_count()} processes ({joined}), {jax.local_device_count()} devices each")
@@ -134,13 +199,10 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
 
   # Data first: it validates lengths and corpus, and fixes the vocabulary size.
   ti = input_pipeline.build_task_input(cfg)
+  input_pipeline.check_splits(ti, tc.batch_size, input_shards)
   lengths = dict(ti.task_feature_lengths)
   say(f"task {ti.task.name}: lengths {lengths}, vocabulary {ti.vocabulary.vocab_size}, "
       f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s)")
-
-  if chief:
-    from objectax.launch import configure  # pylint: disable=g-import-not-at-top
-    say(f"operative config: {configure.write_operative_config(workdir)}")
 
   # Model, loss, optimizer and state, laid out on the mesh from the start.
   parts = builder.build(cfg, vocab_size=ti.vocabulary.vocab_size,
@@ -148,21 +210,37 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
                         concat=ti.lengths.concat)
   run = parts.on_mesh(mesh)
   abstract = run.abstract
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  # What the checkpoint must match: the model (every setting that changes what it computes)
+  # and the data stream (a data position only resumes the same stream).
+  model_id = {"arch": exp.arch, "objective": exp.objective,
+              **{k: v for k, v in dataclasses.asdict(parts.model_cfg).items()
+                 if k not in EXECUTION_SETTINGS}}
+  stream_id = {"task": ti.task.name, "seed": tc.seed, "batch_size": tc.batch_size,
+               "input_shards": input_shards, "lengths": lengths}
+  restored = checkpoints.restore_newest(ckpt_dir, abstract,
+                                        _refuse_other_run(ckpt_dir, model_id, stream_id))
+  params_from = None
+  if restored is None and tc.init_from:
+    from objectax.launch import adapt  # pylint: disable=g-import-not-at-top
+    params_from = adapt.restore_params(tc.init_from, tc.init_from_step, abstract.params)
+
+  # Accepted: from here on the run writes to its workdir.
+  if chief:
+    from objectax.launch import configure  # pylint: disable=g-import-not-at-top
+    say(f"operative config: {configure.write_operative_config(workdir)}")
+    for step, why in (restored.passed_over if restored else []):
+      say(f"warning: checkpoint step {step} could not be restored ({why}); moved to "
+          f"{checkpoints.move_aside(workdir, step)}, resuming from an older one")
+  if restored is not None and restored.passed_over and jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices("objectax: bad checkpoints moved aside")
   ckpt = checkpoints.Checkpointer(workdir, keep=tc.keep_checkpoints,
                                   async_save=tc.async_checkpoints)
   writer = metrics_lib.MetricsWriter(workdir, enabled=chief)
-  # What the data position means: a checkpoint only resumes the same stream.
-  stream_id = {"task": ti.task.name, "seed": tc.seed, "batch_size": tc.batch_size,
-               "input_shards": input_shards, "lengths": lengths}
-  if ckpt.latest_step() is not None:
-    state, data_position = ckpt.restore(abstract)
+  if restored is not None:
+    state, data_position = restored.state, restored.data
     start_step = int(state.step)
-    for key, value in stream_id.items():
-      if key in data_position and data_position[key] != value:
-        raise ConfigError(
-            f"checkpoint step {start_step} in {ckpt.directory} was written with data {key}="
-            f"{data_position[key]!r} but this run has {value!r}; restore that setting or use "
-            f"another workdir")
     say(f"resuming from checkpoint step {start_step} (data position "
         f"{data_position['batches_consumed']} batches)")
     # Each process saved the iterator of its own block of input shards; with another process
@@ -172,10 +250,8 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
     same_processes = True
     state = run.init()
     start_step = 0
-    if tc.init_from:
-      from objectax.launch import adapt  # pylint: disable=g-import-not-at-top
-      params, source_step, left_behind = adapt.restore_params(tc.init_from, tc.init_from_step,
-                                                              abstract.params)
+    if params_from is not None:
+      params, source_step, left_behind = params_from
       state = state.replace(params=params)
       say(f"parameters from {tc.init_from} step {source_step}; optimizer and step start afresh"
           + (f" ({len(left_behind)} checkpoint parameters not used)" if left_behind else ""))
@@ -191,7 +267,7 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
 
   eval_set = [input_pipeline.to_global(b, batch_sharding)
               for b in input_pipeline.eval_batches(ti, tc.batch_size, tc.eval_batches,
-                                                           input_shards=input_shards)]
+                                                   input_shards=input_shards)]
 
   def evaluate(params) -> float:
     with run.activate():
@@ -199,7 +275,7 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
     loss_sum, weight_sum = (float(sum(np.asarray(s[i]) for s in sums)) for i in (0, 1))
     return loss_sum / max(weight_sum, 1.0)
 
-  history = writer.truncate(after_step=start_step if start_step else -1)
+  history = writer.truncate(after_step=start_step if start_step else -1, warn=say)
   if start_step == 0:
     loss0 = evaluate(state.params)
     writer.write(0, {"eval_loss": loss0})
@@ -208,14 +284,21 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
     loss0 = next((r["eval_loss"] for r in history if r["step"] == 0 and "eval_loss" in r),
                  float("nan"))
 
+  train_iter = None
   iterator_state = ckpt.saved_iterator(start_step) if same_processes else None
-  try:
+  if iterator_state is not None:
+    try:
+      train_iter = input_pipeline.TrainStream(
+          ti, tc.batch_size, tc.seed, start_position=start_step, state_path=iterator_state,
+          input_shards=input_shards)
+    except Exception as e:  # pylint: disable=broad-except  (TF reports a bad file in many ways)
+      say(f"warning: the data iterator state {iterator_state} could not be restored "
+          f"({checkpoints.first_line(e)}); moved to "
+          f"{checkpoints.move_iterator_aside(workdir, start_step, jax.process_index())}; "
+          f"skipping {start_step} batches instead")
+  if train_iter is None:
     train_iter = input_pipeline.TrainStream(ti, tc.batch_size, tc.seed, start_position=start_step,
-                                            state_path=iterator_state, input_shards=input_shards)
-  except Exception as e:  # TF reports a bad iterator file in many ways; all mean the same
-    raise ConfigError(f"the data iterator state {ckpt.saved_iterator(start_step)} could not be "
-                      f"restored ({type(e).__name__}); delete that file to resume by skipping "
-                      f"{start_step} batches instead") from e
+                                            input_shards=input_shards)
   if start_step and train_iter.restored_from is None:
     say(f"no saved data iterator for step {start_step}: skipping {start_step} batches instead")
   # Every stream the model reads (encoder and decoder for ED), padding included.
@@ -232,13 +315,18 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   t_log, step_log = time.perf_counter(), start_step
   final_eval = None
   clock = WaitClock()
+  first_bad = np.int32(-1)  # the first step with non-finite metrics, tracked on the devices
+  last_step = start_step
 
-  def fetch(step: int, m: dict) -> dict:
-    """Host copy of a step's metrics; a NaN/Inf stops the run before that state is saved."""
-    m = {k: float(v) for k, v in jax.device_get(m).items()}
-    if not all(math.isfinite(v) for v in m.values()):
+  def fetch(step: int, m: dict, bad: jax.Array) -> dict:
+    """Host copy of a step's metrics; a NaN/Inf in them, or in any step's up to it (`bad`,
+    the tracker as of that step), stops the run before a state is saved."""
+    m, bad = jax.device_get((m, bad))
+    m = {k: float(v) for k, v in m.items()}
+    if bad >= 0 or not all(math.isfinite(v) for v in m.values()):
       raise FloatingPointError(
-          f"non-finite metrics at step {step} ({', '.join(f'{k}={v:.4g}' for k, v in m.items())});"
+          f"non-finite metrics from step {int(bad) if bad >= 0 else step} on (step {step}: "
+          f"{', '.join(f'{k}={v:.4g}' for k, v in m.items())});"
           + (f" the last checkpoint, step {ckpt.latest_step()}, in {ckpt.directory} is kept"
              if ckpt.latest_step() is not None else " no checkpoint had been saved yet"))
     return m
@@ -254,6 +342,11 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
                         **({} if wait is None else {"data_wait_fraction": wait})})
     progress.update(step, m["loss"], tps, extra=f"  MFU {utilisation:.1%}")
 
+  def save(step: int, final: bool = False) -> None:
+    with clock.not_a_step():
+      ckpt.save(step, state, {"batches_consumed": step, **stream_id, "model": model_id,
+                               "process_count": jax.process_count()}, stream=batches, final=final)
+
   try:
     with run.activate():
       for step in range(start_step + 1, tc.steps + 1):
@@ -261,20 +354,26 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
         with clock.waiting():
           batch = next(batches)
         state, step_metrics = train_step(state, batch, rng)
+        first_bad = _first_nonfinite(first_bad, np.int32(step), step_metrics)
+        last_step = step
         # Step N-1's metrics are read only now, after step N is dispatched: no stall.
         if pending is not None and itstime(pending[0], tc.log_every):
           log(pending[0], fetch(*pending))
-        pending = (step, step_metrics)
-        if itstime(step, tc.checkpoint_every) or itstime(step, tc.eval_every):
+        pending = (step, step_metrics, first_bad)
+        checkpointed = itstime(step, tc.checkpoint_every)
+        stopping = signals.should_stop(step) and step < tc.steps
+        if checkpointed or itstime(step, tc.eval_every) or stopping:
           # Before a state is saved or evaluated, its own metrics must be finite.
           m = fetch(*pending)
           if itstime(step, tc.log_every):
             log(step, m)
           pending = None
-          if itstime(step, tc.checkpoint_every):
-            with clock.not_a_step():
-              ckpt.save(step, state, {"batches_consumed": step, **stream_id,
-                                       "process_count": jax.process_count()}, stream=batches)
+          if checkpointed:
+            save(step)
+          if stopping:
+            if not checkpointed:
+              save(step, final=True)
+            break
           if itstime(step, tc.eval_every):
             with clock.not_a_step():
               final_eval = evaluate(state.params)
@@ -288,7 +387,8 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
     progress.close()
     ckpt.close()
     writer.close()
-  if final_eval is None:  # resumed at the final step: nothing trained, evaluate anyway
+  stopped_by = signals.received if last_step < tc.steps else None
+  if final_eval is None and not stopped_by:  # resumed at the final step: evaluate anyway
     final_eval = evaluate(state.params)
   summary = {
       "experiment": exp.name, "workdir": workdir, "start_step": start_step,
@@ -298,13 +398,22 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
                       "iterator_state" if train_iter.restored_from else "skip_batches"),
       # Over this run's steps after its first (compilation); None when there were none.
       "data_wait_fraction": clock.run_fraction(), "seconds_per_step": clock.seconds_per_step(),
+      "stopped_by": stopped_by,
   }
-  drop = (1 - final_eval / loss0) * 100 if loss0 == loss0 else float("nan")
-  wait = summary["data_wait_fraction"]
-  say(f"done: {exp.name} step {summary['final_step']} in {summary['wall_seconds']:.0f} s; "
-      f"validation loss {loss0:.4f} -> {final_eval:.4f} ({drop:.1f}% below step 0); "
-      f"data wait {'n/a' if wait is None else f'{wait:.2%}'} of step time; workdir {workdir}")
+  skipped = sum(sources.skipped_records().values())
+  if skipped:
+    summary["skipped_records"] = skipped
+    say(f"skipped {skipped} bad record(s) of the corpus (LocalTextConfig.bad_records='skip')")
+  if stopped_by:
+    say(f"stopped by {stopped_by} after step {summary['final_step']}: checkpoint saved in "
+        f"{ckpt.directory}; run the same command to resume (exit status "
+        f"{preemption.EXIT_PREEMPTED})")
+  else:
+    drop = (1 - final_eval / loss0) * 100 if loss0 == loss0 else float("nan")
+    wait = summary["data_wait_fraction"]
+    say(f"done: {exp.name} step {summary['final_step']} in {summary['wall_seconds']:.0f} s; "
+        f"validation loss {loss0:.4f} -> {final_eval:.4f} ({drop:.1f}% below step 0); "
+        f"data wait {'n/a' if wait is None else f'{wait:.2%}'} of step time; workdir {workdir}")
   if chief:
-    with open(os.path.join(workdir, "summary.json"), "w") as f:
-      json.dump(summary, f, indent=1)
+    workdir_lib.atomic_write(os.path.join(workdir, "summary.json"), json.dumps(summary, indent=1))
   return summary

@@ -36,6 +36,7 @@ from typing import Callable, Optional, Sequence
 import gin
 from gin import config_parser
 
+from objectax.launch import preemption
 from objectax.models.registry import ConfigError
 
 # Lines of TensorFlow's/absl's C++ logging that a subprocess prints before Python can
@@ -361,7 +362,8 @@ def stream(argv: Sequence[str], log_path: str, on_line: Callable[[str], None]) -
 def run_grid(plan: Plan, *, say: Callable[[str], None] = print,
              program: Sequence[str] = (sys.executable, "-m", "objectax.launch.main")) -> dict:
   """Trains and evaluates every (cell, seed) not yet done, in order; returns
-  {'ran': n, 'skipped': n, 'failed': [workdir, ...]}."""
+  {'ran': n, 'skipped': n, 'failed': [workdir, ...]}, plus 'stopped': workdir when a run
+  was stopped by a signal (it saved; the grid stops there and a rerun resumes it)."""
   os.makedirs(plan.out, exist_ok=True)
   lock = _lock(plan.out)  # held until this process exits
   runs = plan.runs()
@@ -396,6 +398,11 @@ def run_grid(plan: Plan, *, say: Callable[[str], None] = print,
       rc = stream(evaluate, os.path.join(wd, "eval.log"),
                   lambda line: progress.line(line) if "error" in line or "wrote" in line else None)
       seconds["eval_seconds"] = time.perf_counter() - t
+    if rc == preemption.EXIT_PREEMPTED:  # the run saved on a signal: so stops the grid
+      progress.line(f"stopped by a signal; {wd} saved a checkpoint: run the same "
+                    "`objectax ablate` again to resume the grid")
+      lock.close()
+      return {"ran": i, "skipped": len(runs) - len(todo), "failed": failed, "stopped": wd}
     if rc != 0:
       failed.append(wd)
       progress.line(f"FAILED (exit {rc}); see {wd}/train.log and eval.log")
@@ -451,6 +458,8 @@ def main(grid_file: str, size: str, seeds: int, out: Optional[str] = None, *,
     print(describe(plan))
     return 0
   result = run_grid(plan, say=lambda msg: print(f"objectax ablate: {msg}", flush=True))
+  if result.get("stopped"):
+    return preemption.EXIT_PREEMPTED
   from objectax.launch.grid import report as ablate_report  # pylint: disable=g-import-not-at-top
   written = ablate_report.write_report(plan)
   print(f"objectax ablate: {result['ran']} run(s) trained/evaluated, {result['skipped']} "

@@ -2,6 +2,7 @@
 single-process eight-device run, and read disjoint data."""
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,8 +14,9 @@ from objectax.launch import distributed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BINDINGS = ["Experiment.sequence_length=64", "TrainConfig.batch_size=8", "TrainConfig.steps=4",
-            "TrainConfig.eval_every=4", "TrainConfig.checkpoint_every=2",
-            "TrainConfig.eval_batches=2", "TrainConfig.log_every=1", "TrainConfig.input_shards=2",
+            "TrainConfig.warmup_steps=3", "TrainConfig.eval_every=4",
+            "TrainConfig.checkpoint_every=2", "TrainConfig.eval_batches=2",
+            "TrainConfig.log_every=1", "TrainConfig.input_shards=2",
             "MeshConfig.rules='fsdp'", "MeshConfig.axes=(('data', 2), ('fsdp', 4), ('tensor', 1))"]
 
 
@@ -116,3 +118,46 @@ def test_cluster_detection_and_bad_coordinator_settings():
     distributed.DistributedConfig(coordinator_address="localhost:1234", num_processes=2,
                                   process_id=2)
   assert distributed.initialize(distributed.DistributedConfig()) in ("single", "already")
+
+
+def _train_processes(workdir, bindings, tfds_data_dir, port):
+  """`objectax train` as two processes of four devices each on loopback."""
+  env = {**os.environ, "TFDS_DATA_DIR": tfds_data_dir,
+         "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+  return [subprocess.Popen(
+      [sys.executable, "-m", "objectax.launch.main", "train", f"--workdir={workdir}", "--quiet",
+       *[f"--gin.{b}" for b in bindings],
+       f"--gin.DistributedConfig.coordinator_address='localhost:{port}'",
+       "--gin.DistributedConfig.num_processes=2", f"--gin.DistributedConfig.process_id={i}"],
+      env=env, cwd=os.path.dirname(str(workdir)), stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_resumes_bit_identically(
+    tfds_data_dir, tmp_path):
+  """JAX's preemption sync: the signalled process and the other agree on the step, both
+  save it and exit 75; rerunning resumes to the uninterrupted run's exact state."""
+  import test_reliability as rel  # pylint: disable=g-import-not-at-top  (a sibling test module)
+  bindings = [*BINDINGS, "TrainConfig.steps=80", "TrainConfig.warmup_steps=10",
+              "TrainConfig.checkpoint_every=40", "TrainConfig.eval_every=80"]
+  straight = tmp_path / "straight"
+  outs = [p.communicate(timeout=900)[0]
+          for p in _train_processes(straight, bindings, tfds_data_dir, _free_port())]
+  wd = tmp_path / "wd"
+  procs = _train_processes(wd, bindings, tfds_data_dir, _free_port())
+  rel._wait_for_rows(procs[0], wd, 8)  # process 0 writes the metrics
+  procs[1].send_signal(signal.SIGTERM)
+  outs = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [75, 75], outs
+  stopped = json.loads((wd / "summary.json").read_text())["final_step"]
+  assert 8 <= stopped < 80 and str(stopped) in os.listdir(wd / "checkpoints")
+  assert sorted(os.listdir(wd / "data_iterators" / str(stopped))) == sorted(
+      f"process_{i}{ext}" for i in range(2)
+      for ext in (".data-00000-of-00001", ".index", ".pending.npz"))
+  procs = _train_processes(wd, bindings, tfds_data_dir, _free_port())
+  outs = [p.communicate(timeout=900)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  rel._assert_same_state(rel._state(straight, 80), rel._state(wd, 80))
+  assert rel._logged_steps(wd) == list(range(1, 81))

@@ -24,7 +24,8 @@ def _train(workdir, *bindings):
 @pytest.mark.e2e
 def test_run_writes_outputs_and_resumes(tfds_data_dir, tmp_path):
   wd = tmp_path / "wd"
-  s = _train(wd, "TrainConfig.steps=6", "TrainConfig.checkpoint_every=3", "TrainConfig.eval_every=3")
+  s = _train(wd, "TrainConfig.steps=6", "TrainConfig.warmup_steps=5",
+             "TrainConfig.checkpoint_every=3", "TrainConfig.eval_every=3")
   assert (s["start_step"], s["final_step"]) == (0, 6)
   rows = [json.loads(l) for l in (wd / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3, 4, 5, 6]
@@ -43,8 +44,8 @@ def test_run_writes_outputs_and_resumes(tfds_data_dir, tmp_path):
   assert json.loads((wd / "summary.json").read_text())["final_step"] == 6
 
   # The same command again: resumes at the saved step, trains nothing more.
-  again = _train(wd, "TrainConfig.steps=6", "TrainConfig.checkpoint_every=3",
-                 "TrainConfig.eval_every=3")
+  again = _train(wd, "TrainConfig.steps=6", "TrainConfig.warmup_steps=5",
+                 "TrainConfig.checkpoint_every=3", "TrainConfig.eval_every=3")
   assert (again["start_step"], again["final_step"]) == (6, 6)
   assert again["final_eval_loss"] == pytest.approx(s["final_eval_loss"], rel=1e-6)
   assert again["step0_eval_loss"] == s["step0_eval_loss"]
@@ -56,7 +57,8 @@ def test_resumed_run_equals_uninterrupted_run(tfds_data_dir, tmp_path, data_resu
   """Drop the last checkpoint (a crash after step 4): the resumed run must land exactly where
   the uninterrupted one did, which needs restored params, optimizer state and data position,
   whether the data position comes from the saved iterator or from skipping batches."""
-  common = ["TrainConfig.steps=8", "TrainConfig.checkpoint_every=4", "TrainConfig.eval_every=8"]
+  common = ["TrainConfig.steps=8", "TrainConfig.warmup_steps=7", "TrainConfig.checkpoint_every=4",
+            "TrainConfig.eval_every=8"]
   straight = _train(tmp_path / "a", *common, "TrainConfig.keep_checkpoints=1")
   # keep_checkpoints=1 pruned step 4, and this host's iterator state of step 4 with it.
   assert os.listdir(tmp_path / "a" / "checkpoints") == ["8"]
@@ -123,7 +125,8 @@ def test_objective_is_one_binding_and_loss_falls_on_targets_only(objective, tfds
   """Every objective the causal decoder supports is one binding; an objective with inputs
   runs as concat(inputs, targets) with loss weight exactly on the target part."""
   bindings = [f"Experiment.objective={objective}", "TrainConfig.steps=2",
-              "TrainConfig.eval_every=2", "TrainConfig.checkpoint_every=2"]
+              "TrainConfig.warmup_steps=1", "TrainConfig.eval_every=2",
+              "TrainConfig.checkpoint_every=2"]
   if objective in TRAINED_BY_DEFAULT:
     s = _train(tmp_path / "wd", *bindings)
     assert s["experiment"] == f"causal_decoder_{objective}_tiny_pydocs"
@@ -177,30 +180,41 @@ def test_objective_is_one_binding_and_loss_falls_on_targets_only(objective, tfds
 
 
 @pytest.mark.e2e
-def test_divergence_stops_in_one_line_and_keeps_checkpoints(tfds_data_dir, tmp_path, capsys):
+def test_divergence_stops_in_one_line_naming_its_first_step_and_keeps_checkpoints(
+    tfds_data_dir, tmp_path, capsys):
+  """Checked every step on the devices (no host sync), reported when the host next reads
+  metrics: the same first bad step whether metrics are read every step or every 12th."""
   from objectax.launch import main  # pylint: disable=g-import-not-at-top
-  wd = tmp_path / "wd"
-  code = main.run(["train", f"--workdir={wd}", "--quiet", *[f"--gin.{b}" for b in FAST],
-                   "--gin.TrainConfig.steps=12", "--gin.TrainConfig.checkpoint_every=1",
-                   "--gin.TrainConfig.learning_rate=1e12", "--gin.TrainConfig.warmup_steps=0",
-                   "--gin.TrainConfig.clip_grad_norm=1e30"])
-  lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
-  assert code == 1
-  assert len(lines) == 1 and "non-finite metrics at step" in lines[0], lines
-  bad_step = int(lines[0].split("at step ")[1].split()[0])
-  saved = sorted(int(d) for d in os.listdir(wd / "checkpoints") if d.isdigit())
-  assert saved and max(saved) == bad_step - 1, (saved, bad_step)
-  assert all(d.isdigit() for d in os.listdir(wd / "checkpoints")), "a half-written checkpoint"
+  diverging = [*[f"--gin.{b}" for b in FAST], "--gin.TrainConfig.steps=12",
+               "--gin.TrainConfig.learning_rate=1e12", "--gin.TrainConfig.warmup_steps=0",
+               "--gin.TrainConfig.clip_grad_norm=1e30"]
+  first_bad = []
+  for wd, every in ((tmp_path / "each", 1), (tmp_path / "rarely", 12)):
+    code = main.run(["train", f"--workdir={wd}", "--quiet", *diverging,
+                     f"--gin.TrainConfig.checkpoint_every={every}",
+                     f"--gin.TrainConfig.log_every={every}"])
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+    assert code == 1
+    assert len(lines) == 1 and "non-finite metrics from step" in lines[0], lines
+    first_bad.append(int(lines[0].split("from step ")[1].split()[0]))
+    saved = sorted(int(d) for d in os.listdir(wd / "checkpoints") if d.isdigit())
+    assert all(step < first_bad[-1] for step in saved), (saved, first_bad)
+    assert all(d.isdigit() for d in os.listdir(wd / "checkpoints")), "a half-written checkpoint"
+  assert first_bad[0] == first_bad[1] < 12, first_bad
+  saved = sorted(int(d) for d in os.listdir(tmp_path / "each" / "checkpoints") if d.isdigit())
+  assert saved and max(saved) == first_bad[0] - 1
 
 
 @pytest.mark.e2e
 def test_resume_refuses_a_different_data_stream(tfds_data_dir, tmp_path, capsys):
   from objectax.launch import main  # pylint: disable=g-import-not-at-top
   wd = tmp_path / "wd"
-  _train(wd, "TrainConfig.steps=2", "TrainConfig.checkpoint_every=2", "TrainConfig.eval_every=2")
+  _train(wd, "TrainConfig.steps=2", "TrainConfig.warmup_steps=1",
+         "TrainConfig.checkpoint_every=2", "TrainConfig.eval_every=2")
   before = sorted(os.listdir(wd / "checkpoints"))
   code = main.run(["train", f"--workdir={wd}", "--quiet", *[f"--gin.{b}" for b in FAST],
-                   "--gin.TrainConfig.steps=4", "--gin.TrainConfig.batch_size=8"])
+                   "--gin.TrainConfig.steps=4", "--gin.TrainConfig.warmup_steps=3",
+                   "--gin.TrainConfig.batch_size=8"])
   lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
   assert code == 2 and len(lines) == 1, lines
   assert "was written with data batch_size=4 but this run has 8" in lines[0], lines[0]
@@ -210,7 +224,8 @@ def test_resume_refuses_a_different_data_stream(tfds_data_dir, tmp_path, capsys)
 @pytest.mark.e2e
 def test_unpacked_batches_train(tfds_data_dir, tmp_path):
   s = _train(tmp_path / "wd", "Experiment.pack=False", "TrainConfig.steps=2",
-             "TrainConfig.eval_every=2", "TrainConfig.checkpoint_every=2")
+             "TrainConfig.warmup_steps=1", "TrainConfig.eval_every=2",
+             "TrainConfig.checkpoint_every=2")
   assert s["final_step"] == 2 and np.isfinite(s["final_eval_loss"])
 
 
