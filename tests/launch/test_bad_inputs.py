@@ -348,14 +348,8 @@ class Outcome:
 
 def _tree(root: pathlib.Path) -> dict[str, str]:
   """relative path -> sha256 of every file under root (folders alone do not count)."""
-  import hashlib  # pylint: disable=g-import-not-at-top
-  out = {}
-  for folder, _, files in os.walk(root):
-    for name in files:
-      path = os.path.join(folder, name)
-      with open(path, "rb") as f:
-        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-  return out
+  import test_reliability  # pylint: disable=g-import-not-at-top  (a sibling test module)
+  return test_reliability._tree_hash(root)  # pylint: disable=protected-access
 
 
 def run_case(case: Case, tmp: pathlib.Path, monkeypatch, capsys, trained_source) -> Outcome:
