@@ -78,7 +78,7 @@ class MetricsWriter:
     """
     rows, bad = self.read()
     if bad and warn is not None:
-      warn(f"warning: {self.path}: dropped {len(bad)} unreadable line(s) (line "
+      warn(f"{self.path}: dropped {len(bad)} unreadable line(s) (line "
            f"{', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''}), e.g. torn by a crash")
     kept = [r for r in rows if r["step"] <= after_step]
     if self.enabled and (len(kept) != len(rows) or bad):

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 import jax
@@ -190,6 +191,11 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
       lock.release()
 
 
+def _warn(msg: str) -> None:
+  """A line about something repaired or skipped (even with --quiet): on stderr."""
+  print(f"objectax: warning: {msg}", file=sys.stderr, flush=True)
+
+
 def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> dict:
   exp, tc = cfg.exp, cfg.train
   say(f"experiment {exp.name} -> {workdir}")
@@ -230,7 +236,7 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
     from objectax.launch import configure  # pylint: disable=g-import-not-at-top
     say(f"operative config: {configure.write_operative_config(workdir)}")
     for step, why in (restored.passed_over if restored else []):
-      say(f"warning: checkpoint step {step} could not be restored ({why}); moved to "
+      _warn(f"checkpoint step {step} could not be restored ({why}); moved to "
           f"{checkpoints.move_aside(workdir, step)}, resuming from an older one")
   if restored is not None and restored.passed_over and jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -275,7 +281,8 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
     loss_sum, weight_sum = (float(sum(np.asarray(s[i]) for s in sums)) for i in (0, 1))
     return loss_sum / max(weight_sum, 1.0)
 
-  history = writer.truncate(after_step=start_step if start_step else -1, warn=say)
+  history = writer.truncate(after_step=start_step if start_step else -1,
+                            warn=_warn if chief else None)
   if start_step == 0:
     loss0 = evaluate(state.params)
     writer.write(0, {"eval_loss": loss0})
@@ -292,7 +299,7 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
           ti, tc.batch_size, tc.seed, start_position=start_step, state_path=iterator_state,
           input_shards=input_shards)
     except Exception as e:  # pylint: disable=broad-except  (TF reports a bad file in many ways)
-      say(f"warning: the data iterator state {iterator_state} could not be restored "
+      _warn(f"the data iterator state {iterator_state} could not be restored "
           f"({checkpoints.first_line(e)}); moved to "
           f"{checkpoints.move_iterator_aside(workdir, start_step, jax.process_index())}; "
           f"skipping {start_step} batches instead")

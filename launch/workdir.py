@@ -50,6 +50,9 @@ def atomic_write(path: str, text: str) -> None:
   folder = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
   try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # as open() would create it; mkstemp makes it private
     with os.fdopen(fd, "w", encoding="utf-8") as f:
       f.write(text)
       f.flush()
