@@ -237,7 +237,7 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
     say(f"operative config: {configure.write_operative_config(workdir)}")
     for step, why in (restored.passed_over if restored else []):
       _warn(f"checkpoint step {step} could not be restored ({why}); moved to "
-          f"{checkpoints.move_aside(workdir, step)}, resuming from an older one")
+            f"{checkpoints.move_aside(workdir, step)}, resuming from an older one")
   if restored is not None and restored.passed_over and jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices("objectax: bad checkpoints moved aside")
@@ -300,9 +300,9 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
           input_shards=input_shards)
     except Exception as e:  # pylint: disable=broad-except  (TF reports a bad file in many ways)
       _warn(f"the data iterator state {iterator_state} could not be restored "
-          f"({checkpoints.first_line(e)}); moved to "
-          f"{checkpoints.move_iterator_aside(workdir, start_step, jax.process_index())}; "
-          f"skipping {start_step} batches instead")
+            f"({checkpoints.first_line(e)}); moved to "
+            f"{checkpoints.move_iterator_aside(workdir, start_step, jax.process_index())}; "
+            f"skipping {start_step} batches instead")
   if train_iter is None:
     train_iter = input_pipeline.TrainStream(ti, tc.batch_size, tc.seed, start_position=start_step,
                                             input_shards=input_shards)
