@@ -39,6 +39,7 @@ class TaskInput:
   feature_converter: seqio.FeatureConverter
   vocabulary: seqio.Vocabulary
   lengths: objective_registry.TaskLengths
+  corpus: str = ""  # Experiment.corpus, for messages
 
 
 def build_task_input(cfg) -> TaskInput:
@@ -62,6 +63,7 @@ def build_task_input(cfg) -> TaskInput:
       feature_converter=cfg.arch.feature_converter(exp.pack, lengths.concat),
       vocabulary=vocabulary,
       lengths=lengths,
+      corpus=exp.corpus,
   )
 
 
@@ -206,13 +208,6 @@ def _tasks_read(task: seqio.Task | seqio.Mixture) -> list[seqio.Task]:
   return [task]
 
 
-def _corpus_name(task: seqio.Task) -> str:
-  """The corpus of a task registered by data/tasks.py ("{corpus}_{objective}...")."""
-  names = [n for n in sources.CORPORA.names()
-           if task.name == n or task.name.startswith(n + "_")]
-  return max(names, key=len) if names else task.name
-
-
 def _count_shard(source: seqio.DataSource, split: str, shard: seqio.ShardInfo | None,
                  limit: int) -> int:
   """The documents (at most `limit`) of one shard of `split` (None: all of it)."""
@@ -233,10 +228,10 @@ def _count_shards(source: seqio.DataSource, split: str, indices: range, shards: 
   return [min(need, max(0, -(-(total - i) // shards))) for i in indices]
 
 
-def _too_few_documents(task: seqio.Task, split: str, index: int, shards: int,
+def _too_few_documents(corpus: str, task: seqio.Task, split: str, index: int, shards: int,
                        found: int) -> ConfigError:
   source = task.source
-  head = f"corpus {_corpus_name(task)!r}: "
+  head = f"corpus {corpus or task.name!r}: "
   if shards == 1:
     head += (f"the {split} split has {found} documents, fewer than the "
              f"{_MIN_SHARD_DOCUMENTS} it needs")
@@ -246,8 +241,9 @@ def _too_few_documents(task: seqio.Task, split: str, index: int, shards: int,
              f"split has {found} documents, fewer than the "
              f"{_MIN_SHARD_DOCUMENTS} each needs; the split has "
              f"{total if total < _COUNT_CAP else f'{_COUNT_CAP}+'} in all")
-  if isinstance(source, sources.LocalTextSource):
-    fix = read_records(lambda: source.too_few_documents_hint(split, _COUNT_CAP))
+  hint = getattr(source, "too_few_documents_hint", None)  # a source that can say more
+  if hint is not None:
+    fix = read_records(lambda: hint(split, _COUNT_CAP))
   else:
     fix = f"check the corpus's {split} data"
   if shards > 1:
@@ -276,7 +272,7 @@ def check_splits(ti: TaskInput, global_batch_size: int, input_shards: int) -> No
       counts = _count_shards(task.source, split, indices, shards, _MIN_SHARD_DOCUMENTS)
       for index, found in zip(indices, counts):
         if found < _MIN_SHARD_DOCUMENTS:
-          raise _too_few_documents(task, split, index, shards, found)
+          raise _too_few_documents(ti.corpus, task, split, index, shards, found)
 
 
 def to_global(batch: Batch, sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:

@@ -251,7 +251,8 @@ def _read_all(source, split="train"):
 def _task_input(source):
   from objectax.launch import input_pipeline  # pylint: disable=g-import-not-at-top
   return input_pipeline.TaskInput(task=_task(source), task_feature_lengths={},
-                                  feature_converter=None, vocabulary=None, lengths=None)
+                                  feature_converter=None, vocabulary=None, lengths=None,
+                                  corpus="local")
 
 
 def _check_splits(source, input_shards=0, batch_size=8):
