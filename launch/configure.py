@@ -52,7 +52,23 @@ def configurables() -> dict[str, type]:
   classes = [*model_configurables().values(),
              vocab.VocabConfig, sources.LocalTextConfig, sources.TfdsConfig]
   classes += [objective_registry.get(n).config_cls for n in objective_registry.OBJECTIVES.names()]
-  return {c.__name__: c for c in classes}
+  out = {c.__name__: c for c in classes}
+  for name, cls in plugin_configurables().items():
+    out.setdefault(name, cls)
+  return out
+
+
+def plugin_configurables() -> dict[str, type]:
+  """Gin-configurable dataclasses registered by code outside objectax (a --module, a
+  plugin): they get the same type checks, one-line errors and operative-config record as
+  the built-in ones."""
+  out = {}
+  for _, configurable in gin.config._REGISTRY.items():  # pylint: disable=protected-access
+    cls = configurable.wrapped
+    if (isinstance(cls, type) and dataclasses.is_dataclass(cls)
+        and not cls.__module__.split(".")[0] in ("objectax", "gin")):
+      out[configurable.name] = cls
+  return out
 
 
 def model_configurables() -> dict[str, type]:
@@ -361,7 +377,10 @@ def _undefined_macro(value) -> str | None:
 def check_types(classes: dict[str, type]) -> None:
   """Gin does not type-check: `TrainConfig.steps = 'ten'` would fail deep inside a loop."""
   for name, cls in classes.items():
-    hints = typing.get_type_hints(cls)
+    try:
+      hints = typing.get_type_hints(cls)
+    except Exception:  # pylint: disable=broad-except  (a plugin's unresolvable annotation)
+      hints = {}
     for field in dataclasses.fields(cls):
       try:
         value = gin.query_parameter(f"{name}.{field.name}")
@@ -374,7 +393,7 @@ def check_types(classes: dict[str, type]) -> None:
                           f"--gin.{undefined}=VALUE or `{undefined} = VALUE` in a gin file")
       if type(value).__module__.startswith("gin"):
         continue  # a @reference or %macro: gin resolves it
-      if not _type_ok(value, hints[field.name]):
+      if field.name in hints and not _type_ok(value, hints[field.name]):
         raise ConfigError(f"gin binding {name}.{field.name} = {value!r} should be of type "
                           f"{getattr(hints[field.name], '__name__', hints[field.name])}")
 

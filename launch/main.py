@@ -13,6 +13,7 @@
   objectax eval --workdir=DIR [--step N] [--documents N] [--zeroshot TASK ...] [--no_zeroshot]
   objectax ablate GRID.gin [--size S] [--seeds N] [--out DIR] [--dry_run] [--print_commands]
   objectax list
+  (any command) --module=NAME    import your own module first (tasks, objectives, configs)
 
 `objectax train` with no flags runs gin/run/quickstart.gin (causal decoder, full LM, tiny
 size, the embedded corpus) into ./workdir/<experiment name>.
@@ -32,6 +33,10 @@ gin flags (t5x style):
   --gin.Configurable.param=VALUE
                              one binding, applied after the files; repeatable. A bare word is a
                              string: --gin.Experiment.objective=span_corruption
+
+  --module=NAME              import your module first (its seqio tasks, objectives, gin
+                             configurables; any command; repeatable). Installed packages with
+                             an `objectax.plugins` entry point are imported without it
 
 examples:
   objectax train                                            # the quickstart
@@ -69,6 +74,23 @@ class _OneLineParser(argparse.ArgumentParser):
 
   def error(self, message: str):
     self.exit(2, f"objectax: error: {' '.join(message.split())}; see {self.prog} --help\n")
+
+
+def _split_modules(argv: list[str]) -> tuple[list[str], list[str]]:
+  """Pulls --module NAME / --module=NAME (any command, any position) out of argv."""
+  modules, rest = [], []
+  i = 0
+  while i < len(argv):
+    arg = argv[i]
+    if arg == "--module" and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+      modules.append(argv[i + 1])
+      i += 1
+    elif arg.startswith("--module="):
+      modules.append(arg.split("=", 1)[1])
+    else:
+      rest.append(arg)
+    i += 1
+  return modules, rest
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -245,6 +267,7 @@ def run(argv: list[str] | None = None) -> int:
   if argv[:1] == ["launch"]:  # its own parser: the train flags after `--` are passed through
     from objectax.launch import launchers  # pylint: disable=g-import-not-at-top
     return launchers.run(argv[1:])
+  modules, argv = _split_modules(argv)
   files, bindings, rest = _split_gin_flags(argv)
   parser = _parser()
   args = parser.parse_args(rest)
@@ -252,11 +275,12 @@ def run(argv: list[str] | None = None) -> int:
     parser.print_help()
     return 2
   # pylint: disable=g-import-not-at-top
-  from objectax.launch import preemption
+  from objectax.launch import plugins, preemption
   from objectax.models.registry import ConfigError
   if args.command == "bench" and args.what == "model":  # GPU hosts: no TensorFlow, no seqio
     from objectax.launch.tools import bench_model
     try:
+      plugins.load(modules)
       bench_model.main(files, bindings, args.steps or 20, args.warmup, args.batch_size,
                        args.inputs_length, args.vocab_size, args.json)
     except ConfigError as e:
@@ -265,6 +289,7 @@ def run(argv: list[str] | None = None) -> int:
     return 0
   _import_tensorflow_quietly()
   try:
+    plugins.load(modules)  # installed plugins and --module: before any registry is read
     if args.command == "list":
       _list()
       return 0

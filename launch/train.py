@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from objectax.data import sources
-from objectax.launch import builder, checkpoints, config, distributed, input_pipeline, preemption
+from objectax.launch import builder, checkpoints, config, distributed, input_pipeline, plugins
+from objectax.launch import preemption
 from objectax.launch import sharding
 from objectax.launch import workdir as workdir_lib
 from objectax.launch import metrics as metrics_lib
@@ -235,6 +236,7 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
   if chief:
     from objectax.launch import configure  # pylint: disable=g-import-not-at-top
     say(f"operative config: {configure.write_operative_config(workdir)}")
+    plugins.record(workdir)  # `objectax eval` re-imports the run's own modules from it
     for step, why in (restored.passed_over if restored else []):
       _warn(f"checkpoint step {step} could not be restored ({why}); moved to "
             f"{checkpoints.move_aside(workdir, step)}, resuming from an older one")

@@ -45,7 +45,7 @@ import tensorflow as tf
 
 from objectax.data import sources, zeroshot_tasks
 from objectax.models.registry import ConfigError
-from objectax.launch import builder, checkpoints, configure, input_pipeline, sharding
+from objectax.launch import builder, checkpoints, configure, input_pipeline, plugins, sharding
 from objectax.launch.eval import yardstick
 from objectax.launch.eval import zeroshot
 
@@ -122,6 +122,7 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, documents: int
                       "--workdir of an `objectax train` run")
   settings = yardstick.Settings(documents=documents)
   chosen = _pick_step(workdir, step)
+  plugins.load_recorded(workdir)  # the run's own modules (its tasks, objectives, configs)
   configure.parse([config_path], list(bindings))
   cfg = builder.resolve()
   exp = cfg.exp

@@ -36,7 +36,7 @@ from typing import Callable, Optional, Sequence
 import gin
 from gin import config_parser
 
-from objectax.launch import preemption
+from objectax.launch import plugins, preemption
 from objectax.models.registry import ConfigError
 
 # Lines of TensorFlow's/absl's C++ logging that a subprocess prints before Python can
@@ -273,7 +273,8 @@ def commands(plan: Plan, cell: Cell, seed: int, program: Sequence[str] = ("objec
              ) -> tuple[list[str], list[str]]:
   """(train argv, eval argv) of one run."""
   wd = plan.workdir(cell.name, seed)
-  train = [*program, "train", f"--gin_file={cell.gin_file}",
+  train = [*program, "train", *(f"--module={m}" for m in plugins.loaded()),
+           f"--gin_file={cell.gin_file}",
            *(f"--gin.{b}" for b in (*plan.bindings, *cell.bindings)),
            f"--gin.TrainConfig.seed={seed}",
            f"--workdir={wd}"]

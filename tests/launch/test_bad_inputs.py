@@ -142,6 +142,8 @@ CASES = [
     Case("undefined_macro", "used a gin macro no binding defines",
          [*TRAIN, "--gin.TrainConfig.steps=%STEPS"], says="%STEPS"),
     Case("unknown_command", "misspelt the command", ["trian"], says="trian"),
+    Case("module_missing", "named a --module that is not on the path",
+         [*TRAIN, "--module=my_taskz"], says="--module my_taskz"),
     Case("unknown_flag", "gave train a flag it does not have",
          [*TRAIN, "--steps=10"], says="--steps=10"),
     Case("missing_gin_file", "named a gin file that does not exist",
