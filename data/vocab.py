@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import io
 import os
 from typing import Callable, Iterable, Optional
@@ -165,6 +166,16 @@ VOCABULARIES = Registry[Callable[[VocabConfig, Optional[str]], seqio.Vocabulary]
     "vocabulary kind")
 VOCABULARIES.add("sentencepiece", _make_sentencepiece)
 VOCABULARIES.add("byte", _make_byte)
+
+
+def fingerprint(vocabulary: seqio.Vocabulary) -> str:
+  """What fixes a vocabulary's ids, as a short string a checkpoint records: the kind, a hash
+  of a SentencePiece model's bytes (not its path, which may move), and the sentinels."""
+  extra = getattr(vocabulary, "extra_ids", 0)
+  if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    digest = hashlib.sha256(vocabulary.sp_model).hexdigest()[:16]
+    return f"sentencepiece:{digest}+{extra}"
+  return f"{type(vocabulary).__name__}+{extra}"
 
 
 def get_vocabulary(

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from objectax.data import sources
+from objectax.data import vocab as vocab_lib
 from objectax.launch import builder, checkpoints, config, distributed, input_pipeline, plugins
 from objectax.launch import preemption
 from objectax.launch import sharding
@@ -221,6 +222,7 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
   # What the checkpoint must match: the model (every setting that changes what it computes)
   # and the data stream (a data position only resumes the same stream).
   model_id = {"arch": exp.arch, "objective": exp.objective,
+              "vocabulary": vocab_lib.fingerprint(ti.vocabulary),
               **{k: v for k, v in dataclasses.asdict(parts.model_cfg).items()
                  if k not in EXECUTION_SETTINGS}}
   stream_id = {"task": ti.task.name, "seed": tc.seed, "batch_size": tc.batch_size,
