@@ -139,9 +139,13 @@ def axis_choices(folder: str) -> list[str]:
 
 
 def resolve_gin_file(name: str) -> str:
-  for candidate in (name, os.path.join(GIN_DIR, name)):
+  """`name` as given, else under the installed gin/ folder; a leading "gin/" (the
+  repository's path, as the README writes it) also resolves there from any directory."""
+  inside = name[len("gin/"):] if name.startswith("gin/") else name
+  for candidate in (name, os.path.join(GIN_DIR, name), os.path.join(GIN_DIR, inside)):
     if os.path.isfile(candidate):
       return os.path.abspath(candidate)
+  name = inside
   folder = os.path.dirname(name)
   choices = axis_choices(folder) if folder else [f"run/{f}" for f in axis_choices("run")]
   raise ConfigError(f"gin file {name!r} not found (searched . and {GIN_DIR}); valid choices"
