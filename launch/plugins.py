@@ -10,8 +10,8 @@ configurables. Two ways to load one, honoured by every `objectax` command:
   (`[project.entry-points."objectax.plugins"] my_tasks = "my_tasks"` in its
   pyproject.toml): imported by every command, with no flag at all.
 
-`objectax train` records the modules it was given in `<workdir>/plugins.json` (with the
-folder each was found in), and `objectax eval` re-imports them from there, so a run's own
+`objectax train` records the modules it was given, and those its gin files import, in
+`<workdir>/plugins.json` (with the folder each was found in), and `objectax eval` re-imports them from there, so a run's own
 code never has to be named again.
 """
 from __future__ import annotations
@@ -90,13 +90,27 @@ def loaded() -> list[str]:
   return list(_loaded)
 
 
+def _gin_imports() -> dict[str, str]:
+  """Modules a gin file imported (`import my_tasks` lines), other than objectax's own."""
+  import gin  # pylint: disable=g-import-not-at-top
+  out = {}
+  for statement in sorted(gin.config._IMPORTS, key=lambda s: s.module):  # pylint: disable=protected-access
+    name = statement.module
+    module = sys.modules.get(name)
+    if module is not None and name.split(".")[0] not in ("objectax", "gin"):
+      out[name] = _root_of(module, name)
+  return out
+
+
 def record(workdir: str) -> None:
-  """Writes <workdir>/plugins.json: the modules loaded and where each was found."""
+  """Writes <workdir>/plugins.json: the modules loaded with --module or imported by the
+  run's gin files, and where each was found (nothing when there are none)."""
   from objectax.launch import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
-  if not _loaded:
+  modules = {**_loaded, **_gin_imports()}
+  if not modules:
     return
   workdir_lib.atomic_write(os.path.join(workdir, RECORD), json.dumps(
-      {"modules": list(_loaded), "paths": sorted(set(_loaded.values()))}, indent=1))
+      {"modules": list(modules), "paths": sorted(set(modules.values()))}, indent=1))
 
 
 def load_recorded(workdir: str) -> list[str]:

@@ -101,3 +101,19 @@ def test_a_run_records_its_modules_and_eval_reimports_them_from_anywhere(user_di
                         cwd=elsewhere, env={"TFDS_DATA_DIR": tfds_data_dir})
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert (wd / "eval" / "yardstick.json").exists()
+
+
+def test_modules_a_gin_file_imports_are_recorded_too(tmp_path, monkeypatch):
+  import gin  # pylint: disable=g-import-not-at-top
+  (tmp_path / "gin_imported_helpers.py").write_text("VALUE = 1\n")  # registers nothing
+  monkeypatch.syspath_prepend(str(tmp_path))
+  gin.clear_config()
+  try:
+    gin.parse_config("import gin_imported_helpers")
+    wd = tmp_path / "wd"
+    wd.mkdir()
+    plugins.record(str(wd))
+  finally:
+    gin.clear_config()
+  record = json.loads((wd / plugins.RECORD).read_text())
+  assert "gin_imported_helpers" in record["modules"] and str(tmp_path) in record["paths"]
