@@ -86,8 +86,8 @@ class WorkdirLock:
   removes the file, so a refused or finished run leaves no trace.
   """
 
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, LOCK_NAME)
+  def __init__(self, workdir: str, name: str = LOCK_NAME):
+    self.path = os.path.join(workdir, name)
     self._fd = None
 
   def _read_holder(self) -> dict:
@@ -145,6 +145,8 @@ class WorkdirLock:
       os.remove(self.path)
     os.close(self._fd)  # closing drops the flock
     self._fd = None
+
+  close = release
 
   def __enter__(self) -> "WorkdirLock":
     self.acquire()

@@ -37,6 +37,7 @@ import gin
 from gin import config_parser
 
 from objectax.launch import plugins, preemption
+from objectax.launch import workdir as workdir_lib
 from objectax.models.registry import ConfigError
 
 # Lines of TensorFlow's/absl's C++ logging that a subprocess prints before Python can
@@ -418,21 +419,16 @@ def run_grid(plan: Plan, *, say: Callable[[str], None] = print,
   return {"ran": len(todo) - len(failed), "skipped": len(runs) - len(todo), "failed": failed}
 
 
-def _lock(out: str):
-  """An exclusive lock on OUT: two grids writing the same workdirs would corrupt both."""
-  import fcntl  # pylint: disable=g-import-not-at-top
-  f = open(os.path.join(out, ".ablate.lock"), "a+", encoding="utf-8")
+def _lock(out: str) -> workdir_lib.WorkdirLock:
+  """An exclusive lock on OUT (the trainer's workdir lock under another name): two grids
+  writing the same workdirs would corrupt both."""
+  lock = workdir_lib.WorkdirLock(out, ".ablate.lock")
   try:
-    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-  except OSError:
-    f.seek(0)
-    f.close()
+    lock.acquire()
+  except ConfigError:
     raise ConfigError(f"another `objectax ablate` is running into {out}; wait for it or "
                       "pass another --out") from None
-  f.truncate(0)
-  f.write(str(os.getpid()))
-  f.flush()
-  return f
+  return lock
 
 
 def describe(plan: Plan) -> str:
