@@ -144,6 +144,35 @@ def _sentencepiece(path: str, extra_ids: int) -> seqio.SentencePieceVocabulary:
   return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
 
 
+class _TrainedOnFirstUse(seqio.SentencePieceVocabulary):
+  """The default vocabulary, whose model is trained (or found in its cache) only when it
+  is first used, so a task can be registered with it at import time for free."""
+
+  def __init__(self, vocab_size: int, extra_ids: int):
+    super().__init__("", extra_ids=extra_ids)
+    self._pieces = vocab_size
+
+  def _model_context(self):
+    if not self._sentencepiece_model_file:
+      self._sentencepiece_model_file = train_sentencepiece(None, self._pieces)
+    return super()._model_context()
+
+  @property
+  def sentencepiece_model_file(self) -> str:
+    self._model_context()
+    return self._sentencepiece_model_file
+
+
+@functools.lru_cache(maxsize=None)
+def default_vocabulary() -> seqio.Vocabulary:
+  """The vocabulary of `VocabConfig()`'s defaults: the SentencePiece model trained on the
+  embedded corpus, with 100 sentinels and the UL2 mode tokens. For a user's own seqio Task
+  (`seqio.Feature(default_vocabulary())`), so it can be mixed with the built-in tasks.
+  Nothing is trained or read until it is first used."""
+  defaults = {f.name: f.default for f in dataclasses.fields(VocabConfig)}
+  return _TrainedOnFirstUse(defaults["vocab_size"], defaults["extra_ids"])
+
+
 def _make_sentencepiece(cfg: VocabConfig, data_dir: Optional[str]) -> seqio.Vocabulary:
   if cfg.sentencepiece_model:
     if not epath.Path(cfg.sentencepiece_model).exists():

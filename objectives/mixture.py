@@ -32,8 +32,13 @@ def preprocess_component(ds: tf.data.Dataset, sequence_length: Optional[Mapping[
     ds = ds.shard(count, index)
   ds = component.objective.preprocess(ds, component.lengths.feature_lengths(), output_features,
                                       cfg=component.cfg)
-  if component.inputs_prefix:
-    prefix = tf.constant(component.inputs_prefix, tf.int32)
+  prefix_ids = component.inputs_prefix
+  if not prefix_ids and component.mode:
+    from objectax.objectives import ul2  # pylint: disable=g-import-not-at-top
+    prefix_ids = ul2.check_mode_token(output_features["inputs"].vocabulary, component.mode,
+                                      component.mode_token_length)
+  if prefix_ids:
+    prefix = tf.constant(prefix_ids, tf.int32)
 
     def prepend(ex):
       return {**ex, "inputs": tf.concat([tf.cast(prefix, ex["inputs"].dtype), ex["inputs"]], 0)}

@@ -162,6 +162,9 @@ class MixtureComponent:
     inputs_prefix: ids prepended to every example's inputs (UL2's mode token).
     shard: (index, count): the component reads documents index, index + count, ... of the
       source (UL2 applies each denoiser to its own shard of the data), or None for all.
+    mode: the mode token whose ids make `inputs_prefix` when that is empty: they are
+      then looked up in the task's vocabulary when its dataset is built (at most
+      `mode_token_length` ids).
   """
   name: str
   objective: "Objective"
@@ -170,6 +173,8 @@ class MixtureComponent:
   rate: float
   inputs_prefix: tuple[int, ...] = ()
   shard: Optional[tuple[int, int]] = None
+  mode: str = ""
+  mode_token_length: int = 1
 
 
 # The objective modules, in the order `objectax objectives` lists them.

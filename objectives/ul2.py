@@ -178,22 +178,32 @@ def lengths(cfg: Ul2Config, sequence_length: int) -> registry.TaskLengths:
 
 
 def mixture(cfg: Ul2Config, sequence_length: int,
-            vocabulary: seqio.Vocabulary) -> list[registry.MixtureComponent]:
-  """One MixtureComponent per denoiser, its mode token's ids prepended to the inputs."""
+            vocabulary: seqio.Vocabulary | None) -> list[registry.MixtureComponent]:
+  """One MixtureComponent per denoiser, its mode token's ids prepended to the inputs.
+
+  With `vocabulary` None the ids are looked up in the task's own vocabulary when its
+  dataset is built (the built-in tasks are registered at import, before any is chosen).
+  """
   parts = _component_lengths(cfg, sequence_length)
   components = []
   for index, ((name, mode, obj, obj_cfg, lengths_k), rate) in enumerate(zip(parts, cfg.rates)):
-    ids = mode_token_ids(vocabulary, mode)
-    if len(ids) > cfg.mode_token_length:
-      raise ConfigError(
-          f"mode token {mode} is {len(ids)} ids in vocabulary {vocabulary}, but "
-          f"Ul2Config.mode_token_length reserves {cfg.mode_token_length}; bind "
-          f"Ul2Config.mode_token_length={len(ids)}")
+    ids = () if vocabulary is None else check_mode_token(vocabulary, mode, cfg.mode_token_length)
     components.append(registry.MixtureComponent(
         name=name, objective=obj, cfg=obj_cfg, lengths=lengths_k, rate=float(rate),
-        inputs_prefix=tuple(int(i) for i in ids),
+        inputs_prefix=ids, mode=mode, mode_token_length=cfg.mode_token_length,
         shard=(index, len(parts)) if cfg.shard_documents else None))
   return components
+
+
+def check_mode_token(vocabulary: seqio.Vocabulary, mode: str, reserved: int) -> tuple[int, ...]:
+  """The mode token's ids, checked to fit the `reserved` ids of the budget."""
+  ids = mode_token_ids(vocabulary, mode)
+  if len(ids) > reserved:
+    raise ConfigError(
+        f"mode token {mode} is {len(ids)} ids in vocabulary {vocabulary}, but "
+        f"Ul2Config.mode_token_length reserves {reserved}; bind "
+        f"Ul2Config.mode_token_length={len(ids)}")
+  return tuple(int(i) for i in ids)
 
 
 OBJECTIVE = registry.register(registry.Objective(
