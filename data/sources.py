@@ -181,6 +181,9 @@ def _split_files(cfg: LocalTextConfig, split: str) -> tuple[list[str], Optional[
 # tf.errors.OpError whose message also holds a Python traceback; `bad_record_line` finds
 # the line again (the input pipeline turns it into a ConfigError).
 BAD_RECORD_MARKER = "objectax-bad-record: "
+# Ends the line after BAD_RECORD_MARKER where the message may not end at a newline (a
+# tf.debugging assertion's message is followed by its condition on the same line).
+BAD_RECORD_END = " (end)"
 
 _JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
                bool: "a boolean", type(None): "null"}
@@ -196,7 +199,8 @@ def bad_record_line(message: str) -> Optional[str]:
   start = message.find(BAD_RECORD_MARKER)
   if start < 0:
     return None
-  return message[start + len(BAD_RECORD_MARKER):].split("\n", 1)[0].strip()
+  line = message[start + len(BAD_RECORD_MARKER):].split("\n", 1)[0]
+  return line.split(BAD_RECORD_END, 1)[0].strip()
 
 
 def _record_text(line: bytes | str, text_key: str) -> tuple[Optional[str], str]:

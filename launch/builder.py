@@ -76,6 +76,13 @@ def resolve(*, model_only: bool = False, fallback_arch: bool = False) -> RunConf
   from objectax.data import sources, tasks
   from objectax.data import vocab as vocab_lib
   from objectax.objectives import registry as objective_registry
+  if exp.task:  # any registered seqio task or mixture: its features say the layout
+    from objectax.data import any_task  # pylint: disable=g-import-not-at-top
+    objective = any_task.objective_for(exp.task)
+    arch_registry.check_supports(arch, objective)
+    return RunConfig(exp=exp, arch=arch, objective=objective,
+                     objective_cfg=any_task.settings(exp), vocab=vocab_lib.VocabConfig(),
+                     data=sources.data_config(), **common)
   objective = objective_registry.get(exp.objective)
   if fallback_arch and not arch_registry.supports(arch, objective):
     runnable = arch_registry.supporting(objective)
@@ -112,6 +119,7 @@ class Parts:
   spec: dict[str, jax.ShapeDtypeStruct]
   feature_lengths: Mapping[str, int]
   concat: int = 0
+  components: tuple[str, ...] = ()
 
   @property
   def model_lengths(self) -> dict[str, int]:
@@ -185,7 +193,8 @@ class OnMesh:
     """jit((state, batch, rng) -> (state, metrics)), the state donated."""
     p = self.parts
     with self.activate():
-      return jax.jit(step_lib.make_train_step(p.model, p.loss, p.tx, p.cfg.train),
+      return jax.jit(step_lib.make_train_step(p.model, p.loss, p.tx, p.cfg.train,
+                                              p.components, p.cfg.arch.weights_key),
                      in_shardings=(self.state_shardings, self.batch_shardings, None),
                      out_shardings=(self.state_shardings, None), donate_argnums=(0,))
 
@@ -194,25 +203,34 @@ class OnMesh:
     """jit((params, batch) -> (loss sum, weight sum))."""
     p = self.parts
     with self.activate():
-      return jax.jit(step_lib.make_eval_step(p.model, p.loss),
+      return jax.jit(step_lib.make_eval_step(p.model, p.loss, p.components),
                      in_shardings=(self.state_shardings.params, self.batch_shardings))
 
 
 def build(cfg: RunConfig, *, vocab_size: int, extra_ids: int, feature_lengths: Mapping[str, int],
-          concat: int = 0, batch_size: Optional[int] = None) -> Parts:
+          concat: int = 0, batch_size: Optional[int] = None,
+          components: tuple[str, ...] = ()) -> Parts:
   """The model, loss, optimizer and batch layout of `cfg` for a vocabulary and task lengths.
 
   vocab_size / extra_ids: the vocabulary's ids and sentinels (the model's table is padded
     from vocab_size as ModelConfig says).
   feature_lengths, concat: the task's lengths (TaskLengths.feature_lengths() and .concat).
   batch_size: examples in the batch layout (default TrainConfig.batch_size).
+  components: names of the mixture components whose loss, tokens and examples are
+    logged apart (the batch then holds their ids: model_objectives.COMPONENT_KEY).
   """
   model_cfg = cfg.model.with_vocab_size(vocab_size)
   model, loss = model_objectives.build(cfg.arch, model_cfg, cfg.objective, cfg.objective_cfg,
-                                       model_objectives.Vocab(vocab_size, extra_ids))
+                                       model_objectives.Vocab(vocab_size, extra_ids),
+                                       len(components))
   batch_size = cfg.train.batch_size if batch_size is None else batch_size
   spec = cfg.arch.batch_spec(dict(feature_lengths), batch_size, pack=cfg.exp.pack,
                              concat_length=concat)
+  if components:
+    per_target = spec[cfg.arch.targets_key]
+    spec = {**spec, **{k: jax.ShapeDtypeStruct(per_target.shape, per_target.dtype) for k in
+                       (model_objectives.COMPONENT_KEY, model_objectives.COMPONENT_START_KEY)}}
   return Parts(cfg=cfg, model_cfg=model_cfg, model=model, loss=loss,
                tx=step_lib.make_optimizer(cfg.train), spec=spec,
-               feature_lengths=dict(feature_lengths), concat=concat)
+               feature_lengths=dict(feature_lengths), concat=concat,
+               components=tuple(components))

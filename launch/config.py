@@ -31,17 +31,40 @@ class Experiment:
   # Appended to the name when set: a run at the same grid point that differs otherwise,
   # e.g. "lm_adapted" for a run started from another run's parameters (gin/adapt/).
   variant: str = ""
+  # Train on this registered seqio Task or Mixture instead of `{corpus}_{objective}`
+  # (data/any_task.py): a user's own, or one of ours by name, or a mixture of both.
+  task: str = ""
+  # Its feature lengths, e.g. {"inputs": 64, "targets": 16}; empty: from the task.
+  task_lengths: dict = dataclasses.field(default_factory=dict)
+  # A task example longer than its lengths: "refuse" (stop, one line) or "trim" it.
+  long_examples: str = "refuse"
 
   def __post_init__(self):
+    if not isinstance(self.task, str):
+      raise ConfigError(f"Experiment.task={self.task!r} must be a task or mixture name")
+    if self.long_examples not in ("refuse", "trim"):
+      raise ConfigError(f"Experiment.long_examples={self.long_examples!r}; valid choices: "
+                        "refuse, trim")
+    if self.task_lengths and not self.task:
+      raise ConfigError("Experiment.task_lengths is set but Experiment.task is not: the "
+                        "lengths of an objective's task come from Experiment.sequence_length")
     if self.sequence_length < 2:
       raise ConfigError(f"Experiment.sequence_length={self.sequence_length} must be >= 2")
     if not isinstance(self.variant, str) or not all(c.isalnum() or c in "_-" for c in self.variant):
       raise ConfigError(f"Experiment.variant={self.variant!r} must be letters, digits, '_' or '-'")
 
   @property
+  def trains_on(self) -> str:
+    """What the model learns from: the task's name, or the objective's."""
+    return self.task or self.objective
+
+  @property
   def name(self) -> str:
     """Grid coordinates; the same string names the gin experiment file and the workdir leaf."""
-    base = f"{self.arch}_{self.objective}_{self.size}_{self.corpus}"
+    if self.task:
+      base = f"{self.arch}_{self.task}_{self.size}"
+    else:
+      base = f"{self.arch}_{self.objective}_{self.size}_{self.corpus}"
     return f"{base}_{self.variant}" if self.variant else base
 
 

@@ -16,15 +16,16 @@ import collections
 import dataclasses
 import os
 import threading
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional
 
 import jax
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from objectax.data import pydocs, sources, tasks
+from objectax.data import any_task, pydocs, sources, tasks
 from objectax.data import vocab as vocab_lib
+from objectax.models import model_objectives
 from objectax.models.registry import ConfigError
 from objectax.objectives import registry as objective_registry
 
@@ -33,24 +34,63 @@ Batch = Mapping[str, np.ndarray]
 
 @dataclasses.dataclass(frozen=True)
 class TaskInput:
-  """What the trainer needs to know about its data."""
+  """What the trainer needs to know about its data.
+
+  `components`: the tasks read and their rates: one for a plain task, one per task of a
+  mixture (UL2's denoisers, a user's Mixture), whose examples are then tagged so the
+  loss, tokens and examples of each are logged apart (`COMPONENT_KEY`).
+  `trim`: examples longer than the lengths are cut (else refused, one line).
+  """
   task: seqio.Task | seqio.Mixture
   task_feature_lengths: Mapping[str, int]
   feature_converter: seqio.FeatureConverter
   vocabulary: seqio.Vocabulary
   lengths: objective_registry.TaskLengths
-  corpus: str = ""  # Experiment.corpus, for messages
+  corpus: str = ""  # Experiment.corpus (or the task's name), for messages
+  components: tuple = ()  # any_task.Component
+  trim: bool = True
+  targets_key: str = "targets"
+
+  def __post_init__(self):
+    if not self.components and self.task is not None:  # default: the task's own tasks
+      object.__setattr__(self, "components", tuple(
+          any_task.Component(t.name, t, rate) for t, rate in any_task.leaves(self.task)))
+
+  @property
+  def component_names(self) -> tuple[str, ...]:
+    """Names of the mixture components logged apart; () for a plain task."""
+    if len(self.components) < 2 or len(self.components) > MAX_COMPONENTS:
+      return ()
+    return _short_names([c.name for c in self.components])
+
+
+def _short_names(names: list[str]) -> tuple[str, ...]:
+  """Component names without the prefix they all share (UL2's r1, x1, ..., s)."""
+  prefix = os.path.commonprefix(names)
+  prefix = prefix[:prefix.rfind("_") + 1] if "_" in prefix else ""
+  short = [n[len(prefix):] or n for n in names]
+  return tuple(short if len(set(short)) == len(short) else names)
 
 
 def build_task_input(cfg) -> TaskInput:
   """Prepares the corpus and vocabulary of a resolved run (`builder.RunConfig`) and
-  registers its task, at the objective's exact lengths for the token budget.
+  registers its task, at the objective's exact lengths for the token budget; or, for a
+  run on a named seqio task (`Experiment.task`), finds it and its components.
 
   Everything here that can fail on bad config (unknown corpus, missing TFDS data, lengths
-  too short) fails before any model is built or compiled.
+  too short, a task's vocabulary) fails before any model is built or compiled.
   """
   pydocs.keep_tensorflow_off_accelerators()
   exp = cfg.exp
+  converter = cfg.arch.feature_converter
+  if exp.task:
+    found, vocabulary = any_task.components(exp.task, cfg)
+    lengths = cfg.task_lengths()
+    return TaskInput(
+        task=any_task.lookup(exp.task), task_feature_lengths=lengths.feature_lengths(),
+        feature_converter=converter(exp.pack, lengths.concat), vocabulary=vocabulary,
+        lengths=lengths, corpus=exp.task, components=tuple(found),
+        trim=exp.long_examples == "trim", targets_key=cfg.arch.targets_key)
   lengths = cfg.task_lengths()
   corpus = sources.get_corpus(exp.corpus)
   corpus.prepare(cfg.data)
@@ -60,11 +100,86 @@ def build_task_input(cfg) -> TaskInput:
   return TaskInput(
       task=task,
       task_feature_lengths=lengths.feature_lengths(),
-      feature_converter=cfg.arch.feature_converter(exp.pack, lengths.concat),
+      feature_converter=converter(exp.pack, lengths.concat),
       vocabulary=vocabulary,
       lengths=lengths,
       corpus=exp.corpus,
+      targets_key=cfg.arch.targets_key,
   )
+
+
+# Mixture components are told apart by tagging their token ids before the feature
+# converter: id + component * _TAG (component 1, 2, ...), plus _START on the first
+# nonzero target of each example. The converters only move, pad, shift and compare ids
+# with 0, so the tags come out where the ids go, and `_untag` restores the ids exactly.
+_TAG = 1 << 24          # above any vocabulary's ids
+_START = 1 << 30
+MAX_COMPONENTS = 63     # (63 + 1) * _TAG <= _START
+# (B, L) beside the targets feature: 0 padding, else 1 + the component's index; and 1 at
+# each example's first target.
+COMPONENT_KEY = model_objectives.COMPONENT_KEY
+COMPONENT_START_KEY = model_objectives.COMPONENT_START_KEY
+
+
+def _tag(ds: tf.data.Dataset, index: int) -> tf.data.Dataset:
+  def tag(ex):
+    out = {}
+    for k, v in ex.items():
+      if v.dtype.is_integer and k in ("inputs", "targets"):
+        v = tf.where(v > 0, v + (index + 1) * _TAG, v)
+      out[k] = v
+    if "targets" in out:
+      t = out["targets"]
+      first = tf.one_hot(tf.argmax(tf.cast(t > 0, tf.int32)), tf.size(t), dtype=t.dtype)
+      out["targets"] = t + first * tf.cast(tf.reduce_any(t > 0), t.dtype) * _START
+    return out
+  return ds.map(tag, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def _untag(targets_key: str):
+  def untag(ex):
+    out = {}
+    for k, v in ex.items():
+      if v.dtype.is_integer:
+        v = v % _START % _TAG if k != targets_key else v
+      out[k] = v
+    t = ex[targets_key]
+    starts = tf.cast(t >= _START, t.dtype)
+    t = t % _START
+    out[COMPONENT_KEY] = t // _TAG
+    out[COMPONENT_START_KEY] = starts
+    out[targets_key] = t % _TAG
+    return out
+  return untag
+
+
+def task_dataset(ti: TaskInput, split: str, *, shuffle: bool, seed: Optional[int],
+                 shard_info: Optional[seqio.ShardInfo], num_epochs: Optional[int],
+                 tag: bool = False) -> tf.data.Dataset:
+  """The task's examples before the feature converter, as `seqio.get_dataset` makes them
+  (a mixture sampled as seqio's Mixture samples it), each checked to fit the lengths
+  unless `ti.trim`, and with `tag` the components' ids tagged (see _tag)."""
+  lengths = dict(ti.task_feature_lengths)
+  datasets = []
+  for index, c in enumerate(ti.components):
+    ds = c.task.get_dataset(lengths, split=split, shuffle=shuffle, seed=seed,
+                            shard_info=shard_info, num_epochs=num_epochs,
+                            trim_output_features=ti.trim)
+    if not ti.trim:
+      ds = any_task.check_lengths(ds, c.name, lengths)
+    if len(ti.components) > 1:
+      keys = set(c.task.output_features)
+      ds = ds.map(lambda ex, keys=keys: {k: v for k, v in ex.items() if k in keys},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+    if tag:
+      ds = _tag(ds, index)
+    datasets.append(ds)
+  if len(datasets) == 1:
+    return datasets[0]
+  # seqio.Mixture.get_dataset's sampling: one seed for all, 42 when unshuffled and unseeded.
+  sample_seed = seed if seed is not None else (None if shuffle else 42)
+  return tf.data.Dataset.sample_from_datasets(
+      datasets, [c.rate for c in ti.components], sample_seed, stop_on_empty_dataset=True)
 
 
 def resolve_input_shards(input_shards: int, global_batch_size: int) -> int:
@@ -91,18 +206,16 @@ def _host_dataset(ti: TaskInput, split: str, global_batch_size: int, *, shuffle:
   shards = resolve_input_shards(input_shards, global_batch_size)
   per_process = shards // jax.process_count()
   first = jax.process_index() * per_process
-  datasets = [seqio.get_dataset(
-      ti.task.name,
-      task_feature_lengths=ti.task_feature_lengths,
-      feature_converter=ti.feature_converter,
-      dataset_split=split,
-      shuffle=shuffle,
-      num_epochs=None,  # repeat forever; the trainer decides how many batches to take
-      shard_info=seqio.ShardInfo(index=index, num_shards=shards),
-      seed=seed,
-      batch_size=global_batch_size // shards,
-      verbose=False,
-  ) for index in range(first, first + per_process)]
+  tag = bool(ti.component_names)
+  datasets = []
+  for index in range(first, first + per_process):
+    ds = task_dataset(ti, split, shuffle=shuffle, seed=seed, num_epochs=None,
+                      shard_info=seqio.ShardInfo(index=index, num_shards=shards), tag=tag)
+    ds = ti.feature_converter(ds, task_feature_lengths=ti.task_feature_lengths)
+    ds = ds.batch(global_batch_size // shards, drop_remainder=True)
+    if tag:
+      ds = ds.map(_untag(ti.targets_key), num_parallel_calls=tf.data.AUTOTUNE)
+    datasets.append(ds)
   if len(datasets) == 1:
     return datasets[0]
   return tf.data.Dataset.zip(tuple(datasets)).map(
@@ -197,15 +310,12 @@ def read_records(read: Callable):
 # (num_epochs=None), so one document fills any number of batches; an empty shard ends its
 # stream instead: training gets no batch, evaluation averages over no batches at all.
 _MIN_SHARD_DOCUMENTS = 1
+# The first examples of each split checked to fit the lengths (Experiment.long_examples).
+_CHECKED_EXAMPLES = 256
 # At most this many documents are counted to say how many a too-small split holds in all.
 _COUNT_CAP = 1000
 
 
-def _tasks_read(task: seqio.Task | seqio.Mixture) -> list[seqio.Task]:
-  """The tasks whose data a task or mixture reads (a mixture's at a nonzero rate)."""
-  if isinstance(task, seqio.Mixture):
-    return [t for t in task.tasks if task.get_rate(t) > 0]
-  return [task]
 
 
 def _count_shard(source: seqio.DataSource, split: str, shard: seqio.ShardInfo | None,
@@ -262,8 +372,12 @@ def check_splits(ti: TaskInput, global_batch_size: int, input_shards: int) -> No
   shards = resolve_input_shards(input_shards, global_batch_size)
   per_process = shards // jax.process_count()
   first = jax.process_index() * per_process
+  if not ti.trim:  # a too-long example among the first ones fails here, before compiling
+    for split in sources.SPLITS:
+      ds = task_dataset(ti, split, shuffle=False, seed=None, shard_info=None, num_epochs=1)
+      read_records(lambda ds=ds: sum(1 for _ in ds.take(_CHECKED_EXAMPLES)))
   checked = set()
-  for task in _tasks_read(ti.task):
+  for task in (c.task for c in ti.components):
     if repr(task.source) in checked:  # a mixture's components share the corpus
       continue
     checked.add(repr(task.source))

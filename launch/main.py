@@ -3,6 +3,7 @@
   objectax train [--gin_file=FILE ...] [--gin.Configurable.param=VALUE ...] [--workdir=DIR]
   objectax objectives
   objectax inspect OBJECTIVE [--text TEXT] [--seed N] [gin flags]
+  objectax inspect --task TASK [--seed N] [gin flags]
   objectax bench data [--budget N] [--seconds S] [--objective NAME ...]
   objectax bench input [gin flags] [--steps N]
   objectax bench model [gin flags] [--steps N] [--batch_size B] [--json FILE]
@@ -220,7 +221,11 @@ def _parser() -> argparse.ArgumentParser:
   abl.add_argument("--print_commands", action="store_true",
                    help="print one shell command per (cell, seed) instead of running (for a "
                         "cluster); rerun without it afterwards to write the report")
-  insp.add_argument("objective", help="an objective name (see `objectax objectives`)")
+  insp.add_argument("objective", nargs="?", default=None,
+                    help="an objective name (see `objectax objectives`)")
+  insp.add_argument("--task", default=None,
+                    help="instead of OBJECTIVE: a registered seqio task or mixture (one example "
+                         "of each of its tasks), as Experiment.task")
   insp.add_argument("--text", default=None,
                     help="text to corrupt (repeated until it fills one example); default: "
                          "a document of the embedded corpus's validation split")
@@ -251,6 +256,13 @@ def _list() -> None:
     runnable = arch_registry.supporting(obj)
     print(f"objective {name}: {obj.description} (architectures: {', '.join(runnable)})")
   print("corpora:", ", ".join(sources.CORPORA.names()))
+  import seqio
+  from objectax.data import tasks
+  others = sorted((set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
+                  - set(tasks.BUILTIN))
+  print(f"seqio tasks and mixtures (Experiment.task): {len(tasks.BUILTIN)} built-in "
+        "{corpus}_{objective} ones (e.g. pydocs_span_corruption, pydocs_ul2); others: "
+        + (", ".join(others) or "none (a --module or plugin registers yours)"))
   print("sizes:", ", ".join(f[:-4] for f in configure.axis_choices("size")))
   print("sharding rule presets:", ", ".join(sharding.RULE_PRESETS.names()))
   for axis in ("arch", "objective", "size", "mesh", "run", "adapt", "experiments"):
@@ -348,7 +360,13 @@ def run(argv: list[str] | None = None) -> int:
       return 0
     if args.command == "inspect":
       from objectax.launch.tools import inspect_example
-      configure.parse(files or [QUICKSTART], [*bindings, f"Experiment.objective={args.objective}"])
+      if args.objective is None and args.task is None and not any(
+          b.startswith("Experiment.task") for b in bindings):
+        raise ConfigError("objectax inspect needs an OBJECTIVE (see `objectax objectives`) or "
+                          "--task=TASK (a registered seqio task or mixture)")
+      chosen = ([f"Experiment.objective={args.objective!r}"] if args.objective else []) + (
+          [f"Experiment.task={args.task!r}"] if args.task else [])
+      configure.parse(files or [QUICKSTART], [*bindings, *chosen])
       print(inspect_example.inspect(inspect_example.resolve_config(), seed=args.seed,
                                     text=args.text))
       return 0

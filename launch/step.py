@@ -56,13 +56,36 @@ def make_optimizer(tc: config.TrainConfig) -> optax.GradientTransformation:
   )
 
 
+def component_metrics(batch: dict, metrics: dict, names: tuple[str, ...],
+                      weights_key: str) -> dict:
+  """`metrics` with each mixture component's "loss/<name>" (when the loss gave its sums),
+  "tokens/<name>" (target tokens with loss weight) and "examples/<name>" in this batch."""
+  metrics = dict(metrics)
+  ids_BL = batch[model_objectives.COMPONENT_KEY]
+  member_BLK = jax.nn.one_hot(ids_BL - 1, len(names), dtype=jnp.float32)
+  tokens_K = jnp.einsum("BL,BLK->K", (batch[weights_key] > 0).astype(jnp.float32), member_BLK)
+  examples_K = jnp.einsum("BL,BLK->K",
+                          batch[model_objectives.COMPONENT_START_KEY].astype(jnp.float32),
+                          member_BLK)
+  loss_K = metrics.pop(model_objectives.COMPONENT_LOSS_SUMS, None)
+  weight_K = metrics.pop(model_objectives.COMPONENT_WEIGHT_SUMS, None)
+  for k, name in enumerate(names):
+    if loss_K is not None:
+      metrics[f"loss/{name}"] = loss_K[k] / jnp.maximum(weight_K[k], 1.0)
+    metrics[f"tokens/{name}"] = tokens_K[k]
+    metrics[f"examples/{name}"] = examples_K[k]
+  return metrics
+
+
 def make_train_step(model: nn.Module, loss: model_objectives.LossFn,
-                    tx: optax.GradientTransformation, tc: config.TrainConfig):
+                    tx: optax.GradientTransformation, tc: config.TrainConfig,
+                    components: tuple[str, ...] = (), weights_key: str = ""):
   """(state, batch, rng) -> (state, metrics): one optimizer step on `loss`'s objective.
 
   `model` and `loss` come from `model_objectives.build`: the architecture's model and the
   weighted cross-entropy for data-only objectives, an objective's own module and loss
   for model-side ones (ELECTRA, SpacTor, multi-token prediction). Nothing here knows which.
+  With mixture `components`, the metrics also hold each one's (`component_metrics`).
   """
   schedule = learning_rate_schedule(tc)
 
@@ -77,18 +100,27 @@ def make_train_step(model: nn.Module, loss: model_objectives.LossFn,
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    if components:
+      metrics = component_metrics(batch, metrics, components, weights_key)
     return new_state, {**metrics, "grad_norm": optax.tree.norm(grads),
                        "learning_rate": schedule(state.step)}
 
   return train_step
 
 
-def make_eval_step(model: nn.Module, loss: model_objectives.LossFn):
-  """(params, batch) -> (headline loss sum, its weight): summed over batches, then divided."""
+def make_eval_step(model: nn.Module, loss: model_objectives.LossFn,
+                   components: tuple[str, ...] = ()):
+  """(params, batch) -> (headline loss sum, its weight): summed over batches, then divided.
+  With mixture `components` whose loss the objective splits, also each one's loss and
+  weight sums, float32[components] each."""
   def eval_step(params, batch):
     _, metrics = loss(model, params, batch, rng=jax.random.key(0),
                       step=jnp.zeros((), jnp.int32), evaluate=True, z_loss=0.0)
-    return metrics["loss"] * metrics["target_tokens"], metrics["target_tokens"]
+    sums = (metrics["loss"] * metrics["target_tokens"], metrics["target_tokens"])
+    if components and model_objectives.COMPONENT_LOSS_SUMS in metrics:
+      sums += (metrics[model_objectives.COMPONENT_LOSS_SUMS],
+               metrics[model_objectives.COMPONENT_WEIGHT_SUMS])
+    return sums
   return eval_step
 
 

@@ -161,6 +161,16 @@ def _first_nonfinite(first: jax.Array, step: jax.Array, metrics: dict) -> jax.Ar
   return jnp.where((first < 0) & ~finite, step, first)
 
 
+@jax.jit
+def _count_seen(seen: dict, metrics: dict) -> tuple[dict, dict]:
+  """Adds a step's examples of each mixture component to the running totals, and puts
+  the totals and each component's share of them into the step's metrics."""
+  seen = {k: v + metrics[f"examples/{k.split('/', 1)[1]}"] for k, v in seen.items()}
+  total = jnp.maximum(sum(seen.values()), 1.0)
+  shares = {f"share/{k.split('/', 1)[1]}": v / total for k, v in seen.items()}
+  return seen, {**metrics, **seen, **shares}
+
+
 def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
   """Runs (or resumes) the configured experiment; returns the end-of-run summary.
 
@@ -215,13 +225,17 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
   # Model, loss, optimizer and state, laid out on the mesh from the start.
   parts = builder.build(cfg, vocab_size=ti.vocabulary.vocab_size,
                         extra_ids=ti.vocabulary.extra_ids, feature_lengths=lengths,
-                        concat=ti.lengths.concat)
+                        concat=ti.lengths.concat, components=ti.component_names)
+  if ti.component_names:
+    total = sum(c.rate for c in ti.components)
+    say("mixture components, logged apart: " + ", ".join(
+        f"{n} ({c.rate / total:.1%})" for n, c in zip(ti.component_names, ti.components)))
   run = parts.on_mesh(mesh)
   abstract = run.abstract
   ckpt_dir = os.path.join(workdir, "checkpoints")
   # What the checkpoint must match: the model (every setting that changes what it computes)
   # and the data stream (a data position only resumes the same stream).
-  model_id = {"arch": exp.arch, "objective": exp.objective,
+  model_id = {"arch": exp.arch, "objective": exp.trains_on,
               "vocabulary": vocab_lib.fingerprint(ti.vocabulary),
               **{k: v for k, v in dataclasses.asdict(parts.model_cfg).items()
                  if k not in EXECUTION_SETTINGS}}
@@ -279,17 +293,24 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
               for b in input_pipeline.eval_batches(ti, tc.batch_size, tc.eval_batches,
                                                    input_shards=input_shards)]
 
+  component_eval: dict[str, float] = {}  # the last evaluation's loss of each component
+
   def evaluate(params) -> float:
     with run.activate():
       sums = [eval_step(params, b) for b in eval_set]
     loss_sum, weight_sum = (float(sum(np.asarray(s[i]) for s in sums)) for i in (0, 1))
+    if sums and len(sums[0]) == 4:
+      loss_K, weight_K = (sum(np.asarray(s[i]) for s in sums) for i in (2, 3))
+      component_eval.clear()
+      component_eval.update({f"eval_loss/{n}": float(l / max(w, 1.0)) for n, l, w in
+                             zip(parts.components, loss_K, weight_K) if w > 0})
     return loss_sum / max(weight_sum, 1.0)
 
   history = writer.truncate(after_step=start_step if start_step else -1,
                             warn=_warn if chief else None)
   if start_step == 0:
     loss0 = evaluate(state.params)
-    writer.write(0, {"eval_loss": loss0})
+    writer.write(0, {"eval_loss": loss0, **component_eval})
     say(f"step 0 validation loss {loss0:.4f}")
   else:
     loss0 = next((r["eval_loss"] for r in history if r["step"] == 0 and "eval_loss" in r),
@@ -327,6 +348,10 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
   final_eval = None
   clock = WaitClock()
   first_bad = np.int32(-1)  # the first step with non-finite metrics, tracked on the devices
+  # Examples of each mixture component seen since step 0, counted on the devices.
+  seen = {f"examples_seen/{n}": np.float32(next(
+      (r[f"examples_seen/{n}"] for r in reversed(history) if f"examples_seen/{n}" in r), 0.0))
+      for n in parts.components}
   last_step = start_step
 
   def fetch(step: int, m: dict, bad: jax.Array) -> dict:
@@ -365,6 +390,8 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
         with clock.waiting():
           batch = next(batches)
         state, step_metrics = train_step(state, batch, rng)
+        if seen:
+          seen, step_metrics = _count_seen(seen, step_metrics)
         first_bad = _first_nonfinite(first_bad, np.int32(step), step_metrics)
         last_step = step
         # Step N-1's metrics are read only now, after step N is dispatched: no stall.
@@ -388,7 +415,7 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
           if itstime(step, tc.eval_every):
             with clock.not_a_step():
               final_eval = evaluate(state.params)
-            writer.write(step, {"eval_loss": final_eval})
+            writer.write(step, {"eval_loss": final_eval, **component_eval})
             progress.message(f"step {step} validation loss {final_eval:.4f}")
       if pending is not None:
         log(pending[0], fetch(*pending))

@@ -18,7 +18,9 @@ def weighted_cross_entropy(
     targets_BL: jax.Array,
     weights_BL: jax.Array,
     z_loss: float = 0.0,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+    groups_BL: jax.Array | None = None,
+    num_groups: int = 0,
+) -> tuple[jax.Array, ...]:
   """Summed cross-entropy and z-loss over weighted positions, in float32.
 
   Per position: ce = logsumexp(logits) - logits[target], and
@@ -34,12 +36,15 @@ def weighted_cross_entropy(
     targets_BL: integer target ids.
     weights_BL: loss weight per position (0/1 from the feature converter, or real).
     z_loss: coefficient of the z-loss term (0 disables it).
+    groups_BL, num_groups: with num_groups > 0, the group of each position (1 ..
+      num_groups; 0: none), e.g. the mixture component its example came from.
 
   Returns:
     (loss_sum, z_loss_sum, weight_sum), float32 scalars. loss_sum is the cross-entropy
     alone (the number to report, log-perplexity); the training objective is
     (loss_sum + z_loss_sum) / weight_sum, the per-token mean over the global batch
-    (the same for every objective).
+    (the same for every objective). With groups, also the cross-entropy and weight sums of
+    each group, float32[num_groups] each.
   """
   logits_BLV = logits_BLV.astype(jnp.float32)
   weights_BL = weights_BL.astype(jnp.float32)
@@ -51,7 +56,18 @@ def weighted_cross_entropy(
   z_BL = z_loss * jnp.square(log_z_BL)
   z_loss_sum = jnp.sum(z_BL * weights_BL)
   loss_sum = jnp.sum(ce_BL * weights_BL)
-  return loss_sum, z_loss_sum, jnp.sum(weights_BL)
+  if not num_groups:
+    return loss_sum, z_loss_sum, jnp.sum(weights_BL)
+  return (loss_sum, z_loss_sum, jnp.sum(weights_BL),
+          *group_sums(ce_BL * weights_BL, weights_BL, groups_BL, num_groups))
+
+
+def group_sums(loss_BL: jax.Array, weights_BL: jax.Array, groups_BL: jax.Array,
+               num_groups: int) -> tuple[jax.Array, jax.Array]:
+  """(loss sum, weight sum) of each group 1 .. num_groups, float32[num_groups] each."""
+  member_BLG = jax.nn.one_hot(groups_BL - 1, num_groups, dtype=jnp.float32)  # 0 -> no group
+  return (jnp.einsum("BL,BLG->G", loss_BL, member_BLG),
+          jnp.einsum("BL,BLG->G", weights_BL.astype(jnp.float32), member_BLG))
 
 
 def chunked_cross_entropy(
@@ -62,7 +78,9 @@ def chunked_cross_entropy(
     z_loss: float,
     chunk: int,
     divisor: float | None = None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
+    groups_BL: jax.Array | None = None,
+    num_groups: int = 0,
+) -> tuple[jax.Array, ...]:
   """`weighted_cross_entropy` of logits = hidden @ kernel (/ divisor), `chunk` tokens at a time.
 
   The matmul runs as `models.layers.project` does: operands in the kernel's dtype, float32
@@ -82,18 +100,24 @@ def chunked_cross_entropy(
   x_CKD = jnp.pad(x_ND, ((0, pad), (0, 0))).reshape(num_chunks, chunk, d)
   t_CK = jnp.pad(targets_BL.reshape(-1), (0, pad)).reshape(num_chunks, chunk)
   w_CK = jnp.pad(weights_BL.reshape(-1).astype(jnp.float32), (0, pad)).reshape(num_chunks, chunk)
+  g_CK = (jnp.zeros_like(t_CK) if not num_groups else
+          jnp.pad(groups_BL.reshape(-1), (0, pad)).reshape(num_chunks, chunk))
 
   @jax.checkpoint
-  def chunk_sums(x_KD, t_K, w_K):
+  def chunk_sums(x_KD, t_K, w_K, g_K):
     logits_KV = jnp.einsum("KD,DV->KV", x_KD.astype(kernel_DV.dtype), kernel_DV,
                            preferred_element_type=jnp.float32)
     if divisor is not None:
       logits_KV = logits_KV / jnp.float32(divisor)
-    loss, z, weight = weighted_cross_entropy(logits_KV[None], t_K[None], w_K[None], z_loss)
-    return jnp.stack([loss, z, weight])
+    sums = weighted_cross_entropy(logits_KV[None], t_K[None], w_K[None], z_loss, g_K[None],
+                                  num_groups)
+    return jnp.concatenate([jnp.stack(sums[:3]), *sums[3:]])
 
-  def body(total_3, xs):
-    return total_3 + chunk_sums(*xs), None
+  def body(total, xs):
+    return total + chunk_sums(*xs), None
 
-  total_3, _ = jax.lax.scan(body, jnp.zeros((3,), jnp.float32), (x_CKD, t_CK, w_CK))
-  return total_3[0], total_3[1], total_3[2]
+  total, _ = jax.lax.scan(body, jnp.zeros((3 + 2 * num_groups,), jnp.float32),
+                          (x_CKD, t_CK, w_CK, g_CK))
+  if not num_groups:
+    return total[0], total[1], total[2]
+  return total[0], total[1], total[2], total[3:3 + num_groups], total[3 + num_groups:]

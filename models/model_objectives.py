@@ -104,29 +104,46 @@ def mean_cross_entropy(logits_BLV: jax.Array, targets_BL: jax.Array, weights_BL:
   return _means(*losses.weighted_cross_entropy(logits_BLV, targets_BL, weights_BL, z_loss))
 
 
-def token_loss(targets_key: str, weights_key: str, logits_chunk: int = 0) -> LossFn:
+# The batch feature holding each target position's mixture component (1, 2, ...; 0 none),
+# present when a run reads a mixture and logs its components apart.
+COMPONENT_KEY = "component_ids"
+# 1 at the first target position of each example, beside COMPONENT_KEY.
+COMPONENT_START_KEY = "component_starts"
+# Metric holding the (per-component) cross-entropy and weight sums, float32[components].
+COMPONENT_LOSS_SUMS, COMPONENT_WEIGHT_SUMS = "component_loss_sums", "component_weight_sums"
+
+
+def token_loss(targets_key: str, weights_key: str, logits_chunk: int = 0,
+               components: int = 0) -> LossFn:
   """The loss of every data-only objective: weighted cross-entropy of the model's logits.
 
   With `logits_chunk` > 0 (ModelConfig.logits_chunk) the logits are never formed whole:
   the model returns its final hidden states and output kernel, and
   `losses.chunked_cross_entropy` computes the same sums `logits_chunk` tokens at a time.
+  With `components` > 0 the batch holds COMPONENT_KEY, and the metrics also hold each
+  component's cross-entropy and weight sums (COMPONENT_LOSS_SUMS, COMPONENT_WEIGHT_SUMS).
   """
 
   def loss(model, params, batch, *, rng, step, evaluate, z_loss):
     del step
     rngs = None if evaluate else {"dropout": rng}
+    groups = dict(groups_BL=batch[COMPONENT_KEY], num_groups=components) if components else {}
     if logits_chunk:
       hidden_BLD = model.apply({"params": params}, batch, deterministic=evaluate, rngs=rngs,
                                method="hidden")
       kernel_DV, divisor = model.apply({"params": params}, method="output_kernel")
       sums = losses.chunked_cross_entropy(hidden_BLD, kernel_DV, batch[targets_key],
-                                          batch[weights_key], z_loss, logits_chunk, divisor)
-      ce, z, weight = _means(*sums)
+                                          batch[weights_key], z_loss, logits_chunk, divisor,
+                                          **groups)
     else:
       logits_BLV = model.apply({"params": params}, batch, deterministic=evaluate, rngs=rngs)
-      ce, z, weight = mean_cross_entropy(logits_BLV, batch[targets_key], batch[weights_key],
-                                         z_loss)
-    return ce + z, {"loss": ce, "z_loss": z, "target_tokens": weight}
+      sums = losses.weighted_cross_entropy(logits_BLV, batch[targets_key], batch[weights_key],
+                                           z_loss, **groups)
+    ce, z, weight = _means(*sums[:3])
+    metrics = {"loss": ce, "z_loss": z, "target_tokens": weight}
+    if components:
+      metrics[COMPONENT_LOSS_SUMS], metrics[COMPONENT_WEIGHT_SUMS] = sums[3], sums[4]
+    return ce + z, metrics
 
   return loss
 
@@ -137,16 +154,17 @@ def _means(loss_sum: jax.Array, z_sum: jax.Array, weight_sum: jax.Array):
 
 
 def build(arch: Any, model_cfg: ModelConfig, objective: Any, objective_cfg: Any,
-          vocab: Vocab) -> tuple[nn.Module, LossFn]:
+          vocab: Vocab, components: int = 0) -> tuple[nn.Module, LossFn]:
   """(model, loss) for an objective on an architecture (`arch`: models.registry.Architecture).
 
-  Data-only objectives get the architecture's model and `token_loss`; an objective with a
+  Data-only objectives get the architecture's model and `token_loss` (with the loss of
+  each of `components` mixture components beside it); an objective with a
   `model_objective` gets that objective's module, built around the architecture's model.
   """
   name = getattr(objective, "model_objective", None)
   if not name:
     return arch.make_model(model_cfg), token_loss(arch.targets_key, arch.weights_key,
-                                                  model_cfg.logits_chunk)
+                                                  model_cfg.logits_chunk, components)
   mo = MODEL_OBJECTIVES.get(name)
   if vocab.size - vocab.extra_ids <= 3:
     raise ConfigError(f"objective {objective.name!r} needs ordinary tokens beside PAD/EOS/UNK "

@@ -210,7 +210,7 @@ def configure_cell(name: str, gin_file: str, bindings: Sequence[str],
   except ConfigError as e:
     raise ConfigError(f"cell {name}: {str(e).strip().splitlines()[0]}") from None
   return Cell(name, gin_file, cfg.train.steps, cfg.train.batch_size, cfg.exp.sequence_length,
-              cfg.exp.arch, cfg.exp.objective, tuple(own))
+              cfg.exp.arch, cfg.exp.trains_on, tuple(own))
 
 
 def _variants(grid: Grid, files: dict) -> dict[str, tuple[str, tuple[str, ...]]]:

@@ -7,6 +7,7 @@ wrapped in ⟦ ⟧, so one glance shows what the objective asks the model to pre
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -112,6 +113,8 @@ def inspect(cfg: builder.RunConfig, *, seed: int = 0, text: str | None = None) -
   lengths = dict(ti.task_feature_lengths)
   obj = cfg.objective
   arch_name = cfg.arch.name
+  if cfg.exp.task:
+    return _inspect_task(cfg, ti, seed, text)
   lines = [f"objective {cfg.exp.objective} {cfg.objective_cfg} on {arch_name}, token budget "
            f"{cfg.exp.sequence_length} -> {lengths}, seed {seed}"]
   if obj.mixture is None:
@@ -126,4 +129,26 @@ def inspect(cfg: builder.RunConfig, *, seed: int = 0, text: str | None = None) -
                           task.output_features, lengths, ti.vocabulary, seed=seed, text=text)
     lines.append(f"--- {c.name}: {c.objective.name} {c.cfg}, share {c.rate / total:.1%}")
     lines += _render(cfg, ti, example, obj.features)
+  return "\n".join(lines)
+
+
+def _inspect_task(cfg: builder.RunConfig, ti: input_pipeline.TaskInput, seed: int,
+                  text: str | None) -> str:
+  """One validation example of each task a run on `Experiment.task` reads (one per
+  mixture component, with its share), laid out as training lays it out."""
+  if text is not None:
+    from objectax.models.registry import ConfigError  # pylint: disable=g-import-not-at-top
+    raise ConfigError(f"--text applies to an objective; task {cfg.exp.task!r} makes its "
+                      "examples from its own data (drop --text)")
+  lines = [f"task {cfg.exp.task} on {cfg.arch.name}, lengths {dict(ti.task_feature_lengths)}"
+           f" (long examples: {cfg.exp.long_examples}), seed {seed}"]
+  total = sum(c.rate for c in ti.components)
+  for c in ti.components:
+    one = dataclasses.replace(ti, components=(c,))
+    ds = input_pipeline.task_dataset(one, "validation", shuffle=True, seed=seed,
+                                     shard_info=None, num_epochs=None)
+    example = input_pipeline.read_records(lambda ds=ds: next(ds.take(1).as_numpy_iterator()))
+    if len(ti.components) > 1:
+      lines.append(f"--- {c.name}, share {c.rate / total:.1%}")
+    lines += _render(cfg, ti, example, cfg.objective.features)
   return "\n".join(lines)
