@@ -90,6 +90,42 @@ def _no_validation_docs(ctx: Ctx) -> None:
   _write("few.txt", "\n".join(docs) + "\n")(ctx)
 
 
+# A user's module of tasks for the Experiment.task cases, imported with --module.
+_TASKS_MODULE = """
+import seqio
+import tensorflow as tf
+from objectax.data import tasks, vocab
+
+def source(features, targets="c d e f g h i j k l m n o p"):
+  texts = {"inputs": "a b", "targets": targets, "extra": "x"}
+  def make(split, shuffle_files=False, seed=None):
+    return tf.data.Dataset.from_tensor_slices({k: [texts[k]] * 8 for k in features})
+  return seqio.FunctionDataSource(make, splits=("train", "validation"))
+
+def add(name, features, vocabulary):
+  for registry in (seqio.TaskRegistry, seqio.MixtureRegistry):
+    if name in registry.names():
+      registry.remove(name)
+  seqio.TaskRegistry.add(name, source=source(features),
+                         preprocessors=[seqio.preprocessors.tokenize],
+                         output_features={k: seqio.Feature(vocabulary) for k in features})
+
+add("three_features", ("inputs", "targets", "extra"), vocab.default_vocabulary())
+add("long_pairs", ("inputs", "targets"), vocab.default_vocabulary())
+add("byte_pairs", ("inputs", "targets"), seqio.ByteVocabulary())
+if "bytes_and_spans" in seqio.MixtureRegistry.names():
+  seqio.MixtureRegistry.remove("bytes_and_spans")
+seqio.MixtureRegistry.add("bytes_and_spans", [("byte_pairs", 1), ("pydocs_span_corruption", 3)])
+"""
+
+
+def _tasks_module(ctx: Ctx) -> None:
+  """bad_tasks.py in the case's folder, importable, and no bytecode written beside it."""
+  (ctx.tmp / "bad_tasks.py").write_text(_TASKS_MODULE)
+  ctx.monkeypatch.syspath_prepend(str(ctx.tmp))
+  ctx.monkeypatch.setattr("sys.dont_write_bytecode", True)
+
+
 def _a_file(ctx: Ctx) -> None:
   ctx.wd.write_text("not a directory\n")
 
@@ -283,6 +319,26 @@ CASES = [
          ["eval", "--workdir={wd}", "--zeroshot", "nope"], trained=True, says="nope"),
     Case("inspect_unknown_objective", "inspected an objective that does not exist",
          ["inspect", "nope"], says="nope"),
+    Case("inspect_nothing", "ran inspect with neither an objective nor a task",
+         ["inspect"], says="--task"),
+    # a registered seqio task or mixture (Experiment.task)
+    Case("task_not_registered", "named a task that is not registered (a typo)",
+         [*TRAIN, "--gin.Experiment.task=pydocs_span_corruptoin"], says="pydocs_span_corruption"),
+    Case("task_features_no_layout", "named a task whose features no layout takes",
+         [*TRAIN, "--module=bad_tasks", "--gin.Experiment.task=three_features"], _tasks_module,
+         says="extra"),
+    Case("task_mixture_vocabularies", "mixed a byte-vocabulary task with a built-in task",
+         [*TRAIN, "--module=bad_tasks", "--gin.Experiment.task=bytes_and_spans"], _tasks_module,
+         says="vocabulary"),
+    Case("task_examples_too_long", "gave a task lengths shorter than its examples",
+         [*TRAIN, "--module=bad_tasks", "--gin.Experiment.task=long_pairs",
+          "--gin.Experiment.task_lengths={'inputs': 8, 'targets': 4}"], _tasks_module,
+         says="long_examples"),
+    Case("task_lengths_without_task", "bound task lengths for an objective's run",
+         [*TRAIN, "--gin.Experiment.task_lengths={'targets': 4}"], says="Experiment.task"),
+    Case("task_long_examples_typo", "misspelt the rule for long examples",
+         [*TRAIN, "--gin.Experiment.task=pydocs_full_lm", "--gin.Experiment.long_examples=cut"],
+         says="trim"),
     Case("ablate_missing_grid", "named a grid file that does not exist",
          ["ablate", "experiments/wang2022/grids.gin", "--dry_run"], says="grids.gin"),
     Case("bench_unknown_objective", "benchmarked an objective that does not exist",

@@ -2,6 +2,7 @@
 import os
 import re
 import shlex
+import shutil
 
 import pytest
 
@@ -31,6 +32,11 @@ def test_the_readme_names_grid_files_by_their_repository_path_from_anywhere(tmp_
 def test_the_readme_inspect_and_ablate_examples_run_verbatim(tfds_data_dir, tmp_path, monkeypatch,
                                                             capsys):
   monkeypatch.chdir(tmp_path)
+  # The worked example's module and data, for the lines the README runs in examples/.
+  examples = os.path.join(os.path.dirname(README), "examples")
+  shutil.copy(os.path.join(examples, "my_tasks.py"), tmp_path / "my_tasks.py")
+  shutil.copytree(os.path.join(examples, "data"), tmp_path / "data")
+  monkeypatch.setattr("sys.dont_write_bytecode", True)
   runs = [*_commands("objectax inspect "),
           *[[*argv, "--dry_run"] for argv in _commands("objectax ablate gin/")]]
   assert len(runs) >= 4
