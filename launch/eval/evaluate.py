@@ -11,7 +11,11 @@ numbers for the grid runner:
    "settings": {...}, "evaluations": {name: {"bits_per_byte", "bits_per_token",
    "bits_per_target_token", "tokens_per_byte", "nats", "scored_tokens", "bytes",
    "target_nats", "target_tokens", "examples", "description", "skipped"}},
+   "task_loss": {"task", "batches", "loss", "components": {name: loss}},
    "wall_seconds"}
+
+`task_loss` is the loss training logs as eval_loss, on the run's own task (a user's seqio
+task or mixture, or `{corpus}_{objective}`), with each mixture component's beside it.
 
 Rates of a skipped evaluation are null. `uniform_bits_per_token` = log2(V) of the model's
 logits, what a model with uniform output scores.
@@ -39,6 +43,7 @@ import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
+import numpy as np
 import orbax.checkpoint as ocp
 import seqio
 import tensorflow as tf
@@ -135,10 +140,15 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, documents: int
   # The checkpoint holds the whole train state of the model training built (a model-side
   # objective's extra modules included); restore it all, score with the architecture's own.
   parts = builder.build(cfg, vocab_size=vocabulary.vocab_size, extra_ids=vocabulary.extra_ids,
-                        feature_lengths=ti.task_feature_lengths, concat=ti.lengths.concat)
+                        feature_lengths=ti.task_feature_lengths, concat=ti.lengths.concat,
+                        components=ti.component_names)
   run = parts.on_mesh(sharding.make_mesh(cfg.mesh))
   params = _restore(workdir, chosen, run.abstract).params
   model_cfg = parts.model_cfg
+  task_loss = _task_loss(run, params, ti, cfg.train)
+  say(f"task {ti.task.name}: validation loss {task_loss['loss']:.4f} nats per target token "
+      f"over {task_loss['batches']} batches" + "".join(
+          f"; {n} {v:.4f}" for n, v in task_loss["components"].items()))
 
   # The held-out text is the run's own corpus, or, for a run on prompt/answer pairs
   # (multitask finetuning), the embedded text corpus its vocabulary was trained on.
@@ -163,6 +173,7 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, documents: int
       "uniform_bits_per_token": math.log2(model_cfg.vocab_size),
       "settings": dataclasses.asdict(settings),
       "evaluations": {s.name: s.as_dict() for s in scores},
+      "task_loss": task_loss,
       "wall_seconds": time.perf_counter() - t_start,
   }
   os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
@@ -185,6 +196,22 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, documents: int
           sequence_length=exp.sequence_length, batch_size=settings.batch_size, put=run.put,
           say=say)
   return result
+
+
+def _task_loss(run, params, ti: input_pipeline.TaskInput, tc) -> dict:
+  """The loss training reports as eval_loss: the run's own task's first `eval_batches`
+  validation batches (and each mixture component's), with the restored parameters."""
+  batches = input_pipeline.eval_batches(ti, tc.batch_size, tc.eval_batches,
+                                        input_shards=tc.input_shards)
+  with run.activate():
+    sums = [run.eval_step(params, run.put(b)) for b in batches]
+  total = lambda i: sum(np.asarray(s[i]) for s in sums)
+  components = {}
+  if sums and len(sums[0]) == 4:
+    components = {n: float(l / max(w, 1.0)) for n, l, w in
+                  zip(run.parts.components, total(2), total(3)) if w > 0}
+  return {"task": ti.task.name, "batches": len(batches),
+          "loss": float(total(0) / max(float(total(1)), 1.0)), "components": components}
 
 
 def run(workdir: Optional[str], step: Optional[int], documents: int,

@@ -201,8 +201,11 @@ def test_a_users_seqio_task_trains_evaluates_and_inspects_from_outside(user_dir,
   evaluated = _objectax(["eval", f"--workdir={wd}", "--no_zeroshot", "--documents=2"],
                         cwd=elsewhere, env={"TFDS_DATA_DIR": tfds_data_dir})
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
-  assert json.loads((wd / "eval" / "yardstick.json").read_text())["experiment"] == \
-      "encoder_decoder_word_reversal_tiny"
+  scored = json.loads((wd / "eval" / "yardstick.json").read_text())
+  assert scored["experiment"] == "encoder_decoder_word_reversal_tiny"
+  # The task's own held-out loss, as training logged it at its last step.
+  assert scored["task_loss"]["task"] == "word_reversal"
+  assert scored["task_loss"]["loss"] == pytest.approx(evals[-1], rel=1e-5)
   shown = _objectax(["inspect", "--module", "my_tasks", "--task", "word_reversal"],
                     cwd=user_dir, env={"TFDS_DATA_DIR": tfds_data_dir})
   assert shown.returncode == 0, shown.stderr[-3000:]
