@@ -312,13 +312,13 @@ def run(argv: list[str] | None = None) -> int:
       return 2
     return 0
   _import_tensorflow_quietly()
+  from objectax.launch import config, configure
   try:
     plugins.load(modules)  # installed plugins and --module: before any registry is read
-    if args.command == "list":
-      _list()
-      return 0
-    if args.command == "objectives":
-      _objectives()
+    if args.command in ("list", "objectives"):
+      if files or bindings:  # the modules gin files import register names too
+        configure.parse(files, bindings)
+      _list() if args.command == "list" else _objectives()  # pylint: disable=expression-not-assigned
       return 0
     if args.command == "bench" and args.what == "input":
       from objectax.launch.tools import bench_input
@@ -360,13 +360,12 @@ def run(argv: list[str] | None = None) -> int:
       return 0
     if args.command == "inspect":
       from objectax.launch.tools import inspect_example
-      if args.objective is None and args.task is None and not any(
-          b.startswith("Experiment.task") for b in bindings):
-        raise ConfigError("objectax inspect needs an OBJECTIVE (see `objectax objectives`) or "
-                          "--task=TASK (a registered seqio task or mixture)")
       chosen = ([f"Experiment.objective={args.objective!r}"] if args.objective else []) + (
           [f"Experiment.task={args.task!r}"] if args.task else [])
       configure.parse(files or [QUICKSTART], [*bindings, *chosen])
+      if not chosen and not config.Experiment().task:  # a gin file may name the task
+        raise ConfigError("objectax inspect needs an OBJECTIVE (see `objectax objectives`) or "
+                          "--task=TASK (a registered seqio task or mixture)")
       print(inspect_example.inspect(inspect_example.resolve_config(), seed=args.seed,
                                     text=args.text))
       return 0

@@ -217,6 +217,7 @@ def test_a_users_seqio_task_trains_evaluates_and_inspects_from_outside(user_dir,
 
 
 @pytest.mark.e2e
+@pytest.mark.slow  # the same path as the encoder-decoder's; the layouts' tagging is tested above
 @pytest.mark.parametrize("arch", ["causal_decoder", "prefix_decoder"])
 def test_a_users_seqio_task_trains_on_the_decoder_only_models(user_dir, tmp_path, tfds_data_dir,
                                                              arch):

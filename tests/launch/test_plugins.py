@@ -50,6 +50,12 @@ def test_module_adds_its_objective_and_its_config_gets_one_line_errors(user_dir)
   assert re.search(r"^reversed_lm +full LM on reversed documents", listed.stdout, re.M), \
       listed.stdout
   assert "reversed_lm" not in _objectax(["objectives"], cwd=user_dir).stdout
+  # A gin file's `import` line loads the module for every command, listings included.
+  (user_dir / "mine.gin").write_text("import my_tasks\n")
+  imported = _objectax(["list", "--gin_file=mine.gin"], cwd=user_dir)
+  assert imported.returncode == 0, imported.stderr[-2000:]
+  assert "objective reversed_lm:" in imported.stdout
+  assert "others: word_reversal, word_reversal_and_spans" in imported.stdout
 
   wrong_type = _one_error_line(_objectax(
       ["train", "--module=my_tasks", "--gin.ReversedLMConfig.flip=sometimes"], cwd=user_dir))
