@@ -54,13 +54,16 @@ class Model(nn.Module):
 
   config: ModelConfig
   bidirectional_inputs: bool = False
+  # > 0: the decoding model (`decode`), whose attention caches this many positions; the
+  # same parameters as the training model.
+  cache_length: int = 0
 
   def setup(self):
     cfg = self.config
     config_lib._require_vocab(cfg)  # pylint: disable=protected-access
     self.embed = layers.Embed(cfg)
     self.embed_dropout = nn.Dropout(rate=cfg.dropout_rate)
-    self.blocks = layers.stack(cfg, layers.Block, cfg.num_layers, "block")
+    self.blocks = layers.stack(cfg, layers.Block, cfg.num_layers, "block", self.cache_length)
     self.final_norm = layers.RMSNorm(cfg)
     if cfg.position_embedding == "relative":
       # One table for the stack, causal buckets even for the prefix decoder, as in the
@@ -73,6 +76,24 @@ class Model(nn.Module):
     """Logits (float32) for every position of `batch["decoder_input_tokens"]`."""
     x_BLD = self.embed(batch["decoder_input_tokens"])
     return self.logits_from_embeddings(x_BLD, batch, deterministic=deterministic)
+
+  def decode(self, tokens_BL: jax.Array, positions_BL: jax.Array,
+             mask_B1LS: jax.Array) -> jax.Array:
+    """Decoding (`cache_length` > 0, the "cache" collection mutable): logits (float32) of
+    `tokens_BL` at `positions_BL`, each row at its own positions, attending to the cached
+    positions (slot = position) that `mask_B1LS` allows; their keys and values are cached.
+
+    A prompt's prefill passes its whole stream (causal, or bidirectional over the prefix
+    for the prefix decoder, exactly as in training); each step after it one token per row.
+    """
+    cfg = self.config
+    b = tokens_BL.shape[0]
+    slots_BS = jnp.broadcast_to(jnp.arange(self.cache_length), (b, self.cache_length))
+    bias_BHLS = (self.relpos_bias(positions_BL, slots_BS)
+                 if cfg.position_embedding == "relative" else None)
+    x_BLD = layers.run_stack(self.blocks, self.embed(tokens_BL), mask_B1LS, positions_BL, True,
+                             bias_BHLS)
+    return layers.output_logits(self.embed, self.head_DV, self.final_norm(x_BLD))
 
   def hidden(self, batch: Mapping[str, jax.Array], *, deterministic: bool = True) -> jax.Array:
     """The final-normed residual stream the logits are read from (chunked loss)."""

@@ -66,6 +66,9 @@ class Model(nn.Module):
   """
 
   config: ModelConfig
+  # > 0: the decoding model (`encode`, then `decode`), whose decoder caches this many
+  # positions and the encoder's keys and values; the same parameters as the training model.
+  cache_length: int = 0
 
   def setup(self):
     cfg = self.config
@@ -74,7 +77,8 @@ class Model(nn.Module):
     self.embed_dropout = nn.Dropout(rate=cfg.dropout_rate)
     self.encoder_blocks = layers.stack(cfg, layers.Block, cfg.encoder_layers, "encoder_block")
     self.encoder_norm = layers.RMSNorm(cfg)
-    self.decoder_blocks = layers.stack(cfg, layers.DecoderBlock, cfg.num_layers, "decoder_block")
+    self.decoder_blocks = layers.stack(cfg, layers.DecoderBlock, cfg.num_layers, "decoder_block",
+                                       self.cache_length)
     self.decoder_norm = layers.RMSNorm(cfg)
     if cfg.position_embedding == "relative":
       # One table per stack, shared by its layers (T5X t5/network.py: Encoder and Decoder
@@ -88,6 +92,29 @@ class Model(nn.Module):
     return self.logits_from_embeddings(self.embed(batch["encoder_input_tokens"]),
                                        self.embed(batch["decoder_input_tokens"]), batch,
                                        deterministic=deterministic)
+
+  def encode(self, encoder_input_tokens_BS: jax.Array) -> jax.Array:
+    """The encoder output for unpacked inputs (padding 0), once per decode."""
+    batch = {"encoder_input_tokens": encoder_input_tokens_BS}
+    return self.encode_embeddings(self.embed(encoder_input_tokens_BS), batch)
+
+  def decode(self, tokens_BT: jax.Array, positions_BT: jax.Array, self_mask_B1TS: jax.Array,
+             encoded_BSD: jax.Array | None, encoder_input_tokens_BS: jax.Array) -> jax.Array:
+    """Decoding (`cache_length` > 0, the "cache" collection mutable): logits (float32) of
+    the decoder tokens at their positions, attending to the cached decoder positions that
+    `self_mask_B1TS` allows (slot = position) and to the real encoder positions. The call
+    that passes `encoded_BSD` caches each layer's cross-attention keys and values; later
+    calls pass None and read them."""
+    cfg = self.config
+    b = tokens_BT.shape[0]
+    slots_BS = jnp.broadcast_to(jnp.arange(self.cache_length), (b, self.cache_length))
+    real_BS = (encoder_input_tokens_BS > 0).astype(jnp.int32)
+    cross_mask_B1TS = masks.cross_attention_mask(jnp.ones_like(tokens_BT), real_BS)
+    bias_BHTS = (self.decoder_relpos_bias(positions_BT, slots_BS)
+                 if cfg.position_embedding == "relative" else None)
+    x_BTD = layers.run_stack(self.decoder_blocks, self.embed(tokens_BT), encoded_BSD,
+                             self_mask_B1TS, cross_mask_B1TS, positions_BT, True, bias_BHTS)
+    return layers.output_logits(self.embed, self.head_DV, self.decoder_norm(x_BTD))
 
   def logits_from_embeddings(self, encoder_x_BSD: jax.Array, decoder_x_BTD: jax.Array,
                              batch: Mapping[str, jax.Array], *,

@@ -258,6 +258,13 @@ class Attention(nn.Module):
 
   config: ModelConfig
   use_rope: bool = True
+  # Decoding (> 0): self-attention keeps the keys and values of every position in a
+  # "cache" collection of this many slots, slot = position: each call writes its tokens'
+  # at their `positions_BL` and attends to all slots under `mask_B1LS` (B, 1, L, slots).
+  cache_length: int = 0
+  # Cross-attention while decoding: the keys and values of `kv_BSD` are cached by the call
+  # that passes it and read from the cache by the calls that pass kv_BSD=None.
+  cross: bool = False
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, mask_B1LS: jax.Array,
@@ -277,18 +284,42 @@ class Attention(nn.Module):
     wo_HKD = _param(self, "out", out_init, (h, k, d), ("heads", "kv", "embed"), cfg).astype(dtype)
 
     x_BLD = x_BLD.astype(dtype)
-    kv_BSD = x_BLD if kv_BSD is None else kv_BSD.astype(dtype)
     q_BLHK = jnp.einsum("BLD,DHK->BLHK", x_BLD, wq_DHK)
-    k_BSHK = jnp.einsum("BSD,DHK->BSHK", kv_BSD, wk_DHK)
-    v_BSHK = jnp.einsum("BSD,DHK->BSHK", kv_BSD, wv_DHK)
+    if self.cross and self.cache_length and kv_BSD is None:  # decoding: the cached encoder
+      k_BSHK = self.get_variable("cache", "key")
+      v_BSHK = self.get_variable("cache", "value")
+    else:
+      kv_BSD = x_BLD if kv_BSD is None else kv_BSD.astype(dtype)
+      k_BSHK = jnp.einsum("BSD,DHK->BSHK", kv_BSD, wk_DHK)
+      v_BSHK = jnp.einsum("BSD,DHK->BSHK", kv_BSD, wv_DHK)
+      if self.cross and self.cache_length:
+        self.put_variable("cache", "key", k_BSHK)
+        self.put_variable("cache", "value", v_BSHK)
     if self.use_rope:
       if positions_BL is None or q_BLHK.shape[1] != k_BSHK.shape[1]:
         raise ValueError("RoPE needs positions and keys from the queries' own sequence")
       q_BLHK = apply_rope(q_BLHK, positions_BL, cfg.rope_max_wavelength)
       k_BSHK = apply_rope(k_BSHK, positions_BL, cfg.rope_max_wavelength)
+    if self.cache_length and not self.cross:
+      k_BSHK, v_BSHK = self._cached(k_BSHK, v_BSHK, positions_BL)
     out_BLHK = dot_product_attention(q_BLHK, k_BSHK, v_BSHK, mask_B1LS, bias_BHLS,
                                      cfg.attention)
     return jnp.einsum("BLHK,HKD->BLD", out_BLHK, wo_HKD)
+
+  def _cached(self, k_BLHK: jax.Array, v_BLHK: jax.Array,
+              positions_BL: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Writes this call's keys and values into their position's slots of the cache and
+    returns every slot's (a one-hot write: exact, and each row at its own positions)."""
+    b, _, h, k = k_BLHK.shape
+    shape = (b, self.cache_length, h, k)
+    cached_k = self.variable("cache", "key", jnp.zeros, shape, k_BLHK.dtype)
+    cached_v = self.variable("cache", "value", jnp.zeros, shape, v_BLHK.dtype)
+    slot_BLS = jax.nn.one_hot(positions_BL, self.cache_length, dtype=k_BLHK.dtype)
+    written_BS11 = (jnp.sum(slot_BLS, axis=1) > 0)[:, :, None, None]
+    for cached, new_BLHK in ((cached_k, k_BLHK), (cached_v, v_BLHK)):
+      cached.value = jnp.where(written_BS11, jnp.einsum("BLS,BLHK->BSHK", slot_BLS, new_BLHK),
+                               cached.value)
+    return cached_k.value, cached_v.value
 
 
 # A masked logit in the cuDNN path: finite, so a row with no visible key (cross-attention
@@ -390,13 +421,15 @@ class Block(nn.Module):
 
   config: ModelConfig
   scanned: bool = False  # inside nn.scan: return (x, None), the carry and no output
+  cache_length: int = 0  # decoding: the attention's cache slots (`Attention`)
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, mask_B1LL: jax.Array, positions_BL: jax.Array,
                deterministic: bool = True, bias_BHLL: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     x_BLD = constrain(x_BLD)
-    h_BLD = Attention(cfg, use_rope=_uses_rope(cfg), name="attention")(
+    h_BLD = Attention(cfg, use_rope=_uses_rope(cfg), cache_length=self.cache_length,
+                      name="attention")(
         RMSNorm(cfg, name="attention_norm")(x_BLD), mask_B1LL, positions_BL,
         bias_BHLS=bias_BHLL)
     x_BLD = x_BLD + _dropout(h_BLD, cfg.dropout_rate, deterministic)
@@ -421,18 +454,21 @@ class DecoderBlock(nn.Module):
 
   config: ModelConfig
   scanned: bool = False  # inside nn.scan: return (x, None)
+  cache_length: int = 0  # decoding: self-attention cache slots; encoded_BSD None = cached
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, encoded_BSD: jax.Array, self_mask_B1LL: jax.Array,
+  def __call__(self, x_BLD: jax.Array, encoded_BSD: jax.Array | None, self_mask_B1LL: jax.Array,
                cross_mask_B1LS: jax.Array, positions_BL: jax.Array,
                deterministic: bool = True, bias_BHLL: jax.Array | None = None) -> jax.Array:
     cfg = self.config
     x_BLD = constrain(x_BLD)
-    h_BLD = Attention(cfg, use_rope=_uses_rope(cfg), name="self_attention")(
+    h_BLD = Attention(cfg, use_rope=_uses_rope(cfg), cache_length=self.cache_length,
+                      name="self_attention")(
         RMSNorm(cfg, name="self_attention_norm")(x_BLD), self_mask_B1LL, positions_BL,
         bias_BHLS=bias_BHLL)
     x_BLD = x_BLD + _dropout(h_BLD, cfg.dropout_rate, deterministic)
-    h_BLD = Attention(cfg, use_rope=False, name="cross_attention")(
+    h_BLD = Attention(cfg, use_rope=False, cache_length=self.cache_length, cross=True,
+                      name="cross_attention")(
         RMSNorm(cfg, name="cross_attention_norm")(x_BLD), cross_mask_B1LS,
         kv_BSD=encoded_BSD)
     has_key_BL1 = jnp.any(cross_mask_B1LS[:, 0], axis=-1)[:, :, None]
@@ -469,24 +505,29 @@ _REMAT_POLICIES = {
 _DETERMINISTIC_ARG = {"Block": 4, "DecoderBlock": 6}
 
 
-def stack(config: ModelConfig, block_cls: type, num_layers: int, name: str) -> list[nn.Module] | nn.Module:
+def stack(config: ModelConfig, block_cls: type, num_layers: int, name: str,
+          cache_length: int = 0) -> list[nn.Module] | nn.Module:
   """The blocks of one stack, as `config` says: a list of `block_cls` named
   `<name>_<i>` (the plain layout), or one scanned module named `scan_<name>` whose
   parameters have a leading axis of `num_layers` (logical axis "layers").
+  `cache_length` > 0: blocks that decode with a cache of that many slots (never
+  rematerialised: nothing is differentiated), the same parameters.
 
   Call it from `setup` and apply the result with `run_stack`.
   """
   cls = block_cls
-  if config.remat != "none":
+  extra = {"cache_length": cache_length} if cache_length else {}
+  if config.remat != "none" and not cache_length:
     cls = nn.remat(cls, policy=_REMAT_POLICIES[config.remat], prevent_cse=not config.scan_layers,
                    static_argnums=(_DETERMINISTIC_ARG[block_cls.__name__],))
   if not config.scan_layers:
-    return [cls(config, name=f"{name}_{i}") for i in range(num_layers)]
+    return [cls(config, name=f"{name}_{i}", **extra) for i in range(num_layers)]
   num_args = _DETERMINISTIC_ARG[block_cls.__name__]  # every argument after x, bias included
-  scanned = nn.scan(cls, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+  scanned = nn.scan(cls, variable_axes={"params": 0, "cache": 0},
+                    split_rngs={"params": True, "dropout": True},
                     in_axes=(nn.broadcast,) * num_args, length=num_layers,
                     metadata_params={nn.PARTITION_NAME: "layers"})
-  return scanned(config, scanned=True, name=f"{SCAN_PREFIX}{name}")
+  return scanned(config, scanned=True, name=f"{SCAN_PREFIX}{name}", **extra)
 
 
 def run_stack(blocks: list[nn.Module] | nn.Module, x_BLD: jax.Array, *args) -> jax.Array:

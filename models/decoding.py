@@ -1,0 +1,260 @@
+"""Cached autoregressive decoding through the training modules (no second model).
+
+The decoding model is the architecture's own Linen module built with `cache_length` > 0
+(`make_decoder`): the same parameters, and each self-attention keeps the keys and values of
+every position in a "cache" collection whose slot is the position (`layers.Attention`).
+
+- Causal decoder: the prompt's stream, `[0] + prompt` exactly as training's shifted inputs
+  begin, is processed once (prefill, causal); then one token per step per row, each at
+  its own position, attending to the slots up to it.
+- Prefix decoder: the same, with the whole prompt stream a bidirectional prefix in the
+  prefill (the inputs plus one position, as `decoder_causal_attention` marks in training).
+- Encoder-decoder: the encoder runs once; the decoder starts from 0 at position 0 and
+  its first call caches every layer's cross-attention keys and values.
+
+Rows of different prompt lengths decode together: prompts are right-padded, each row's
+first generated token is read at its own last prompt position and every later token sits
+at that row's next position, so a row's output is the one it gets alone. A row stops at
+its EOS (later tokens are padding, 0); decoding stops when every row has, or after
+`max_new_tokens`.
+
+Strategies: greedy, and sampling with a temperature, top-k and top-p (nucleus), seeded.
+
+TF-free: the model-only path (GPU hosts) decodes too.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from objectax.models.registry import ConfigError
+
+EOS_ID = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+  """How the next token is chosen.
+
+  Attributes:
+    temperature: 0 = greedy (argmax); > 0 samples from softmax(logits / temperature).
+    top_k: sample among the k most likely tokens only (0 = all).
+    top_p: sample among the fewest most likely tokens whose probability reaches p (1 = all).
+    seed: the sampling seed (the same seed gives the same outputs).
+  """
+  temperature: float = 0.0
+  top_k: int = 0
+  top_p: float = 1.0
+  seed: int = 0
+
+  def __post_init__(self):
+    if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
+      raise ConfigError(f"temperature {self.temperature!r} must be >= 0 (0 = greedy)")
+    if not (isinstance(self.top_k, int) and self.top_k >= 0):
+      raise ConfigError(f"top_k {self.top_k!r} must be an int >= 0 (0 = no top-k)")
+    if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+      raise ConfigError(f"top_p {self.top_p!r} must be in (0, 1] (1 = no nucleus cut)")
+
+
+def choose(logits_BV: jax.Array, strategy: Strategy, rng: jax.Array,
+           vocab_size: int) -> jax.Array:
+  """The next token of each row under `strategy` (ids beyond `vocab_size` never chosen)."""
+  logits_BV = logits_BV.astype(jnp.float32)
+  valid_V = jnp.arange(logits_BV.shape[-1]) < vocab_size
+  logits_BV = jnp.where(valid_V, logits_BV, -jnp.inf)
+  if strategy.temperature == 0:
+    return jnp.argmax(logits_BV, axis=-1).astype(jnp.int32)
+  logits_BV = logits_BV / strategy.temperature
+  if strategy.top_k:
+    kth_B1 = jax.lax.top_k(logits_BV, min(strategy.top_k, vocab_size))[0][:, -1:]
+    logits_BV = jnp.where(logits_BV < kth_B1, -jnp.inf, logits_BV)
+  if strategy.top_p < 1:
+    sorted_BV = jnp.sort(logits_BV, axis=-1)[:, ::-1]
+    probs_BV = jax.nn.softmax(sorted_BV, axis=-1)
+    # Keep a token while the probability of the tokens before it is below p.
+    before_BV = jnp.cumsum(probs_BV, axis=-1) - probs_BV
+    cutoff_B1 = jnp.min(jnp.where(before_BV < strategy.top_p, sorted_BV, jnp.inf), axis=-1,
+                        keepdims=True)
+    logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+  return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
+
+
+def make_decoder(model: Any, cache_length: int) -> Any:
+  """The decoding twin of an architecture's module: `cache_length` slots, same params."""
+  if not hasattr(model, "cache_length"):
+    raise ConfigError(f"{type(model).__module__} cannot decode left to right (no cache)")
+  return model.clone(cache_length=cache_length, parent=None)
+
+
+def _prefill_mask(lengths_B: jax.Array, prefill: int, slots: int,
+                  bidirectional: bool) -> jax.Array:
+  """mask_B1PS of a right-padded prompt stream: causal; with `bidirectional` each row's
+  first lengths_B positions (its prompt stream) also see each other both ways."""
+  q_P1 = jnp.arange(prefill)[:, None]
+  k_1S = jnp.arange(slots)[None, :]
+  mask_BPS = jnp.broadcast_to(k_1S <= q_P1, (lengths_B.shape[0], prefill, slots))
+  if bidirectional:
+    inside_BP1 = (q_P1[None] < lengths_B[:, None, None])
+    inside_B1S = (k_1S[None] < lengths_B[:, None, None])
+    mask_BPS = mask_BPS | (inside_BP1 & inside_B1S)
+  return mask_BPS[:, None]
+
+
+def _step_mask(positions_B: jax.Array, slots: int) -> jax.Array:
+  """mask_B11S of one new token per row: its own and every earlier slot."""
+  return (jnp.arange(slots)[None, :] <= positions_B[:, None])[:, None, None, :]
+
+
+@dataclasses.dataclass
+class Output:
+  """Decoded ids per row (EOS included when reached) and, when asked for, the logits of
+  every step, float32 (new_tokens, B, V)."""
+  tokens: list[list[int]]
+  step_logits: Optional[np.ndarray] = None
+
+
+def _finish(tokens_NB: np.ndarray) -> list[list[int]]:
+  out = []
+  for row in tokens_NB.T.tolist():
+    cut = row.index(EOS_ID) + 1 if EOS_ID in row else len(row)
+    out.append(row[:cut])
+  return out
+
+
+def generate_lm(model: Any, params: Any, prompts: Sequence[Sequence[int]], *,
+                max_new_tokens: int, strategy: Strategy = Strategy(), vocab_size: int,
+                bidirectional: bool = False, keep_logits: bool = False) -> Output:
+  """Continues each prompt (ids, no BOS) with the decoder-only `model` (decoder.Model)."""
+  if not prompts:
+    return Output([])
+  streams = [[0, *map(int, p)] for p in prompts]
+  lengths = np.array([len(s) for s in streams], np.int32)
+  prefill = int(lengths.max())
+  slots = prefill + max_new_tokens
+  tokens_BP = np.zeros((len(streams), prefill), np.int32)
+  for row, s in enumerate(streams):
+    tokens_BP[row, :len(s)] = s
+  decoder = make_decoder(model, slots)
+  run = _lm_runner(decoder, bool(bidirectional), strategy, int(vocab_size), slots)
+  return run(params, jnp.asarray(tokens_BP), jnp.asarray(lengths), max_new_tokens,
+             keep_logits)
+
+
+def generate_seq2seq(model: Any, params: Any, inputs: Sequence[Sequence[int]], *,
+                     max_new_tokens: int, strategy: Strategy = Strategy(), vocab_size: int,
+                     keep_logits: bool = False) -> Output:
+  """Decodes targets for each inputs row (ids, EOS included as in training) with the
+  encoder-decoder `model` (encdec.Model)."""
+  if not inputs:
+    return Output([])
+  width = max(len(x) for x in inputs)
+  tokens_BS = np.zeros((len(inputs), width), np.int32)
+  for row, x in enumerate(inputs):
+    tokens_BS[row, :len(x)] = x
+  decoder = make_decoder(model, max_new_tokens)
+  run = _seq2seq_runner(decoder, strategy, int(vocab_size), max_new_tokens)
+  return run(params, jnp.asarray(tokens_BS), max_new_tokens, keep_logits)
+
+
+class _Runner:
+  """Jitted prefill and step of one decoding model, and the loop between them."""
+
+  def __init__(self, prefill, step, strategy: Strategy, vocab_size: int):
+    self._prefill, self._step = prefill, step
+    self._choose = jax.jit(functools.partial(choose, strategy=strategy, vocab_size=vocab_size))
+    self._seed = strategy.seed
+
+  def loop(self, params, cache, logits_BV, positions_B, max_new: int,
+           keep_logits: bool, step_args: tuple = ()) -> Output:
+    rng = jax.random.key(self._seed)
+    done_B = jnp.zeros(positions_B.shape, bool)
+    tokens, kept = [], []
+    for t in range(max_new):
+      if keep_logits:
+        kept.append(np.asarray(logits_BV))
+      token_B = self._choose(logits_BV, rng=jax.random.fold_in(rng, t))
+      token_B = jnp.where(done_B, 0, token_B)
+      tokens.append(token_B)
+      done_B = done_B | (token_B == EOS_ID)
+      if t + 1 == max_new or bool(jnp.all(done_B)):
+        break
+      logits_BV, cache = self._step(params, cache, token_B, positions_B + t, *step_args)
+    out = _finish(np.asarray(jnp.stack(tokens)))
+    return Output(out, np.stack(kept) if keep_logits else None)
+
+
+def _cached_runner(make):
+  """One runner (its jitted functions) per decoding model and settings."""
+  runners: dict = {}
+
+  def get(decoder, *settings):
+    key = (type(decoder).__qualname__, decoder.config,
+           getattr(decoder, "bidirectional_inputs", None), *settings)
+    if key not in runners:
+      if len(runners) >= 16:
+        runners.pop(next(iter(runners)))
+      runners[key] = make(decoder, *settings)
+    return runners[key]
+
+  return get
+
+
+@_cached_runner
+def _lm_runner(decoder, bidirectional: bool, strategy: Strategy, vocab_size: int, slots: int):
+  @jax.jit
+  def prefill(params, tokens_BP, lengths_B):
+    positions_BP = jnp.broadcast_to(jnp.arange(tokens_BP.shape[1]), tokens_BP.shape)
+    mask = _prefill_mask(lengths_B, tokens_BP.shape[1], slots, bidirectional)
+    logits_BPV, state = decoder.apply({"params": params}, tokens_BP, positions_BP, mask,
+                                      method="decode", mutable=["cache"])
+    last_BV = jnp.take_along_axis(logits_BPV, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
+    return last_BV, state["cache"]
+
+  @jax.jit
+  def step(params, cache, token_B, positions_B):
+    logits_B1V, state = decoder.apply({"params": params, "cache": cache}, token_B[:, None],
+                                      positions_B[:, None], _step_mask(positions_B, slots),
+                                      method="decode", mutable=["cache"])
+    return logits_B1V[:, 0], state["cache"]
+
+  runner = _Runner(prefill, step, strategy, vocab_size)
+
+  def run(params, tokens_BP, lengths_B, max_new, keep_logits):
+    logits_BV, cache = prefill(params, tokens_BP, lengths_B)
+    return runner.loop(params, cache, logits_BV, lengths_B, max_new, keep_logits)
+
+  return run
+
+
+@_cached_runner
+def _seq2seq_runner(decoder, strategy: Strategy, vocab_size: int, slots: int):
+  @jax.jit
+  def prefill(params, inputs_BS):
+    encoded_BSD = decoder.apply({"params": params}, inputs_BS, method="encode")
+    b = inputs_BS.shape[0]
+    start_B1 = jnp.zeros((b, 1), jnp.int32)
+    logits_B1V, state = decoder.apply(
+        {"params": params}, start_B1, start_B1, _step_mask(jnp.zeros((b,), jnp.int32), slots),
+        encoded_BSD, inputs_BS, method="decode", mutable=["cache"])
+    return logits_B1V[:, 0], state["cache"]
+
+  @jax.jit
+  def step(params, cache, token_B, positions_B, inputs_BS):
+    logits_B1V, state = decoder.apply(
+        {"params": params, "cache": cache}, token_B[:, None], positions_B[:, None],
+        _step_mask(positions_B, slots), None, inputs_BS, method="decode", mutable=["cache"])
+    return logits_B1V[:, 0], state["cache"]
+
+  runner = _Runner(prefill, step, strategy, vocab_size)
+
+  def run(params, inputs_BS, max_new, keep_logits):
+    logits_BV, cache = prefill(params, inputs_BS)
+    ones_B = jnp.ones((inputs_BS.shape[0],), jnp.int32)
+    return runner.loop(params, cache, logits_BV, ones_B, max_new, keep_logits, (inputs_BS,))
+
+  return run
