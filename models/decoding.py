@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any, Optional, Sequence
 
 import jax
@@ -116,6 +117,7 @@ class Output:
   every step, float32 (new_tokens, B, V)."""
   tokens: list[list[int]]
   step_logits: Optional[np.ndarray] = None
+  prefill_seconds: float = 0.0  # the prompt's pass (and the encoder's), compiled beforehand
 
 
 def _finish(tokens_NB: np.ndarray) -> list[list[int]]:
@@ -128,8 +130,10 @@ def _finish(tokens_NB: np.ndarray) -> list[list[int]]:
 
 def generate_lm(model: Any, params: Any, prompts: Sequence[Sequence[int]], *,
                 max_new_tokens: int, strategy: Strategy = Strategy(), vocab_size: int,
-                bidirectional: bool = False, keep_logits: bool = False) -> Output:
-  """Continues each prompt (ids, no BOS) with the decoder-only `model` (decoder.Model)."""
+                bidirectional: bool = False, keep_logits: bool = False,
+                stop_at_eos: bool = True) -> Output:
+  """Continues each prompt (ids, no BOS) with the decoder-only `model` (decoder.Model).
+  `stop_at_eos` False: every row generates `max_new_tokens` (benchmarks)."""
   if not prompts:
     return Output([])
   streams = [[0, *map(int, p)] for p in prompts]
@@ -142,12 +146,12 @@ def generate_lm(model: Any, params: Any, prompts: Sequence[Sequence[int]], *,
   decoder = make_decoder(model, slots)
   run = _lm_runner(decoder, bool(bidirectional), strategy, int(vocab_size), slots)
   return run(params, jnp.asarray(tokens_BP), jnp.asarray(lengths), max_new_tokens,
-             keep_logits)
+             keep_logits, stop_at_eos)
 
 
 def generate_seq2seq(model: Any, params: Any, inputs: Sequence[Sequence[int]], *,
                      max_new_tokens: int, strategy: Strategy = Strategy(), vocab_size: int,
-                     keep_logits: bool = False) -> Output:
+                     keep_logits: bool = False, stop_at_eos: bool = True) -> Output:
   """Decodes targets for each inputs row (ids, EOS included as in training) with the
   encoder-decoder `model` (encdec.Model)."""
   if not inputs:
@@ -158,34 +162,62 @@ def generate_seq2seq(model: Any, params: Any, inputs: Sequence[Sequence[int]], *
     tokens_BS[row, :len(x)] = x
   decoder = make_decoder(model, max_new_tokens)
   run = _seq2seq_runner(decoder, strategy, int(vocab_size), max_new_tokens)
-  return run(params, jnp.asarray(tokens_BS), max_new_tokens, keep_logits)
+  return run(params, jnp.asarray(tokens_BS), max_new_tokens, keep_logits, stop_at_eos)
 
 
 class _Runner:
-  """Jitted prefill and step of one decoding model, and the loop between them."""
+  """A jitted prefill, and the whole decode after it as one jitted loop (`lax.while_loop`
+  over the steps, the cache carried), so a step costs no host round trip."""
 
   def __init__(self, prefill, step, strategy: Strategy, vocab_size: int):
-    self._prefill, self._step = prefill, step
-    self._choose = jax.jit(functools.partial(choose, strategy=strategy, vocab_size=vocab_size))
+    self._prefill = prefill
+    self._choose = functools.partial(choose, strategy=strategy, vocab_size=vocab_size)
     self._seed = strategy.seed
+    self._step = step
+    self._loops: dict = {}
+
+  def _loop_fn(self, max_new: int, keep_logits: bool, stop_at_eos: bool):
+    key = (max_new, keep_logits, stop_at_eos)
+    if key in self._loops:
+      return self._loops[key]
+
+    def loop(params, cache, logits_BV, positions_B, rng, *step_args):
+      b, v = logits_BV.shape
+      tokens_NB = jnp.zeros((max_new, b), jnp.int32)
+      kept_NBV = jnp.zeros((max_new if keep_logits else 0, b, v), jnp.float32)
+
+      def body(carry):
+        t, cache, logits_BV, done_B, tokens_NB, kept_NBV = carry
+        if keep_logits:
+          kept_NBV = kept_NBV.at[t].set(logits_BV.astype(jnp.float32))
+        token_B = self._choose(logits_BV, rng=jax.random.fold_in(rng, t))
+        token_B = jnp.where(done_B, 0, token_B)
+        tokens_NB = tokens_NB.at[t].set(token_B)
+        if stop_at_eos:
+          done_B = done_B | (token_B == EOS_ID)
+        logits_BV, cache = self._step(params, cache, token_B, positions_B + t, *step_args)
+        return t + 1, cache, logits_BV, done_B, tokens_NB, kept_NBV
+
+      def more(carry):
+        t, _, _, done_B, _, _ = carry
+        return (t < max_new) & ~jnp.all(done_B)
+
+      done_B = jnp.zeros((b,), bool)
+      carry = (jnp.int32(0), cache, logits_BV, done_B, tokens_NB, kept_NBV)
+      t, _, _, _, tokens_NB, kept_NBV = jax.lax.while_loop(more, body, carry)
+      return t, tokens_NB, kept_NBV
+
+    self._loops[key] = jax.jit(loop)
+    return self._loops[key]
 
   def loop(self, params, cache, logits_BV, positions_B, max_new: int,
-           keep_logits: bool, step_args: tuple = ()) -> Output:
-    rng = jax.random.key(self._seed)
-    done_B = jnp.zeros(positions_B.shape, bool)
-    tokens, kept = [], []
-    for t in range(max_new):
-      if keep_logits:
-        kept.append(np.asarray(logits_BV))
-      token_B = self._choose(logits_BV, rng=jax.random.fold_in(rng, t))
-      token_B = jnp.where(done_B, 0, token_B)
-      tokens.append(token_B)
-      done_B = done_B | (token_B == EOS_ID)
-      if t + 1 == max_new or bool(jnp.all(done_B)):
-        break
-      logits_BV, cache = self._step(params, cache, token_B, positions_B + t, *step_args)
-    out = _finish(np.asarray(jnp.stack(tokens)))
-    return Output(out, np.stack(kept) if keep_logits else None)
+           keep_logits: bool, step_args: tuple = (), stop_at_eos: bool = True) -> Output:
+    fn = self._loop_fn(max_new, keep_logits, stop_at_eos)
+    t, tokens_NB, kept_NBV = fn(params, cache, logits_BV, positions_B,
+                                jax.random.key(self._seed), *step_args)
+    t = int(t)
+    out = _finish(np.asarray(tokens_NB)[:t])
+    return Output(out, np.asarray(kept_NBV)[:t] if keep_logits else None)
 
 
 def _cached_runner(make):
@@ -215,7 +247,6 @@ def _lm_runner(decoder, bidirectional: bool, strategy: Strategy, vocab_size: int
     last_BV = jnp.take_along_axis(logits_BPV, (lengths_B - 1)[:, None, None], axis=1)[:, 0]
     return last_BV, state["cache"]
 
-  @jax.jit
   def step(params, cache, token_B, positions_B):
     logits_B1V, state = decoder.apply({"params": params, "cache": cache}, token_B[:, None],
                                       positions_B[:, None], _step_mask(positions_B, slots),
@@ -224,9 +255,13 @@ def _lm_runner(decoder, bidirectional: bool, strategy: Strategy, vocab_size: int
 
   runner = _Runner(prefill, step, strategy, vocab_size)
 
-  def run(params, tokens_BP, lengths_B, max_new, keep_logits):
-    logits_BV, cache = prefill(params, tokens_BP, lengths_B)
-    return runner.loop(params, cache, logits_BV, lengths_B, max_new, keep_logits)
+  def run(params, tokens_BP, lengths_B, max_new, keep_logits, stop_at_eos=True):
+    t0 = time.perf_counter()
+    logits_BV, cache = jax.block_until_ready(prefill(params, tokens_BP, lengths_B))
+    prefill_s = time.perf_counter() - t0
+    out = runner.loop(params, cache, logits_BV, lengths_B, max_new, keep_logits,
+                      stop_at_eos=stop_at_eos)
+    return dataclasses.replace(out, prefill_seconds=prefill_s)
 
   return run
 
@@ -243,7 +278,6 @@ def _seq2seq_runner(decoder, strategy: Strategy, vocab_size: int, slots: int):
         encoded_BSD, inputs_BS, method="decode", mutable=["cache"])
     return logits_B1V[:, 0], state["cache"]
 
-  @jax.jit
   def step(params, cache, token_B, positions_B, inputs_BS):
     logits_B1V, state = decoder.apply(
         {"params": params, "cache": cache}, token_B[:, None], positions_B[:, None],
@@ -252,9 +286,13 @@ def _seq2seq_runner(decoder, strategy: Strategy, vocab_size: int, slots: int):
 
   runner = _Runner(prefill, step, strategy, vocab_size)
 
-  def run(params, inputs_BS, max_new, keep_logits):
-    logits_BV, cache = prefill(params, inputs_BS)
+  def run(params, inputs_BS, max_new, keep_logits, stop_at_eos=True):
+    t0 = time.perf_counter()
+    logits_BV, cache = jax.block_until_ready(prefill(params, inputs_BS))
+    prefill_s = time.perf_counter() - t0
     ones_B = jnp.ones((inputs_BS.shape[0],), jnp.int32)
-    return runner.loop(params, cache, logits_BV, ones_B, max_new, keep_logits, (inputs_BS,))
+    out = runner.loop(params, cache, logits_BV, ones_B, max_new, keep_logits, (inputs_BS,),
+                      stop_at_eos)
+    return dataclasses.replace(out, prefill_seconds=prefill_s)
 
   return run

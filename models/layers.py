@@ -308,17 +308,16 @@ class Attention(nn.Module):
 
   def _cached(self, k_BLHK: jax.Array, v_BLHK: jax.Array,
               positions_BL: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Writes this call's keys and values into their position's slots of the cache and
-    returns every slot's (a one-hot write: exact, and each row at its own positions)."""
+    """Writes this call's keys and values into their position's slots of the cache (a
+    scatter: each row at its own positions, in place; a position past the cache is
+    dropped) and returns every slot's."""
     b, _, h, k = k_BLHK.shape
     shape = (b, self.cache_length, h, k)
     cached_k = self.variable("cache", "key", jnp.zeros, shape, k_BLHK.dtype)
     cached_v = self.variable("cache", "value", jnp.zeros, shape, v_BLHK.dtype)
-    slot_BLS = jax.nn.one_hot(positions_BL, self.cache_length, dtype=k_BLHK.dtype)
-    written_BS11 = (jnp.sum(slot_BLS, axis=1) > 0)[:, :, None, None]
+    rows_BL = jnp.broadcast_to(jnp.arange(b)[:, None], positions_BL.shape)
     for cached, new_BLHK in ((cached_k, k_BLHK), (cached_v, v_BLHK)):
-      cached.value = jnp.where(written_BS11, jnp.einsum("BLS,BLHK->BSHK", slot_BLS, new_BLHK),
-                               cached.value)
+      cached.value = cached.value.at[rows_BL, positions_BL].set(new_BLHK, mode="drop")
     return cached_k.value, cached_v.value
 
 
