@@ -108,6 +108,14 @@ def build_task_input(cfg) -> TaskInput:
   )
 
 
+def run_vocabulary(cfg) -> seqio.Vocabulary:
+  """The vocabulary a resolved run trains with, without building its data: the task's
+  for a run on `Experiment.task`, else the `VocabConfig` one."""
+  if cfg.exp.task:
+    return any_task.components(cfg.exp.task, cfg)[1]
+  return vocab_lib.get_vocabulary(cfg.vocab, cfg.data_dir)
+
+
 # Mixture components are told apart by tagging their token ids before the feature
 # converter: id + component * _TAG (component 1, 2, ...), plus _START on the first
 # nonzero target of each example. The converters only move, pad, shift and compare ids

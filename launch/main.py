@@ -12,6 +12,7 @@
   objectax launch {tpu,slurm} [launcher flags] [--dry_run] -- [train flags]
     (train exits 75 after SIGTERM/Ctrl-C saved a checkpoint: rerun it to resume)
   objectax eval --workdir=DIR [--step N] [--documents N] [--zeroshot TASK ...] [--no_zeroshot]
+  objectax generate --workdir=DIR [--prompt TEXT ...] [--infill TEXT ...] [--temperature T] [--top_k K] [--top_p P]
   objectax ablate GRID.gin [--size S] [--seeds N] [--out DIR] [--dry_run] [--print_commands]
   objectax list
   objectax vocab train --out=FILE [gin flags] [--max_documents N]
@@ -164,13 +165,19 @@ def _parser() -> argparse.ArgumentParser:
   bench = sub.add_parser("bench", help="benchmarks: `objectax bench data` times every objective's "
                                        "preprocessor",
                          description="Benchmarks that print figures.")
-  bench.add_argument("what", choices=["data", "input", "model"], help="data: source tokens/s and "
+  bench.add_argument("what", choices=["data", "input", "model", "decode"], help="data: source tokens/s and "
                      "examples/s of each objective's preprocessor on the embedded corpus; "
                      "input: the configured experiment's input pipeline (batches/s, tokens/s) "
                      "and the fraction of a short training run's step time spent waiting "
                      "for data (gin flags as for train); model: the training step of the "
                      "configured model on synthetic batches (compile time, step time, tokens/s, "
-                     "MFU, peak memory), without TensorFlow or seqio")
+                     "MFU, peak memory), without TensorFlow or seqio; decode: cached decoding "
+                     "against full recomputation on synthetic prompts (prefill time, tokens/s, "
+                     "their ratio), without TensorFlow or seqio")
+  bench.add_argument("--prompt_length", type=int, default=64,
+                     help="decode: tokens per synthetic prompt (default 64)")
+  bench.add_argument("--new_tokens", type=int, default=64,
+                     help="decode: tokens generated per prompt (default 64)")
   bench.add_argument("--steps", type=int, default=None,
                      help="input: training steps of the timed run (default 30); model: timed "
                           "steps (default 20)")
@@ -203,6 +210,28 @@ def _parser() -> argparse.ArgumentParser:
                   help="zero-shot rank-classification task (repeatable; default: every "
                        "built-in task); writes DIR/eval/zeroshot.json")
   ev.add_argument("--no_zeroshot", action="store_true", help="skip the zero-shot tasks")
+  gen = sub.add_parser(
+      "generate", help="continue prompts or fill <X> blanks with a run's checkpoint",
+      description="Restore DIR's latest (or --step) checkpoint and decode with its cache: each "
+                  "--prompt (or line of --prompts_file, or of stdin) is continued; each "
+                  "--infill text has its <X>, <Y>, ... (or <extra_id_N>) markers filled, for "
+                  "a model trained with sentinels. Greedy unless --temperature > 0.",
+      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  gen.add_argument("--workdir", default=None, help="the workdir of an `objectax train` run")
+  gen.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  gen.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+  gen.add_argument("--prompts_file", default=None, help="a file of prompts, one per line")
+  gen.add_argument("--infill", action="append", default=[],
+                   help="a text with <X>, <Y>, ... blanks to fill (repeatable)")
+  gen.add_argument("--max_new_tokens", type=int, default=64,
+                   help="tokens to generate at most (default 64; capped at the run's length)")
+  gen.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default); > 0 samples")
+  gen.add_argument("--top_k", type=int, default=0, help="sample among the k likeliest (0 = all)")
+  gen.add_argument("--top_p", type=float, default=1.0,
+                   help="sample among the likeliest tokens of probability p (1 = all)")
+  gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+  gen.add_argument("--mode", default="", help="UL2 runs: NLU, NLG or S2S (the mode token)")
   abl = sub.add_parser(
       "ablate", help="run a paper's grid (every cell x seed: train, then eval) and write "
                      "results.md, results.csv and plots",
@@ -301,12 +330,16 @@ def run(argv: list[str] | None = None) -> int:
   # pylint: disable=g-import-not-at-top
   from objectax.launch import plugins, preemption
   from objectax.models.registry import ConfigError
-  if args.command == "bench" and args.what == "model":  # GPU hosts: no TensorFlow, no seqio
-    from objectax.launch.tools import bench_model
+  if args.command == "bench" and args.what in ("model", "decode"):  # GPU hosts: no TF/seqio
+    from objectax.launch.tools import bench_decode, bench_model
     try:
       plugins.load(modules)
-      bench_model.main(files, bindings, args.steps or 20, args.warmup, args.batch_size,
-                       args.inputs_length, args.vocab_size, args.json)
+      if args.what == "decode":
+        bench_decode.main(files, bindings, args.batch_size, args.prompt_length,
+                          args.new_tokens, args.vocab_size)
+      else:
+        bench_model.main(files, bindings, args.steps or 20, args.warmup, args.batch_size,
+                         args.inputs_length, args.vocab_size, args.json)
     except ConfigError as e:
       print(f"objectax: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
       return 2
@@ -336,6 +369,14 @@ def run(argv: list[str] | None = None) -> int:
       from objectax.launch.grid import ablate
       return ablate.main(args.grid, args.size, args.seeds, args.out, dry_run=args.dry_run,
                          print_commands=args.print_commands)
+    if args.command == "generate":
+      from objectax.launch.tools import generate
+      from objectax.models import decoding
+      strategy = decoding.Strategy(temperature=args.temperature, top_k=args.top_k,
+                                   top_p=args.top_p, seed=args.seed)
+      generate.run(args.workdir, args.step, args.prompt, args.prompts_file, args.infill,
+                   bindings, args.max_new_tokens, strategy, args.mode)
+      return 0
     if args.command == "eval":
       from objectax.launch.eval import evaluate
       evaluate.run(args.workdir, args.step, args.documents, tuple(bindings),

@@ -77,6 +77,26 @@ def _pick_step(workdir: str, step: Optional[int]) -> int:
   return step
 
 
+def open_run(workdir: str, step: Optional[int], bindings: Sequence[str] = ()):
+  """(the run's resolved config, the checkpoint step chosen) of a training workdir: its
+  recorded modules imported and its config.gin parsed (`bindings` on top); one-line
+  errors for a folder no run wrote, or one without that checkpoint."""
+  config_path = os.path.join(workdir, "config.gin")
+  if not os.path.isfile(config_path):
+    raise ConfigError(f"{workdir} is not a training workdir (no config.gin); pass the "
+                      "--workdir of an `objectax train` run")
+  chosen = _pick_step(workdir, step)
+  plugins.load_recorded(workdir)  # the run's own modules (its tasks, objectives, configs)
+  configure.parse([config_path], list(bindings))
+  return builder.resolve(), chosen
+
+
+def restore_params(workdir: str, step: int, abstract) -> Any:
+  """The parameters of checkpoint `step` (the whole train state is read: a model-side
+  objective's extra modules come along), on the shardings of `abstract`."""
+  return _restore(workdir, step, abstract).params
+
+
 def _restore(workdir: str, step: int, abstract) -> object:
   """The train state of `step`, on the shardings of `abstract`, read-only."""
   with checkpoints.read_only(os.path.join(workdir, "checkpoints"),
@@ -121,15 +141,8 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, documents: int
   """
   t_start = time.perf_counter()
   workdir = os.path.abspath(workdir)
-  config_path = os.path.join(workdir, "config.gin")
-  if not os.path.isfile(config_path):
-    raise ConfigError(f"{workdir} is not a training workdir (no config.gin); pass the "
-                      "--workdir of an `objectax train` run")
   settings = yardstick.Settings(documents=documents)
-  chosen = _pick_step(workdir, step)
-  plugins.load_recorded(workdir)  # the run's own modules (its tasks, objectives, configs)
-  configure.parse([config_path], list(bindings))
-  cfg = builder.resolve()
+  cfg, chosen = open_run(workdir, step, bindings)
   exp = cfg.exp
   zs_names = zeroshot.select(zeroshot_names)
   zeroshot_tasks.check_available(zs_names)  # absent TFDS data fails before any restore
