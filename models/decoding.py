@@ -85,6 +85,32 @@ def choose(logits_BV: jax.Array, strategy: Strategy, rng: jax.Array,
   return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
 
 
+def can_decode(model: Any) -> bool:
+  """Whether the architecture's module decodes left to right (has a cache)."""
+  return hasattr(model, "cache_length")
+
+
+def generate(model: Any, params: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int,
+             strategy: Strategy = Strategy(), vocab_size: int,
+             stop_at_eos: bool = True) -> Output:
+  """Decodes each row with whichever layout the module has: an encoder-decoder reads the
+  rows as its inputs (`generate_seq2seq`), a decoder-only model continues them as prompts
+  (`generate_lm`, bidirectionally over them for the prefix decoder)."""
+  if hasattr(model, "encode"):
+    return generate_seq2seq(model, params, rows, max_new_tokens=max_new_tokens,
+                            strategy=strategy, vocab_size=vocab_size, stop_at_eos=stop_at_eos)
+  return generate_lm(model, params, rows, max_new_tokens=max_new_tokens, strategy=strategy,
+                     vocab_size=vocab_size,
+                     bidirectional=bool(getattr(model, "bidirectional_inputs", False)),
+                     stop_at_eos=stop_at_eos)
+
+
+def reads_inputs_apart(model: Any) -> bool:
+  """Whether the module reads a prompt in an encoder of its own (then with EOS, as its
+  training inputs end) rather than as the start of one stream."""
+  return hasattr(model, "encode")
+
+
 def make_decoder(model: Any, cache_length: int) -> Any:
   """The decoding twin of an architecture's module: `cache_length` slots, same params."""
   if not hasattr(model, "cache_length"):

@@ -27,6 +27,7 @@ import numpy as np
 from objectax.launch import builder
 from objectax.launch.tools.bench_model import DEFAULT_VOCAB, task_lengths
 from objectax.models import decoding
+from objectax.models import registry as arch_registry
 from objectax.models.registry import ConfigError
 
 
@@ -72,16 +73,17 @@ def run(batch_size: int = 0, prompt_length: int = 64, new_tokens: int = 64,
                       ">= 1")
   cfg = builder.resolve(model_only=True)
   arch = cfg.arch
-  if arch.name not in ("causal_decoder", "prefix_decoder", "encoder_decoder"):
-    raise ConfigError(f"bench decode: {arch.name} does not decode left to right; valid "
-                      "choices for Experiment.arch: causal_decoder, prefix_decoder, "
-                      "encoder_decoder")
   batch_size = batch_size or 8
   lengths = task_lengths(arch.name, prompt_length + new_tokens + 1, prompt_length)
   parts = builder.build(cfg, vocab_size=cfg.model.vocab_size or vocab_size or DEFAULT_VOCAB,
                         extra_ids=0, feature_lengths=lengths, batch_size=1)
   model_cfg = parts.model_cfg
   model = parts.scoring_model()
+  if not decoding.can_decode(model):
+    raise ConfigError(f"bench decode: {arch.name} does not decode left to right; valid "
+                      "choices for Experiment.arch: " + ", ".join(
+                          n for n in arch_registry.ARCHITECTURES.names()
+                          if arch_registry.get(n).left_to_right))
   params = jax.jit(lambda r: model.init(r, {k: jnp.zeros(s.shape, s.dtype)
                                             for k, s in parts.spec.items()})["params"])(
       jax.random.key(0))
@@ -93,16 +95,12 @@ def run(batch_size: int = 0, prompt_length: int = 64, new_tokens: int = 64,
       f"tokens, {new_tokens} new tokens, vocab {model_cfg.vocab_size}, {model_cfg.dtype}, "
       f"scan {model_cfg.scan_layers}, on {jax.device_count()} {jax.devices()[0].platform} "
       "device(s)")
-  seq2seq = arch.name == "encoder_decoder"
-  bidirectional = arch.name == "prefix_decoder"
+  seq2seq = decoding.reads_inputs_apart(model)
+  bidirectional = bool(getattr(model, "bidirectional_inputs", False))
 
   def cached():
-    if seq2seq:
-      return decoding.generate_seq2seq(model, params, prompts, max_new_tokens=new_tokens,
-                                       vocab_size=model_cfg.vocab_size, stop_at_eos=False)
-    return decoding.generate_lm(model, params, prompts, max_new_tokens=new_tokens,
-                                vocab_size=model_cfg.vocab_size, bidirectional=bidirectional,
-                                stop_at_eos=False)
+    return decoding.generate(model, params, prompts, max_new_tokens=new_tokens,
+                             vocab_size=model_cfg.vocab_size, stop_at_eos=False)
 
   cached()  # compile
   t0 = time.perf_counter()

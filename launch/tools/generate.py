@@ -104,22 +104,23 @@ def fill(vocabulary, text: str, target_ids: Sequence[int]) -> str:
   return out.strip()
 
 
-def _check(cfg, request: Request, vocabulary) -> None:
+def _check(cfg, request: Request, model) -> None:
   """One-line refusals, before anything is restored or compiled."""
   objective = cfg.exp.trains_on
+  one_pass = not decoding.can_decode(model)  # the encoder-only model
   if request.infill and not cfg.exp.task and objective not in INFILL_OBJECTIVES \
-      and cfg.arch.name != "encoder_only":
+      and not one_pass:
     raise ConfigError(f"--infill needs a model trained to fill sentinel spans; this run's "
                       f"objective {objective!r} has none (valid: {', '.join(INFILL_OBJECTIVES)})")
-  if request.mode and objective != "ul2":
-    raise ConfigError(f"--mode applies to UL2 runs (mode tokens); this run's objective is "
-                      f"{objective!r}")
+  if request.mode and not hasattr(cfg.objective_cfg, "mode_token_length"):
+    raise ConfigError(f"--mode applies to runs trained with mode tokens (UL2); this run's "
+                      f"objective is {objective!r}")
   if request.mode and request.mode not in MODES:
     raise ConfigError(f"--mode {request.mode!r}; valid choices: {', '.join(MODES)}")
-  if cfg.arch.name == "encoder_only" and not request.infill:
-    raise ConfigError("the encoder-only model predicts masked positions in one pass and "
-                      "cannot continue a prompt; use --infill \"text with <X> blanks\"")
-  if cfg.arch.name == "encoder_only" and request.strategy != decoding.Strategy():
+  if one_pass and not request.infill:
+    raise ConfigError(f"{cfg.arch.name} predicts masked positions in one pass and cannot "
+                      "continue a prompt; use --infill \"text with <X> blanks\"")
+  if one_pass and request.strategy != decoding.Strategy():
     raise ConfigError("the encoder-only model fills each blank with its argmax in one pass; "
                       "drop --temperature/--top_k/--top_p")
   if request.max_new_tokens < 1:
@@ -135,11 +136,12 @@ def generate(workdir: str, step: Optional[int], request: Request,
   say = say or (lambda msg: print(f"objectax generate: {msg}", file=sys.stderr, flush=True))
   cfg, chosen = evaluate.open_run(workdir, step, bindings)
   vocabulary = input_pipeline.run_vocabulary(cfg)
-  _check(cfg, request, vocabulary)
   lengths = cfg.task_lengths()
   parts = builder.build(cfg, vocab_size=vocabulary.vocab_size, extra_ids=vocabulary.extra_ids,
                         feature_lengths=lengths.feature_lengths(), concat=lengths.concat,
                         batch_size=1)
+  model = parts.scoring_model()
+  _check(cfg, request, model)
   budget = parts.model_lengths
   prefix = (list(vocab_lib.mode_token_ids(vocabulary, f"[{request.mode}]"))
             if request.mode else [])
@@ -149,7 +151,7 @@ def generate(workdir: str, step: Optional[int], request: Request,
       ids, _ = infill_ids(vocabulary, text)
     else:
       ids = list(vocabulary.encode(text))
-      if cfg.arch.name == "encoder_decoder":
+      if decoding.reads_inputs_apart(model):  # encoder inputs end with EOS, as in training
         ids.append(EOS_ID)
     rows.append(prefix + ids)
   stream = "encoder" if "encoder" in budget else "decoder"
@@ -159,7 +161,7 @@ def generate(workdir: str, step: Optional[int], request: Request,
                       f"{budget[stream]} (Experiment.sequence_length {cfg.exp.sequence_length})")
   new = request.max_new_tokens
   room = budget.get("decoder", 0) - (longest if stream == "decoder" else 0)
-  if cfg.arch.name != "encoder_only" and new > room:
+  if decoding.can_decode(model) and new > room:
     say(f"--max_new_tokens {new} capped at {room}: the run's decoder length is "
         f"{budget['decoder']}")
     new = room
@@ -167,23 +169,18 @@ def generate(workdir: str, step: Optional[int], request: Request,
   params = evaluate.restore_params(workdir, chosen, run.abstract)
   say(f"{cfg.exp.name} step {chosen}: {len(rows)} prompt(s), {cfg.arch.name}, mesh "
       f"{dict(run.mesh.shape)} on {jax.device_count()} device(s)")
-  model = parts.scoring_model()
   # The batch is split over the data-parallel devices: pad it to a multiple of their
   # number with copies of the first row (dropped again below).
   dp = sharding.data_parallel_size(run.mesh.shape, cfg.mesh)
   wanted = len(rows)
   rows = rows + [rows[0]] * (-len(rows) % dp)
   with run.activate():
-    if cfg.arch.name == "encoder_only":
+    if not decoding.can_decode(model):
       outputs = _fill_in_one_pass(model, params, rows, vocabulary)
-    elif cfg.arch.name == "encoder_decoder":
-      outputs = decoding.generate_seq2seq(model, params, rows, max_new_tokens=new,
-                                          strategy=request.strategy,
-                                          vocab_size=vocabulary.vocab_size).tokens
     else:
-      outputs = decoding.generate_lm(model, params, rows, max_new_tokens=new,
-                                     strategy=request.strategy, vocab_size=vocabulary.vocab_size,
-                                     bidirectional=cfg.arch.name == "prefix_decoder").tokens
+      outputs = decoding.generate(model, params, rows, max_new_tokens=new,
+                                  strategy=request.strategy,
+                                  vocab_size=vocabulary.vocab_size).tokens
   outputs = outputs[:wanted]
   results = []
   for text, out in zip(request.prompts, outputs):

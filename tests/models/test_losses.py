@@ -91,3 +91,42 @@ def test_bfloat16_logits_are_upcast():
   want = _reference(np.asarray(logits.astype(jnp.float32)), np.zeros((2, 3), int),
                     np.ones((2, 3)), 1e-4)
   np.testing.assert_allclose(float(out[0]), want[0], rtol=1e-5)
+
+
+def test_group_sums_split_the_loss_exactly_chunked_or_not():
+  """Per-group (mixture component) cross-entropy and weight sums add up to the totals, and
+  the chunked loss gives the same groups as the plain one."""
+  from objectax.models import losses  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  hidden = jnp.asarray(rng.normal(size=(2, 5, 8)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=(8, 11)), jnp.float32)
+  targets = jnp.asarray(rng.integers(0, 11, (2, 5)), jnp.int32)
+  weights = jnp.asarray([[1, 1, 1, 0, 1], [1, 0, 1, 1, 1]], jnp.float32)
+  groups = jnp.asarray([[1, 1, 2, 0, 2], [3, 0, 1, 3, 3]], jnp.int32)
+  logits = jnp.einsum("BLD,DV->BLV", hidden, kernel)
+  loss, z, weight, loss_g, weight_g = losses.weighted_cross_entropy(
+      logits, targets, weights, 1e-4, groups, 3)
+  plain = losses.weighted_cross_entropy(logits, targets, weights, 1e-4)
+  np.testing.assert_allclose([loss, z, weight], plain, rtol=1e-6)
+  # Group 0 positions (here weight 0 at [0, 3]; [1, 1] has weight 0 too) belong to none.
+  np.testing.assert_allclose(weight_g, [3.0, 2.0, 3.0])
+  np.testing.assert_allclose(float(jnp.sum(loss_g)), float(loss), rtol=1e-6)
+  chunked = losses.chunked_cross_entropy(hidden, kernel, targets, weights, 1e-4, 3,
+                                         groups_BL=groups, num_groups=3)
+  for a, b in zip(chunked, (loss, z, weight, loss_g, weight_g)):
+    np.testing.assert_allclose(a, b, rtol=1e-5)
+
+
+def test_component_metrics_count_tokens_examples_and_losses():
+  from objectax.launch import step  # pylint: disable=g-import-not-at-top
+  from objectax.models import model_objectives as mo  # pylint: disable=g-import-not-at-top
+  batch = {mo.COMPONENT_KEY: jnp.asarray([[1, 1, 2, 2, 0]]),
+           mo.COMPONENT_START_KEY: jnp.asarray([[1, 0, 1, 0, 0]]),
+           "w": jnp.asarray([[0, 1, 1, 1, 0]])}
+  metrics = {mo.COMPONENT_LOSS_SUMS: jnp.asarray([2.0, 6.0]),
+             mo.COMPONENT_WEIGHT_SUMS: jnp.asarray([1.0, 2.0]), "loss": 8.0 / 3}
+  out = step.component_metrics(batch, metrics, ("a", "b"), "w")
+  assert float(out["loss/a"]) == 2.0 and float(out["loss/b"]) == 3.0
+  assert float(out["tokens/a"]) == 1.0 and float(out["tokens/b"]) == 2.0
+  assert float(out["examples/a"]) == 1.0 and float(out["examples/b"]) == 1.0
+  assert mo.COMPONENT_LOSS_SUMS not in out
