@@ -1,4 +1,6 @@
 """`objectax generate`: prompts continued and blanks filled by a trained run's checkpoint."""
+import dataclasses
+
 import seqio
 import pytest
 
@@ -82,3 +84,29 @@ def test_bench_decode_prints_both_paths_and_they_agree(arch, capsys):
 def test_bench_decode_refuses_the_encoder_only_model(capsys):
   assert main.run(["bench", "decode", "--gin.Experiment.arch=encoder_only"]) == 2
   assert "does not decode left to right" in capsys.readouterr().err
+
+
+def test_the_encoder_only_model_fills_each_blank_in_one_pass():
+  """Each sentinel position gets the model's argmax there, each row as it gets alone."""
+  import sys  # pylint: disable=g-import-not-at-top
+  import os  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "models"))
+  from model_testing import tiny_config  # pylint: disable=g-import-not-at-top
+  from objectax.models import encoder  # pylint: disable=g-import-not-at-top
+  vocabulary = seqio.ByteVocabulary(extra_ids=10)
+  model = encoder.Model(dataclasses.replace(tiny_config(), vocab_size=0).with_vocab_size(
+      vocabulary.vocab_size))
+  params = model.init(jax.random.key(0),
+                      {"encoder_input_tokens": jnp.ones((1, 8), jnp.int32)})["params"]
+  rows = [generate.infill_ids(vocabulary, "ab <X> cd <Y>")[0],
+          generate.infill_ids(vocabulary, "a <X>")[0]]
+  together = generate._fill_in_one_pass(model, params, rows, vocabulary)  # pylint: disable=protected-access
+  alone = [generate._fill_in_one_pass(model, params, [r], vocabulary)[0] for r in rows]  # pylint: disable=protected-access
+  assert together == alone
+  top = vocabulary.vocab_size - 1
+  assert together[0][0::2][:2] == [top, top - 1] and together[0][-1] == 1
+  logits = model.apply({"params": params}, {"encoder_input_tokens": jnp.asarray([rows[1]])})
+  position = rows[1].index(top)
+  assert together[1][1] == int(jnp.argmax(logits[0, position, :vocabulary.vocab_size]))
