@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import sys
 from typing import Mapping, Optional
 
 import seqio
@@ -163,7 +164,7 @@ def measure(name: str) -> dict[str, int]:
         longest[k] = max(longest.get(k, 1), len(ex[k]))
   print(f"objectax: task {name}: lengths {longest}, the longest among its first "
         f"{MEASURED_EXAMPLES} training examples (bind Experiment.task_lengths to choose them)",
-        flush=True)
+        file=sys.stderr, flush=True)
   return longest
 
 

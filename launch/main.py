@@ -12,7 +12,7 @@
   objectax launch {tpu,slurm} [launcher flags] [--dry_run] -- [train flags]
     (train exits 75 after SIGTERM/Ctrl-C saved a checkpoint: rerun it to resume)
   objectax eval --workdir=DIR [--step N] [--documents N] [--zeroshot TASK ...] [--no_zeroshot]
-  objectax generate --workdir=DIR [--prompt TEXT ...] [--infill TEXT ...] [--temperature T] [--top_k K] [--top_p P]
+  objectax generate --workdir=DIR [--prompt TEXT ...] [--infill TEXT ...] [--temperature T] [--top_k K] [--top_p P] [--beams N]
   objectax ablate GRID.gin [--size S] [--seeds N] [--out DIR] [--dry_run] [--print_commands]
   objectax list
   objectax vocab train --out=FILE [gin flags] [--max_documents N]
@@ -231,6 +231,10 @@ def _parser() -> argparse.ArgumentParser:
   gen.add_argument("--top_p", type=float, default=1.0,
                    help="sample among the likeliest tokens of probability p (1 = all)")
   gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+  gen.add_argument("--beams", type=int, default=1,
+                   help="beam search with this many beams (default 1: greedy or sampling)")
+  gen.add_argument("--alpha", type=float, default=0.6,
+                   help="beam search length penalty ((5 + n) / 6) ** alpha (default 0.6)")
   gen.add_argument("--mode", default="", help="UL2 runs: NLU, NLG or S2S (the mode token)")
   abl = sub.add_parser(
       "ablate", help="run a paper's grid (every cell x seed: train, then eval) and write "
@@ -373,7 +377,8 @@ def run(argv: list[str] | None = None) -> int:
       from objectax.launch.tools import generate
       from objectax.models import decoding
       strategy = decoding.Strategy(temperature=args.temperature, top_k=args.top_k,
-                                   top_p=args.top_p, seed=args.seed)
+                                   top_p=args.top_p, seed=args.seed, beams=args.beams,
+                                   alpha=args.alpha)
       generate.run(args.workdir, args.step, args.prompt, args.prompts_file, args.infill,
                    bindings, args.max_new_tokens, strategy, args.mode)
       return 0

@@ -47,11 +47,16 @@ class Strategy:
     top_k: sample among the k most likely tokens only (0 = all).
     top_p: sample among the fewest most likely tokens whose probability reaches p (1 = all).
     seed: the sampling seed (the same seed gives the same outputs).
+    beams: > 1: beam search with this many beams (greedy scoring, no sampling).
+    alpha: beam search's length penalty, as t5x's: a finished sequence of n tokens scores
+      (sum of its log-probabilities) / ((5 + n) / 6) ** alpha; 0 = no penalty.
   """
   temperature: float = 0.0
   top_k: int = 0
   top_p: float = 1.0
   seed: int = 0
+  beams: int = 1
+  alpha: float = 0.6
 
   def __post_init__(self):
     if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
@@ -60,6 +65,23 @@ class Strategy:
       raise ConfigError(f"top_k {self.top_k!r} must be an int >= 0 (0 = no top-k)")
     if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
       raise ConfigError(f"top_p {self.top_p!r} must be in (0, 1] (1 = no nucleus cut)")
+    if not (isinstance(self.beams, int) and self.beams >= 1):
+      raise ConfigError(f"beam size {self.beams!r} must be an int >= 1 (1 = no beam search)")
+    if self.beams > 1 and (self.temperature or self.top_k or self.top_p < 1):
+      raise ConfigError("beam search keeps the likeliest beams: drop --temperature, --top_k "
+                        "and --top_p with --beams")
+    if not (isinstance(self.alpha, (int, float)) and self.alpha >= 0):
+      raise ConfigError(f"alpha {self.alpha!r} must be >= 0 (0 = no length penalty)")
+
+
+def length_penalty(length: jax.Array, alpha: float) -> jax.Array:
+  """t5x's brevity penalty ((5 + length) / 6) ** alpha."""
+  return ((5.0 + length.astype(jnp.float32)) / 6.0) ** alpha
+
+
+def sequence_score(log_probs: Sequence[float], alpha: float) -> float:
+  """A finished sequence's beam score: its summed log-probability over the penalty."""
+  return float(sum(log_probs) / length_penalty(jnp.asarray(len(log_probs)), alpha))
 
 
 def choose(logits_BV: jax.Array, strategy: Strategy, rng: jax.Array,
@@ -144,6 +166,7 @@ class Output:
   tokens: list[list[int]]
   step_logits: Optional[np.ndarray] = None
   prefill_seconds: float = 0.0  # the prompt's pass (and the encoder's), compiled beforehand
+  scores: Optional[list[float]] = None  # beam search: each row's best score
 
 
 def _finish(tokens_NB: np.ndarray) -> list[list[int]]:
@@ -199,6 +222,7 @@ class _Runner:
     self._prefill = prefill
     self._choose = functools.partial(choose, strategy=strategy, vocab_size=vocab_size)
     self._seed = strategy.seed
+    self._strategy, self._vocab_size = strategy, vocab_size
     self._step = step
     self._loops: dict = {}
 
@@ -236,8 +260,72 @@ class _Runner:
     self._loops[key] = jax.jit(loop)
     return self._loops[key]
 
+  def _beam_fn(self, max_new: int, beams: int, alpha: float, vocab_size: int):
+    key = ("beam", max_new, beams, alpha)
+    if key in self._loops:
+      return self._loops[key]
+
+    def loop(params, cache, logits_BV, positions_B, *step_args):
+      b = logits_BV.shape[0]
+      k = beams
+      tile = lambda x, axis: jnp.repeat(x, k, axis=axis)
+      cache = jax.tree.map(lambda x: tile(x, x.ndim - 4), cache)
+      step_args = tuple(tile(a, 0) for a in step_args)
+      logits_KV = tile(logits_BV, 0)
+      positions_K = tile(positions_B, 0)
+      alive_seq = jnp.zeros((b, k, max_new), jnp.int32)
+      alive_lp = jnp.tile(jnp.array([0.0] + [-jnp.inf] * (k - 1), jnp.float32), (b, 1))
+      done_seq = jnp.zeros((b, k, max_new), jnp.int32)
+      done_score = jnp.full((b, k), -jnp.inf, jnp.float32)
+      valid_V = jnp.arange(logits_BV.shape[-1]) < vocab_size
+
+      def body(t, carry):
+        cache, logits_KV, alive_seq, alive_lp, done_seq, done_score = carry
+        logp = jax.nn.log_softmax(jnp.where(valid_V, logits_KV.astype(jnp.float32), -jnp.inf))
+        v = logp.shape[-1]
+        cand = (alive_lp[:, :, None] + logp.reshape(b, k, v)).reshape(b, k * v)
+        top_lp, top_i = jax.lax.top_k(cand, 2 * k)
+        parent, token = top_i // v, (top_i % v).astype(jnp.int32)
+        seq = jnp.take_along_axis(alive_seq, parent[:, :, None], axis=1)
+        seq = seq.at[:, :, t].set(token)
+        eos = token == EOS_ID
+        # Finished: the candidates ending in EOS, scored with the penalty, merged with the
+        # finished so far; the best k stay.
+        score = jnp.where(eos, top_lp / length_penalty(t + 1, alpha), -jnp.inf)
+        all_score = jnp.concatenate([done_score, score], axis=1)
+        all_seq = jnp.concatenate([done_seq, seq], axis=1)
+        best_score, best = jax.lax.top_k(all_score, k)
+        done_seq = jnp.take_along_axis(all_seq, best[:, :, None], axis=1)
+        # Alive: the best k candidates that did not end.
+        alive_lp, keep = jax.lax.top_k(jnp.where(eos, -jnp.inf, top_lp), k)
+        alive_seq = jnp.take_along_axis(seq, keep[:, :, None], axis=1)
+        source = jnp.take_along_axis(parent, keep, axis=1)  # (b, k) beam each came from
+        rows = (jnp.arange(b)[:, None] * k + source).reshape(-1)
+        cache = jax.tree.map(lambda x: jnp.take(x, rows, axis=x.ndim - 4), cache)
+        next_tokens = alive_seq[:, :, t].reshape(-1)
+        logits_KV, cache = self._step(params, cache, next_tokens, positions_K + t, *step_args)
+        return cache, logits_KV, alive_seq, alive_lp, done_seq, best_score
+
+      carry = (cache, logits_KV, alive_seq, alive_lp, done_seq, done_score)
+      _, _, alive_seq, alive_lp, done_seq, done_score = jax.lax.fori_loop(0, max_new, body, carry)
+      # Beams still alive after max_new tokens compete as they are.
+      alive_score = alive_lp / length_penalty(jnp.asarray(max_new), alpha)
+      all_score = jnp.concatenate([done_score, alive_score], axis=1)
+      all_seq = jnp.concatenate([done_seq, alive_seq], axis=1)
+      best = jnp.argmax(all_score, axis=1)
+      return (jnp.take_along_axis(all_seq, best[:, None, None], axis=1)[:, 0],
+              jnp.take_along_axis(all_score, best[:, None], axis=1)[:, 0])
+
+    self._loops[key] = jax.jit(loop)
+    return self._loops[key]
+
   def loop(self, params, cache, logits_BV, positions_B, max_new: int,
            keep_logits: bool, step_args: tuple = (), stop_at_eos: bool = True) -> Output:
+    if self._strategy.beams > 1:
+      fn = self._beam_fn(max_new, self._strategy.beams, float(self._strategy.alpha),
+                         self._vocab_size)
+      seq_BN, score_B = fn(params, cache, logits_BV, positions_B, *step_args)
+      return Output(_finish(np.asarray(seq_BN).T), scores=np.asarray(score_B).tolist())
     fn = self._loop_fn(max_new, keep_logits, stop_at_eos)
     t, tokens_NB, kept_NBV = fn(params, cache, logits_BV, positions_B,
                                 jax.random.key(self._seed), *step_args)

@@ -122,7 +122,7 @@ def _check(cfg, request: Request, model) -> None:
                       "continue a prompt; use --infill \"text with <X> blanks\"")
   if one_pass and request.strategy != decoding.Strategy():
     raise ConfigError("the encoder-only model fills each blank with its argmax in one pass; "
-                      "drop --temperature/--top_k/--top_p")
+                      "drop --temperature/--top_k/--top_p/--beams")
   if request.max_new_tokens < 1:
     raise ConfigError(f"--max_new_tokens {request.max_new_tokens} must be >= 1")
   if not request.prompts:

@@ -140,3 +140,49 @@ def test_top_k_and_top_p_keep_only_the_likeliest_tokens():
 def test_bad_strategies_are_one_line(kwargs, says):
   with pytest.raises(ConfigError, match=says):
     decoding.Strategy(**kwargs)
+
+
+def _greedy_scores(out, alpha):
+  """Each greedy row's beam score: its tokens' log-probabilities from the kept logits."""
+  scores = []
+  for row, tokens in enumerate(out.tokens):
+    logp = jax.nn.log_softmax(jnp.asarray(out.step_logits[:len(tokens), row, :100]), axis=-1)
+    scores.append(decoding.sequence_score([float(logp[t, i]) for t, i in enumerate(tokens)],
+                                          alpha))
+  return scores
+
+
+@pytest.mark.parametrize("arch", ["causal_decoder", "encoder_decoder"])
+def test_beam_search_one_beam_is_greedy_and_four_beams_score_no_lower(arch):
+  rng = np.random.default_rng(0)
+  rows = [list(rng.integers(3, 90, rng.integers(2, 7))) for _ in range(32)]
+  if arch == "encoder_decoder":
+    model, params = _ed(OPTIONS[2])
+    rows = [r + [1] for r in rows]
+    go = lambda s, keep=False: decoding.generate_seq2seq(
+        model, params, rows, max_new_tokens=NEW, vocab_size=100, strategy=s, keep_logits=keep)
+  else:
+    model, params = _lm(OPTIONS[0], False, seed=5)
+    go = lambda s, keep=False: decoding.generate_lm(
+        model, params, rows, max_new_tokens=NEW, vocab_size=100, strategy=s, keep_logits=keep)
+  greedy = go(decoding.Strategy(), keep=True)
+  assert go(decoding.Strategy(beams=1, alpha=0.0)).tokens == greedy.tokens
+  for alpha in (0.0, 0.6):
+    beam = go(decoding.Strategy(beams=4, alpha=alpha))
+    for got, base in zip(beam.scores, _greedy_scores(greedy, alpha)):
+      assert got >= base - 1e-4, (got, base)
+    assert all(len(t) <= NEW for t in beam.tokens)
+    if arch == "causal_decoder":  # the reported score is the returned sequence's own
+      for row in range(4):
+        tokens = beam.tokens[row]
+        full = _full_lm(model, params, [0, *rows[row], *tokens], len(rows[row]) + 1, False)
+        logp = jax.nn.log_softmax(jnp.asarray(full[:, :100]), axis=-1)
+        own = [float(logp[len(rows[row]) + t, i]) for t, i in enumerate(tokens)]
+        assert beam.scores[row] == pytest.approx(decoding.sequence_score(own, alpha), abs=1e-4)
+
+
+def test_beam_settings_are_checked():
+  with pytest.raises(ConfigError, match="beam size 0 must be"):
+    decoding.Strategy(beams=0)
+  with pytest.raises(ConfigError, match="drop --temperature"):
+    decoding.Strategy(beams=4, temperature=0.7)
