@@ -347,7 +347,8 @@ def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]]
   return corrupt(stream.concat_and_split(ds, raw, "targets", eos_id=None))
 
 
-def _register(name: str, config_cls: type, description: str) -> registry.Objective:
+def _register(name: str, config_cls: type, description: str,
+              fills_spans: bool = False) -> registry.Objective:
   def objective_preprocess(ds, sequence_length, output_features, cfg=None):
     return preprocess(ds, sequence_length, output_features, cfg or config_cls())
   objective_preprocess.__doc__ = preprocess.__doc__
@@ -358,6 +359,7 @@ def _register(name: str, config_cls: type, description: str) -> registry.Objecti
       features=("inputs", "targets"),
       lengths=lengths,
       description=description,
+      fills_spans=fills_spans,
   ))
 
 
@@ -367,7 +369,8 @@ OBJECTIVES = {
     "t5_mass_style": _register("t5_mass_style", T5MassStyleConfig,
                                "T5 MASS-style iid_15_m_f: shared mask, full target (not MASS)"),
     "iid_replace_spans": _register("iid_replace_spans", IidReplaceSpansConfig,
-                                   "T5 iid_15_u_u: unique sentinels on both sides"),
+                                   "T5 iid_15_u_u: unique sentinels on both sides",
+                                   fills_spans=True),
     "iid_drop_tokens": _register("iid_drop_tokens", IidDropTokensConfig,
                                  "T5 iid_15_d_d: noise dropped from inputs, targets = noise"),
     "iid_denoising": _register("iid_denoising", IidDenoisingConfig,

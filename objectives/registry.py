@@ -109,6 +109,9 @@ class Objective:
       bounds that hold for every component.
     corpus_kind: the kind of corpus it reads (data/sources.py `Corpus.kind`): "text"
       (documents; every pretraining objective) or "prompted" (prompt/answer pairs).
+    fills_spans: its inputs hold a sentinel per noise span and its targets are
+      `<extra_id_0> span <extra_id_1> span ...`, so a model trained on it fills blanks
+      (`objectax generate --infill`).
     model_objective: for an objective that lives partly in the model (a generator, extra
       heads, an auxiliary loss; models/model_objectives.py): the name of its
       ModelObjective, which builds the module and the loss from this objective's cfg.
@@ -125,6 +128,7 @@ class Objective:
   model_objective: Optional[str] = None
   corpus_kind: str = "text"
   aligned: bool = False
+  fills_spans: bool = False
 
   def __post_init__(self):
     if (self.preprocess is None) == (self.mixture is None):

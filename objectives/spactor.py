@@ -50,6 +50,7 @@ class SpactorConfig(span_corruption.SpanCorruptionConfig):
 
 OBJECTIVE = registry.register(registry.Objective(
     name="spactor",
+    fills_spans=True,
     config_cls=SpactorConfig,
     preprocess=span_corruption.preprocess,
     features=("inputs", "targets"),

@@ -175,6 +175,7 @@ def lengths(cfg: SpanCorruptionConfig, sequence_length: int) -> registry.TaskLen
 
 OBJECTIVE = registry.register(registry.Objective(
     name="span_corruption",
+    fills_spans=True,
     config_cls=SpanCorruptionConfig,
     preprocess=preprocess,
     features=("inputs", "targets"),

@@ -208,6 +208,7 @@ def check_mode_token(vocabulary: seqio.Vocabulary, mode: str, reserved: int) -> 
 
 OBJECTIVE = registry.register(registry.Objective(
     name="ul2",
+    fills_spans=True,
     config_cls=Ul2Config,
     preprocess=None,
     mixture=mixture,

@@ -29,11 +29,9 @@ from objectax.launch import builder, input_pipeline, sharding
 from objectax.launch.eval import evaluate
 from objectax.models import decoding
 from objectax.models.registry import ConfigError
+from objectax.objectives import registry as objective_registry
 
 EOS_ID = decoding.EOS_ID
-# Objectives whose targets are `<extra_id_0> span <extra_id_1> span ...` (or that hold such
-# denoisers): the models `--infill` may ask.
-INFILL_OBJECTIVES = ("span_corruption", "iid_replace_spans", "iid_denoising", "ul2", "spactor")
 MARKER = re.compile(r"<([A-Z])>|<extra_id_(\d+)>")
 MODES = ("NLU", "NLG", "S2S")
 
@@ -108,10 +106,11 @@ def _check(cfg, request: Request, model) -> None:
   """One-line refusals, before anything is restored or compiled."""
   objective = cfg.exp.trains_on
   one_pass = not decoding.can_decode(model)  # the encoder-only model
-  if request.infill and not cfg.exp.task and objective not in INFILL_OBJECTIVES \
-      and not one_pass:
+  if request.infill and not cfg.exp.task and not cfg.objective.fills_spans and not one_pass:
+    filling = [n for n in objective_registry.OBJECTIVES.names()
+               if objective_registry.get(n).fills_spans]
     raise ConfigError(f"--infill needs a model trained to fill sentinel spans; this run's "
-                      f"objective {objective!r} has none (valid: {', '.join(INFILL_OBJECTIVES)})")
+                      f"objective {objective!r} has none (valid: {', '.join(filling)})")
   if request.mode and not hasattr(cfg.objective_cfg, "mode_token_length"):
     raise ConfigError(f"--mode applies to runs trained with mode tokens (UL2); this run's "
                       f"objective is {objective!r}")
