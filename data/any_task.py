@@ -26,7 +26,7 @@ import dataclasses
 import difflib
 import functools
 import sys
-from typing import Mapping, Optional
+from typing import Mapping
 
 import seqio
 import tensorflow as tf
@@ -239,11 +239,3 @@ def check_lengths(ds: tf.data.Dataset, task_name: str,
       return {k: tf.identity(v) for k, v in ex.items()}
 
   return ds.map(check, num_parallel_calls=tf.data.AUTOTUNE)
-
-
-def describe(cfg: TaskSettings, found: list[Component], task_lengths) -> Optional[str]:
-  """One line about the task's components for the run's log."""
-  if len(found) == 1:
-    return None
-  total = sum(c.rate for c in found)
-  return ", ".join(f"{c.name} {c.rate / total:.1%}" for c in found)

@@ -126,13 +126,14 @@ def register_builtin_tasks() -> None:
   vocabulary = vocab_lib.default_vocabulary()
   for corpus in sources.CORPORA.names():
     corpus_spec = sources.get_corpus(corpus)
+    source = _default_source(corpus_spec)  # one per corpus: its tasks share it
     for objective in objective_registry.OBJECTIVES.names():
       obj = objective_registry.get(objective)
       if corpus_spec.kind != objective_corpus_kind(obj):
         continue
-      default_cfg = _defaults(obj.config_cls)
-      _register_pair(corpus_spec, obj, default_cfg, None if obj.mixture else vocabulary,
-                     DEFAULT_SEQUENCE_LENGTH, functools.partial(_default_source, corpus_spec))
+      _register_pair(corpus_spec, obj, _defaults(obj.config_cls),
+                     None if obj.mixture else vocabulary, DEFAULT_SEQUENCE_LENGTH,
+                     lambda source=source: source)
 
 
 def _defaults(config_cls: type):

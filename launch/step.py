@@ -17,6 +17,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from objectax.launch import config, sharding
@@ -122,6 +123,17 @@ def make_eval_step(model: nn.Module, loss: model_objectives.LossFn,
                metrics[model_objectives.COMPONENT_WEIGHT_SUMS])
     return sums
   return eval_step
+
+
+def eval_losses(sums: list, components: tuple[str, ...] = ()) -> tuple[float, dict[str, float]]:
+  """The mean loss of `eval_step` outputs summed over batches, and each component's (those
+  with weight) when the step gave their sums."""
+  total = lambda i: sum(np.asarray(s[i]) for s in sums)
+  per_component = {}
+  if sums and len(sums[0]) == 4:
+    per_component = {n: float(l / max(w, 1.0)) for n, l, w in
+                     zip(components, total(2), total(3)) if w > 0}
+  return float(total(0) / max(float(total(1)), 1.0)), per_component
 
 
 def unbox(tree: Any) -> Any:

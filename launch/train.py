@@ -23,6 +23,7 @@ from objectax.data import vocab as vocab_lib
 from objectax.launch import builder, checkpoints, config, distributed, input_pipeline, plugins
 from objectax.launch import preemption
 from objectax.launch import sharding
+from objectax.launch import step as step_lib
 from objectax.launch import workdir as workdir_lib
 from objectax.launch import metrics as metrics_lib
 from objectax.launch import mfu as mfu_lib
@@ -298,13 +299,10 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
   def evaluate(params) -> float:
     with run.activate():
       sums = [eval_step(params, b) for b in eval_set]
-    loss_sum, weight_sum = (float(sum(np.asarray(s[i]) for s in sums)) for i in (0, 1))
-    if sums and len(sums[0]) == 4:
-      loss_K, weight_K = (sum(np.asarray(s[i]) for s in sums) for i in (2, 3))
-      component_eval.clear()
-      component_eval.update({f"eval_loss/{n}": float(l / max(w, 1.0)) for n, l, w in
-                             zip(parts.components, loss_K, weight_K) if w > 0})
-    return loss_sum / max(weight_sum, 1.0)
+    loss, per_component = step_lib.eval_losses(sums, parts.components)
+    component_eval.clear()
+    component_eval.update({f"eval_loss/{n}": v for n, v in per_component.items()})
+    return loss
 
   history = writer.truncate(after_step=start_step if start_step else -1,
                             warn=_warn if chief else None)

@@ -118,7 +118,7 @@ def generate(model: Any, params: Any, rows: Sequence[Sequence[int]], *, max_new_
   """Decodes each row with whichever layout the module has: an encoder-decoder reads the
   rows as its inputs (`generate_seq2seq`), a decoder-only model continues them as prompts
   (`generate_lm`, bidirectionally over them for the prefix decoder)."""
-  if hasattr(model, "encode"):
+  if reads_inputs_apart(model):
     return generate_seq2seq(model, params, rows, max_new_tokens=max_new_tokens,
                             strategy=strategy, vocab_size=vocab_size, stop_at_eos=stop_at_eos)
   return generate_lm(model, params, rows, max_new_tokens=max_new_tokens, strategy=strategy,

@@ -43,7 +43,6 @@ import sys
 import time
 from typing import Any, Callable, Optional, Sequence
 
-import numpy as np
 import orbax.checkpoint as ocp
 import seqio
 import tensorflow as tf
@@ -51,6 +50,7 @@ import tensorflow as tf
 from objectax.data import sources, zeroshot_tasks
 from objectax.models.registry import ConfigError
 from objectax.launch import builder, checkpoints, configure, input_pipeline, plugins, sharding
+from objectax.launch import step as step_lib
 from objectax.launch.eval import yardstick
 from objectax.launch.eval import zeroshot
 
@@ -218,13 +218,8 @@ def _task_loss(run, params, ti: input_pipeline.TaskInput, tc) -> dict:
                                         input_shards=tc.input_shards)
   with run.activate():
     sums = [run.eval_step(params, run.put(b)) for b in batches]
-  total = lambda i: sum(np.asarray(s[i]) for s in sums)
-  components = {}
-  if sums and len(sums[0]) == 4:
-    components = {n: float(l / max(w, 1.0)) for n, l, w in
-                  zip(run.parts.components, total(2), total(3)) if w > 0}
-  return {"task": ti.task.name, "batches": len(batches),
-          "loss": float(total(0) / max(float(total(1)), 1.0)), "components": components}
+  loss, components = step_lib.eval_losses(sums, run.parts.components)
+  return {"task": ti.task.name, "batches": len(batches), "loss": loss, "components": components}
 
 
 def run(workdir: Optional[str], step: Optional[int], documents: int,

@@ -144,7 +144,7 @@ def generate(workdir: str, step: Optional[int], request: Request,
   budget = parts.model_lengths
   prefix = (list(vocab_lib.mode_token_ids(vocabulary, f"[{request.mode}]"))
             if request.mode else [])
-  rows, spans = [], []
+  rows = []
   for text in request.prompts:
     if request.infill:
       ids, _ = infill_ids(vocabulary, text)
