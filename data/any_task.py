@@ -59,8 +59,9 @@ class TaskSettings:
   long_examples: str = "refuse"
 
 
-def lookup(name: str) -> seqio.Task | seqio.Mixture:
-  """The registered task or mixture `name`; ConfigError in one line with close matches."""
+def lookup(name: str, flag: str = "Experiment.task") -> seqio.Task | seqio.Mixture:
+  """The registered task or mixture `name`; ConfigError in one line with close matches
+  (naming `flag`, where the name came from)."""
   if name in seqio.MixtureRegistry.names():
     return seqio.MixtureRegistry.get(name)
   if name in seqio.TaskRegistry.names():
@@ -70,7 +71,7 @@ def lookup(name: str) -> seqio.Task | seqio.Mixture:
   hint = (f"close matches: {', '.join(close)}" if close else
           f"{len(known)} are registered (e.g. {', '.join(known[:3])})")
   raise ConfigError(
-      f"Experiment.task={name!r} is not a registered seqio task or mixture; {hint}. A task "
+      f"{flag}={name!r} is not a registered seqio task or mixture; {hint}. A task "
       "defined in your own module needs --module=your.module (or a gin `import` line)")
 
 

@@ -13,6 +13,7 @@
     (train exits 75 after SIGTERM/Ctrl-C saved a checkpoint: rerun it to resume)
   objectax eval --workdir=DIR [--step N] [--documents N] [--zeroshot TASK ...] [--no_zeroshot]
   objectax generate --workdir=DIR [--prompt TEXT ...] [--infill TEXT ...] [--temperature T] [--top_k K] [--top_p P] [--beams N]
+  objectax infer --workdir=DIR --task=TASK [--split S] [--max_examples N] [strategy flags]
   objectax ablate GRID.gin [--size S] [--seeds N] [--out DIR] [--dry_run] [--print_commands]
   objectax list
   objectax vocab train --out=FILE [gin flags] [--max_documents N]
@@ -46,6 +47,34 @@ examples:
   objectax train --gin.Experiment.objective=span_corruption # same run, T5 span corruption
   objectax train --gin_file=run/quickstart.gin --gin.TrainConfig.steps=50 --workdir=/tmp/wd
 """
+
+
+def _add_strategy_flags(parser) -> None:
+  """The decoding strategy's flags, shared by generate and infer."""
+  parser.add_argument("--temperature", type=float, default=0.0,
+                      help="0 = greedy (default); > 0 samples")
+  parser.add_argument("--top_k", type=int, default=0,
+                      help="sample among the k likeliest (0 = all)")
+  parser.add_argument("--top_p", type=float, default=1.0,
+                      help="sample among the likeliest tokens of probability p (1 = all)")
+  parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+  parser.add_argument("--beams", type=int, default=1,
+                      help="beam search with this many beams (default 1: greedy or sampling)")
+  parser.add_argument("--alpha", type=float, default=0.6,
+                      help="beam search length penalty ((5 + n) / 6) ** alpha (default 0.6)")
+
+
+def _add_run_flags(parser) -> None:
+  """--workdir and --step: the training run and checkpoint a command reads."""
+  parser.add_argument("--workdir", default=None, help="the workdir of an `objectax train` run")
+  parser.add_argument("--step", type=int, default=None,
+                      help="checkpoint step (default: latest)")
+
+
+def _strategy(args):
+  from objectax.models import decoding
+  return decoding.Strategy(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                           seed=args.seed, beams=args.beams, alpha=args.alpha)
 
 
 def _split_gin_flags(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
@@ -202,8 +231,7 @@ def _parser() -> argparse.ArgumentParser:
                   "left-to-right loss, span infilling (0.15/3, 0.5/32); prints a table and "
                   "writes DIR/eval/yardstick.json. Then zero-shot rank classification "
                   "(accuracy, length-normalized accuracy): DIR/eval/zeroshot.json.")
-  ev.add_argument("--workdir", default=None, help="the workdir of an `objectax train` run")
-  ev.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  _add_run_flags(ev)
   ev.add_argument("--documents", type=int, default=64,
                   help="held-out documents of the validation split (default 64)")
   ev.add_argument("--zeroshot", action="append", default=None, metavar="TASK",
@@ -217,25 +245,34 @@ def _parser() -> argparse.ArgumentParser:
                   "--infill text has its <X>, <Y>, ... (or <extra_id_N>) markers filled, for "
                   "a model trained with sentinels. Greedy unless --temperature > 0.",
       epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-  gen.add_argument("--workdir", default=None, help="the workdir of an `objectax train` run")
-  gen.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+  _add_run_flags(gen)
   gen.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
   gen.add_argument("--prompts_file", default=None, help="a file of prompts, one per line")
   gen.add_argument("--infill", action="append", default=[],
                    help="a text with <X>, <Y>, ... blanks to fill (repeatable)")
   gen.add_argument("--max_new_tokens", type=int, default=64,
                    help="tokens to generate at most (default 64; capped at the run's length)")
-  gen.add_argument("--temperature", type=float, default=0.0,
-                   help="0 = greedy (default); > 0 samples")
-  gen.add_argument("--top_k", type=int, default=0, help="sample among the k likeliest (0 = all)")
-  gen.add_argument("--top_p", type=float, default=1.0,
-                   help="sample among the likeliest tokens of probability p (1 = all)")
-  gen.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-  gen.add_argument("--beams", type=int, default=1,
-                   help="beam search with this many beams (default 1: greedy or sampling)")
-  gen.add_argument("--alpha", type=float, default=0.6,
-                   help="beam search length penalty ((5 + n) / 6) ** alpha (default 0.6)")
+  _add_strategy_flags(gen)
   gen.add_argument("--mode", default="", help="UL2 runs: NLU, NLG or S2S (the mode token)")
+  inf = sub.add_parser(
+      "infer", help="write a run's predictions for every example of a seqio task",
+      description="Restore DIR's latest (or --step) checkpoint and decode every example of "
+                  "--split of TASK (a registered seqio task or mixture: a built-in one, or "
+                  "one of your module's) with the run's own layout; writes "
+                  "DIR/infer/<task>_<split>_<step>.jsonl with index, inputs, targets and "
+                  "prediction as text (a mixture: one file per task). A task with targets "
+                  "only is continued from the first half of each example.",
+      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  _add_run_flags(inf)
+  inf.add_argument("--task", default=None, help="a registered seqio task or mixture")
+  inf.add_argument("--split", default="validation", help="the split (default validation)")
+  inf.add_argument("--max_examples", type=int, default=None,
+                   help="the first N examples only (default: all)")
+  inf.add_argument("--batch_size", type=int, default=32,
+                   help="examples decoded together (default 32)")
+  inf.add_argument("--max_new_tokens", type=int, default=None,
+                   help="tokens to generate at most (default: the longest reference)")
+  _add_strategy_flags(inf)
   abl = sub.add_parser(
       "ablate", help="run a paper's grid (every cell x seed: train, then eval) and write "
                      "results.md, results.csv and plots",
@@ -375,12 +412,13 @@ def run(argv: list[str] | None = None) -> int:
                          print_commands=args.print_commands)
     if args.command == "generate":
       from objectax.launch.tools import generate
-      from objectax.models import decoding
-      strategy = decoding.Strategy(temperature=args.temperature, top_k=args.top_k,
-                                   top_p=args.top_p, seed=args.seed, beams=args.beams,
-                                   alpha=args.alpha)
       generate.run(args.workdir, args.step, args.prompt, args.prompts_file, args.infill,
-                   bindings, args.max_new_tokens, strategy, args.mode)
+                   bindings, args.max_new_tokens, _strategy(args), args.mode)
+      return 0
+    if args.command == "infer":
+      from objectax.launch.tools import infer
+      infer.run(args.workdir, args.step, args.task, args.split, args.max_examples,
+                args.batch_size, args.max_new_tokens, _strategy(args), bindings)
       return 0
     if args.command == "eval":
       from objectax.launch.eval import evaluate

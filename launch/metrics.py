@@ -112,16 +112,24 @@ class Progress:
     self.t0 = time.perf_counter()
 
   def update(self, step: int, loss: float, tokens_per_second: float, extra: str = "") -> None:
+    self._draw(step, f"step {step}/{self.total}  loss {loss:.4f}  "
+                     f"{tokens_per_second:,.0f} tok/s", extra)
+
+  def count(self, done: int, unit: str) -> None:
+    """The bar for `done` of `total` items (examples, prompts) and their rate."""
+    rate = (done - self.start) / max(time.perf_counter() - self.t0, 1e-9)
+    self._draw(done, f"{done}/{self.total} {unit}  {rate:,.1f} {unit}/s")
+
+  def _draw(self, position: int, body: str, extra: str = "") -> None:
     if not self.enabled:
       return
-    done = step - self.start
+    done = position - self.start
     elapsed = time.perf_counter() - self.t0
-    eta = elapsed / done * (self.total - step) if done > 0 else float("nan")
+    eta = elapsed / done * (self.total - position) if done > 0 else float("nan")
     width = 24
-    filled = int(width * step / max(self.total, 1))
+    filled = int(width * position / max(self.total, 1))
     bar = "#" * filled + "." * (width - filled)
-    line = (f"[{bar}] step {step}/{self.total}  loss {loss:.4f}  "
-            f"{tokens_per_second:,.0f} tok/s  ETA {_format_seconds(eta)}{extra}")
+    line = f"[{bar}] {body}  ETA {_format_seconds(eta)}{extra}"
     if self.tty:
       self.stream.write("\r\033[K" + line)
     else:

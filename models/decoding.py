@@ -18,7 +18,9 @@ at that row's next position, so a row's output is the one it gets alone. A row s
 its EOS (later tokens are padding, 0); decoding stops when every row has, or after
 `max_new_tokens`.
 
-Strategies: greedy, and sampling with a temperature, top-k and top-p (nucleus), seeded.
+Strategies: greedy, and sampling with a temperature, top-k and top-p (nucleus), seeded;
+each row samples from a key of its own (the seed, the step and the row's id), so a row's
+output does not depend on the rows batched with it.
 
 TF-free: the model-only path (GPU hosts) decodes too.
 """
@@ -86,7 +88,8 @@ def sequence_score(log_probs: Sequence[float], alpha: float) -> float:
 
 def choose(logits_BV: jax.Array, strategy: Strategy, rng: jax.Array,
            vocab_size: int) -> jax.Array:
-  """The next token of each row under `strategy` (ids beyond `vocab_size` never chosen)."""
+  """The next token of each row under `strategy` (ids beyond `vocab_size` never chosen).
+  `rng`: one key for the batch, or keys_B, one per row."""
   logits_BV = logits_BV.astype(jnp.float32)
   valid_V = jnp.arange(logits_BV.shape[-1]) < vocab_size
   logits_BV = jnp.where(valid_V, logits_BV, -jnp.inf)
@@ -104,6 +107,8 @@ def choose(logits_BV: jax.Array, strategy: Strategy, rng: jax.Array,
     cutoff_B1 = jnp.min(jnp.where(before_BV < strategy.top_p, sorted_BV, jnp.inf), axis=-1,
                         keepdims=True)
     logits_BV = jnp.where(logits_BV < cutoff_B1, -jnp.inf, logits_BV)
+  if rng.ndim:  # a key per row
+    return jax.vmap(jax.random.categorical)(rng, logits_BV).astype(jnp.int32)
   return jax.random.categorical(rng, logits_BV, axis=-1).astype(jnp.int32)
 
 
@@ -113,18 +118,23 @@ def can_decode(model: Any) -> bool:
 
 
 def generate(model: Any, params: Any, rows: Sequence[Sequence[int]], *, max_new_tokens: int,
-             strategy: Strategy = Strategy(), vocab_size: int,
-             stop_at_eos: bool = True) -> Output:
+             strategy: Strategy = Strategy(), vocab_size: int, stop_at_eos: bool = True,
+             row_ids: Optional[Sequence[int]] = None, width: int = 0) -> Output:
   """Decodes each row with whichever layout the module has: an encoder-decoder reads the
   rows as its inputs (`generate_seq2seq`), a decoder-only model continues them as prompts
-  (`generate_lm`, bidirectionally over them for the prefix decoder)."""
+  (`generate_lm`, bidirectionally over them for the prefix decoder).
+
+  `row_ids`: each row's sampling id (default its index), so that a row samples the same
+  tokens whatever it is batched with. `width`: pad the prompts to at least this many
+  positions, so batches of different prompt lengths share one compiled program."""
   if reads_inputs_apart(model):
     return generate_seq2seq(model, params, rows, max_new_tokens=max_new_tokens,
-                            strategy=strategy, vocab_size=vocab_size, stop_at_eos=stop_at_eos)
+                            strategy=strategy, vocab_size=vocab_size, stop_at_eos=stop_at_eos,
+                            row_ids=row_ids, width=width)
   return generate_lm(model, params, rows, max_new_tokens=max_new_tokens, strategy=strategy,
                      vocab_size=vocab_size,
                      bidirectional=bool(getattr(model, "bidirectional_inputs", False)),
-                     stop_at_eos=stop_at_eos)
+                     stop_at_eos=stop_at_eos, row_ids=row_ids, width=width)
 
 
 def reads_inputs_apart(model: Any) -> bool:
@@ -180,14 +190,16 @@ def _finish(tokens_NB: np.ndarray) -> list[list[int]]:
 def generate_lm(model: Any, params: Any, prompts: Sequence[Sequence[int]], *,
                 max_new_tokens: int, strategy: Strategy = Strategy(), vocab_size: int,
                 bidirectional: bool = False, keep_logits: bool = False,
-                stop_at_eos: bool = True) -> Output:
+                stop_at_eos: bool = True, row_ids: Optional[Sequence[int]] = None,
+                width: int = 0) -> Output:
   """Continues each prompt (ids, no BOS) with the decoder-only `model` (decoder.Model).
-  `stop_at_eos` False: every row generates `max_new_tokens` (benchmarks)."""
+  `stop_at_eos` False: every row generates `max_new_tokens` (benchmarks). `row_ids` and
+  `width` as in `generate` (the width counts the BOS)."""
   if not prompts:
     return Output([])
   streams = [[0, *map(int, p)] for p in prompts]
   lengths = np.array([len(s) for s in streams], np.int32)
-  prefill = int(lengths.max())
+  prefill = max(int(lengths.max()), width)
   slots = prefill + max_new_tokens
   tokens_BP = np.zeros((len(streams), prefill), np.int32)
   for row, s in enumerate(streams):
@@ -195,23 +207,32 @@ def generate_lm(model: Any, params: Any, prompts: Sequence[Sequence[int]], *,
   decoder = make_decoder(model, slots)
   run = _lm_runner(decoder, bool(bidirectional), strategy, int(vocab_size), slots)
   return run(params, jnp.asarray(tokens_BP), jnp.asarray(lengths), max_new_tokens,
-             keep_logits, stop_at_eos)
+             keep_logits, stop_at_eos, _row_ids(row_ids, len(streams)))
 
 
 def generate_seq2seq(model: Any, params: Any, inputs: Sequence[Sequence[int]], *,
                      max_new_tokens: int, strategy: Strategy = Strategy(), vocab_size: int,
-                     keep_logits: bool = False, stop_at_eos: bool = True) -> Output:
+                     keep_logits: bool = False, stop_at_eos: bool = True,
+                     row_ids: Optional[Sequence[int]] = None, width: int = 0) -> Output:
   """Decodes targets for each inputs row (ids, EOS included as in training) with the
-  encoder-decoder `model` (encdec.Model)."""
+  encoder-decoder `model` (encdec.Model). `row_ids` and `width` as in `generate`."""
   if not inputs:
     return Output([])
-  width = max(len(x) for x in inputs)
+  width = max(max(len(x) for x in inputs), width)
   tokens_BS = np.zeros((len(inputs), width), np.int32)
   for row, x in enumerate(inputs):
     tokens_BS[row, :len(x)] = x
   decoder = make_decoder(model, max_new_tokens)
   run = _seq2seq_runner(decoder, strategy, int(vocab_size), max_new_tokens)
-  return run(params, jnp.asarray(tokens_BS), max_new_tokens, keep_logits, stop_at_eos)
+  return run(params, jnp.asarray(tokens_BS), max_new_tokens, keep_logits, stop_at_eos,
+             _row_ids(row_ids, len(inputs)))
+
+
+def _row_ids(row_ids: Optional[Sequence[int]], rows: int) -> jax.Array:
+  ids = np.arange(rows) if row_ids is None else np.asarray(row_ids)
+  if ids.shape != (rows,):
+    raise ValueError(f"row_ids has {ids.size} ids for {rows} rows")
+  return jnp.asarray(ids, jnp.uint32)
 
 
 class _Runner:
@@ -231,7 +252,7 @@ class _Runner:
     if key in self._loops:
       return self._loops[key]
 
-    def loop(params, cache, logits_BV, positions_B, rng, *step_args):
+    def loop(params, cache, logits_BV, positions_B, rng, row_ids_B, *step_args):
       b, v = logits_BV.shape
       tokens_NB = jnp.zeros((max_new, b), jnp.int32)
       kept_NBV = jnp.zeros((max_new if keep_logits else 0, b, v), jnp.float32)
@@ -240,7 +261,8 @@ class _Runner:
         t, cache, logits_BV, done_B, tokens_NB, kept_NBV = carry
         if keep_logits:
           kept_NBV = kept_NBV.at[t].set(logits_BV.astype(jnp.float32))
-        token_B = self._choose(logits_BV, rng=jax.random.fold_in(rng, t))
+        keys_B = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.fold_in(rng, t), row_ids_B)
+        token_B = self._choose(logits_BV, rng=keys_B)
         token_B = jnp.where(done_B, 0, token_B)
         tokens_NB = tokens_NB.at[t].set(token_B)
         if stop_at_eos:
@@ -320,15 +342,18 @@ class _Runner:
     return self._loops[key]
 
   def loop(self, params, cache, logits_BV, positions_B, max_new: int,
-           keep_logits: bool, step_args: tuple = (), stop_at_eos: bool = True) -> Output:
+           keep_logits: bool, step_args: tuple = (), stop_at_eos: bool = True,
+           row_ids_B: Optional[jax.Array] = None) -> Output:
     if self._strategy.beams > 1:
       fn = self._beam_fn(max_new, self._strategy.beams, float(self._strategy.alpha),
                          self._vocab_size)
       seq_BN, score_B = fn(params, cache, logits_BV, positions_B, *step_args)
       return Output(_finish(np.asarray(seq_BN).T), scores=np.asarray(score_B).tolist())
     fn = self._loop_fn(max_new, keep_logits, stop_at_eos)
+    if row_ids_B is None:
+      row_ids_B = _row_ids(None, logits_BV.shape[0])
     t, tokens_NB, kept_NBV = fn(params, cache, logits_BV, positions_B,
-                                jax.random.key(self._seed), *step_args)
+                                jax.random.key(self._seed), row_ids_B, *step_args)
     t = int(t)
     out = _finish(np.asarray(tokens_NB)[:t])
     return Output(out, np.asarray(kept_NBV)[:t] if keep_logits else None)
@@ -369,12 +394,13 @@ def _lm_runner(decoder, bidirectional: bool, strategy: Strategy, vocab_size: int
 
   runner = _Runner(prefill, step, strategy, vocab_size)
 
-  def run(params, tokens_BP, lengths_B, max_new, keep_logits, stop_at_eos=True):
+  def run(params, tokens_BP, lengths_B, max_new, keep_logits, stop_at_eos=True,
+          row_ids_B=None):
     t0 = time.perf_counter()
     logits_BV, cache = jax.block_until_ready(prefill(params, tokens_BP, lengths_B))
     prefill_s = time.perf_counter() - t0
     out = runner.loop(params, cache, logits_BV, lengths_B, max_new, keep_logits,
-                      stop_at_eos=stop_at_eos)
+                      stop_at_eos=stop_at_eos, row_ids_B=row_ids_B)
     return dataclasses.replace(out, prefill_seconds=prefill_s)
 
   return run
@@ -400,13 +426,13 @@ def _seq2seq_runner(decoder, strategy: Strategy, vocab_size: int, slots: int):
 
   runner = _Runner(prefill, step, strategy, vocab_size)
 
-  def run(params, inputs_BS, max_new, keep_logits, stop_at_eos=True):
+  def run(params, inputs_BS, max_new, keep_logits, stop_at_eos=True, row_ids_B=None):
     t0 = time.perf_counter()
     logits_BV, cache = jax.block_until_ready(prefill(params, inputs_BS))
     prefill_s = time.perf_counter() - t0
     ones_B = jnp.ones((inputs_BS.shape[0],), jnp.int32)
     out = runner.loop(params, cache, logits_BV, ones_B, max_new, keep_logits, (inputs_BS,),
-                      stop_at_eos)
+                      stop_at_eos, row_ids_B)
     return dataclasses.replace(out, prefill_seconds=prefill_s)
 
   return run

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import sys
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -129,19 +129,80 @@ def _check(cfg, request: Request, model) -> None:
                       "--infill TEXT or prompts on stdin")
 
 
-def generate(workdir: str, step: Optional[int], request: Request,
-             bindings: Sequence[str] = (), say=None) -> list[tuple[str, str]]:
-  """[(prompt, output text)] of each prompt."""
-  say = say or (lambda msg: print(f"objectax generate: {msg}", file=sys.stderr, flush=True))
+@dataclasses.dataclass
+class Opened:
+  """A training run ready to decode: its config, checkpoint step, vocabulary, model and
+  the length of each of its model streams; parameters not yet restored."""
+  cfg: Any
+  step: int
+  vocabulary: Any
+  parts: Any
+  model: Any
+
+  @property
+  def budget(self) -> dict[str, int]:
+    return self.parts.model_lengths
+
+  @property
+  def stream(self) -> str:
+    """The stream a prompt goes into: "encoder" (ED, EO) or "decoder" (CD, ND)."""
+    return "encoder" if "encoder" in self.budget else "decoder"
+
+
+def open_for_decoding(workdir: str, step: Optional[int], bindings: Sequence[str] = ()) -> Opened:
+  """The run of `workdir` (its latest checkpoint, or `step`), built but not restored."""
   cfg, chosen = evaluate.open_run(workdir, step, bindings)
   vocabulary = input_pipeline.run_vocabulary(cfg)
   lengths = cfg.task_lengths()
   parts = builder.build(cfg, vocab_size=vocabulary.vocab_size, extra_ids=vocabulary.extra_ids,
                         feature_lengths=lengths.feature_lengths(), concat=lengths.concat,
                         batch_size=1)
-  model = parts.scoring_model()
+  return Opened(cfg, chosen, vocabulary, parts, parts.scoring_model())
+
+
+class Decoder:
+  """The restored run on its mesh: decodes batches of rows (ids) with its strategy. The
+  rows are split over the data-parallel devices, so a batch is padded to a multiple of
+  their number with copies of its first row (dropped from the result)."""
+
+  def __init__(self, opened: Opened, workdir: str):
+    self.opened = opened
+    self.run = opened.parts.on_mesh(sharding.make_mesh(opened.cfg.mesh))
+    self.params = evaluate.restore_params(workdir, opened.step, self.run.abstract)
+    self.dp = sharding.data_parallel_size(self.run.mesh.shape, opened.cfg.mesh)
+
+  def describe(self, what: str) -> str:
+    o = self.opened
+    return (f"{o.cfg.exp.name} step {o.step}: {what}, {o.cfg.arch.name}, mesh "
+            f"{dict(self.run.mesh.shape)} on {jax.device_count()} device(s)")
+
+  def decode(self, rows: Sequence[Sequence[int]], max_new_tokens: int,
+             strategy: decoding.Strategy, row_ids: Optional[Sequence[int]] = None,
+             width: int = 0, pad_to: int = 0) -> list[list[int]]:
+    """Each row's output ids; `pad_to`: pad the batch to this many rows (fixed shapes)."""
+    wanted = len(rows)
+    ids = list(range(wanted)) if row_ids is None else list(row_ids)
+    extra = max(pad_to - wanted, 0)
+    extra += -(wanted + extra) % self.dp
+    rows, ids = list(rows) + [rows[0]] * extra, ids + [ids[0]] * extra
+    model, vocabulary = self.opened.model, self.opened.vocabulary
+    with self.run.activate():
+      if not decoding.can_decode(model):
+        outputs = _fill_in_one_pass(model, self.params, rows, vocabulary)
+      else:
+        outputs = decoding.generate(model, self.params, rows, max_new_tokens=max_new_tokens,
+                                    strategy=strategy, vocab_size=vocabulary.vocab_size,
+                                    row_ids=ids, width=width).tokens
+    return outputs[:wanted]
+
+
+def generate(workdir: str, step: Optional[int], request: Request,
+             bindings: Sequence[str] = (), say=None) -> list[tuple[str, str]]:
+  """[(prompt, output text)] of each prompt."""
+  say = say or (lambda msg: print(f"objectax generate: {msg}", file=sys.stderr, flush=True))
+  opened = open_for_decoding(workdir, step, bindings)
+  cfg, vocabulary, model, budget = opened.cfg, opened.vocabulary, opened.model, opened.budget
   _check(cfg, request, model)
-  budget = parts.model_lengths
   prefix = (list(vocab_lib.mode_token_ids(vocabulary, f"[{request.mode}]"))
             if request.mode else [])
   rows = []
@@ -153,7 +214,7 @@ def generate(workdir: str, step: Optional[int], request: Request,
       if decoding.reads_inputs_apart(model):  # encoder inputs end with EOS, as in training
         ids.append(EOS_ID)
     rows.append(prefix + ids)
-  stream = "encoder" if "encoder" in budget else "decoder"
+  stream = opened.stream
   longest = max(len(r) + (stream == "decoder") for r in rows)
   if longest > budget[stream]:
     raise ConfigError(f"a prompt is {longest} tokens, longer than the run's {stream} length "
@@ -164,23 +225,9 @@ def generate(workdir: str, step: Optional[int], request: Request,
     say(f"--max_new_tokens {new} capped at {room}: the run's decoder length is "
         f"{budget['decoder']}")
     new = room
-  run = parts.on_mesh(sharding.make_mesh(cfg.mesh))
-  params = evaluate.restore_params(workdir, chosen, run.abstract)
-  say(f"{cfg.exp.name} step {chosen}: {len(rows)} prompt(s), {cfg.arch.name}, mesh "
-      f"{dict(run.mesh.shape)} on {jax.device_count()} device(s)")
-  # The batch is split over the data-parallel devices: pad it to a multiple of their
-  # number with copies of the first row (dropped again below).
-  dp = sharding.data_parallel_size(run.mesh.shape, cfg.mesh)
-  wanted = len(rows)
-  rows = rows + [rows[0]] * (-len(rows) % dp)
-  with run.activate():
-    if not decoding.can_decode(model):
-      outputs = _fill_in_one_pass(model, params, rows, vocabulary)
-    else:
-      outputs = decoding.generate(model, params, rows, max_new_tokens=new,
-                                  strategy=request.strategy,
-                                  vocab_size=vocabulary.vocab_size).tokens
-  outputs = outputs[:wanted]
+  decoder = Decoder(opened, workdir)
+  say(decoder.describe(f"{len(rows)} prompt(s)"))
+  outputs = decoder.decode(rows, new, request.strategy)
   results = []
   for text, out in zip(request.prompts, outputs):
     if request.infill:

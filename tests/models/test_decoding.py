@@ -90,22 +90,53 @@ def test_the_prefix_decoder_prefill_is_bidirectional():
   assert np.abs(first[0] - first[1]).max() > 1e-3
 
 
+@pytest.mark.parametrize("strategy", [decoding.Strategy(), SAMPLED], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("arch", ["causal_decoder", "prefix_decoder", "encoder_decoder"])
-def test_each_row_decodes_as_it_does_alone(arch):
-  """Greedy, prompts of three lengths in one batch: every row's output is its output alone."""
+def test_each_row_decodes_as_it_does_alone(arch, strategy):
+  """Prompts of three lengths in one batch: every row's output is its output alone (a
+  sampled row too, given its row id), and padding the prompts wider changes nothing."""
   if arch == "encoder_decoder":
     model, params = _ed(OPTIONS[2])
-    run = lambda rows: decoding.generate_seq2seq(model, params, rows, max_new_tokens=NEW,
-                                                 vocab_size=100).tokens
     rows = INPUTS
   else:
     model, params = _lm(OPTIONS[1], arch == "prefix_decoder", seed=4)
-    run = lambda rows: decoding.generate_lm(model, params, rows, max_new_tokens=NEW,
-                                            vocab_size=100,
-                                            bidirectional=arch == "prefix_decoder").tokens
     rows = PROMPTS
+  run = lambda rows, **kw: decoding.generate(model, params, rows, max_new_tokens=NEW,
+                                             vocab_size=100, strategy=strategy, **kw).tokens
   together = run(rows)
-  assert [run([r])[0] for r in rows] == together
+  assert [run([r], row_ids=[i])[0] for i, r in enumerate(rows)] == together
+  assert run(rows, width=16) == together
+  assert run(rows[::-1], row_ids=[2, 1, 0]) == together[::-1]
+
+
+@pytest.mark.parametrize("arch", ["causal_decoder", "encoder_decoder"])
+def test_bfloat16_decoding_follows_the_full_forward(arch):
+  """bf16 activations: the cached steps' logits stay within bf16 rounding of the training
+  model's forward over the same tokens."""
+  options = dict(OPTIONS[2], dtype="bfloat16")
+  if arch == "encoder_decoder":
+    model, params = _ed(options)
+    out = decoding.generate_seq2seq(model, params, INPUTS[:1], max_new_tokens=NEW,
+                                    vocab_size=100, strategy=SAMPLED, keep_logits=True)
+    generated = out.tokens[0]
+    full = np.asarray(model.apply({"params": params}, {
+        "encoder_input_tokens": jnp.array(INPUTS[:1]),
+        "decoder_input_tokens": jnp.array([[0, *generated[:-1]]]),
+        "decoder_target_tokens": jnp.ones((1, len(generated)), jnp.int32)}), np.float32)[0]
+    start = 0
+  else:
+    model, params = _lm(options, False)
+    out = decoding.generate_lm(model, params, PROMPTS[:1], max_new_tokens=NEW, vocab_size=100,
+                               strategy=SAMPLED, keep_logits=True)
+    generated = out.tokens[0]
+    full = np.asarray(_full_lm(model, params, [0, *PROMPTS[0], *generated[:-1]], 0, False),
+                      np.float32)
+    start = len(PROMPTS[0])
+  assert len(generated) == NEW
+  steps = out.step_logits[:, 0]
+  assert steps.dtype == np.float32 and np.isfinite(steps).all()
+  scale = np.abs(full).max()
+  np.testing.assert_allclose(steps, full[start:start + NEW], atol=0.02 * scale)  # seen: 0.7-0.9%
 
 
 def test_sampling_limits_equal_greedy():
