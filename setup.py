@@ -9,6 +9,9 @@ import setuptools
 
 _PACKAGES = ("objectives", "models", "data", "launch", "gin")
 _LAUNCH_SUBPACKAGES = ("eval", "grid", "tools")
+# Maintained scorers, as T5 uses them: Google's ROUGE, sacrebleu's BLEU, scikit-learn's F1
+# and Matthews correlation (scipy, for Pearson and Spearman, comes with jax).
+_EVAL = ["rouge-score>=0.1.2", "sacrebleu>=2.3", "scikit-learn>=1.3"]
 
 setuptools.setup(
     name="objectax",
@@ -40,6 +43,10 @@ setuptools.setup(
         # `objectax ablate`'s plots (Agg backend: PNG files, no display).
         "matplotlib>=3.7",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        # Downstream metrics (data/text_metrics.py), imported only when a metric is computed.
+        "eval": _EVAL,
+        "test": ["pytest>=7", *_EVAL],
+    },
     entry_points={"console_scripts": ["objectax=objectax.launch.main:run"]},
 )

@@ -10,7 +10,8 @@ instead of the `{corpus}_{objective}` pair. What the run needs from it:
 - the vocabulary, from its features (all tasks of a mixture, and both features, must use
   one vocabulary; with a built-in task among them, the run's `VocabConfig` one);
 - the lengths: `Experiment.task_lengths` when bound; else those of the built-in tasks it
-  mixes (each built-in component keeps its own exact lengths); else `sequence_length`
+  mixes (each built-in component keeps its own exact lengths); else the lengths its
+  tasks were registered with (`set_default_lengths`, e.g. T5's); else `sequence_length`
   targets for an LM task; else the longest inputs and targets among the first
   MEASURED_EXAMPLES training examples (printed, so they can be bound);
 - what to do with a longer example: `Experiment.long_examples` "refuse" (stop with a
@@ -57,6 +58,16 @@ class TaskSettings:
   task: str
   task_lengths: tuple[tuple[str, int], ...] = ()
   long_examples: str = "refuse"
+
+
+# Lengths a registered task brings with it (e.g. T5's per-task fine-tuning lengths), used
+# when Experiment.task_lengths is not bound: task name -> {"inputs": I, "targets": T}.
+DEFAULT_LENGTHS: dict[str, dict[str, int]] = {}
+
+
+def set_default_lengths(task_name: str, lengths: Mapping[str, int]) -> None:
+  """Registers the lengths `task_name` trains with unless Experiment.task_lengths says."""
+  DEFAULT_LENGTHS[task_name] = {k: int(v) for k, v in lengths.items()}
 
 
 def lookup(name: str, flag: str = "Experiment.task") -> seqio.Task | seqio.Mixture:
@@ -138,6 +149,11 @@ def lengths(cfg: TaskSettings, sequence_length: int) -> objective_registry.TaskL
                                           targets=bound["targets"], exact=False)
   if cfg.task in tasks.BUILTIN:  # one of ours, by name: exactly as Experiment.objective
     return _builtin_lengths(cfg.task, sequence_length)
+  defaults = [DEFAULT_LENGTHS[t.name] for t, _ in leaves(task) if t.name in DEFAULT_LENGTHS]
+  if defaults:  # a task's own lengths (a mixture: the longest of its tasks')
+    return objective_registry.TaskLengths(
+        raw=0, inputs=max(d.get("inputs", 0) for d in defaults),
+        targets=max(d["targets"] for d in defaults), exact=False)
   builtin = [t.name for t, _ in leaves(task) if t.name in tasks.BUILTIN]
   if builtin:
     own = [_builtin_lengths(n, sequence_length) for n in builtin]
