@@ -50,6 +50,18 @@ def resolve_source(path: str, step: int = -1) -> tuple[str, int]:
   return directory, step
 
 
+def check_vocabulary(path: str, step: int, fingerprint: str) -> None:
+  """One line when the source run was trained with another vocabulary than this run's:
+  its embedding rows would mean other pieces. Older checkpoints without the record pass."""
+  directory, step = resolve_source(path, step)
+  recorded = ((checkpoints.read_data(directory, step) or {}).get("model") or {}).get("vocabulary")
+  if recorded and recorded != fingerprint:
+    raise ConfigError(
+        f"TrainConfig.init_from={path!r} was trained with the vocabulary {recorded}, this run "
+        f"has {fingerprint}: fine-tune with the source run's vocabulary (its VocabConfig, or "
+        "a task whose features use it)")
+
+
 def _paths(tree: Any) -> dict[str, Any]:
   leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
   return {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in leaves}

@@ -101,6 +101,10 @@ class TrainConfig:
   # folder) instead of a random init: step 0, new optimizer, its own data (launch/adapt.py).
   init_from: str = ""
   init_from_step: int = -1             # -1 = the latest checkpoint of init_from
+  # Text-to-text seqio tasks (with metric_fns) scored by generation every eval_every steps
+  # through seqio's Evaluator, as `objectax eval --task` does; metrics task/<task>/<name>.
+  eval_tasks: tuple = ()
+  eval_task_examples: int = 0          # the first N validation examples of each (0 = all)
 
   def __post_init__(self):
     for field in ("steps", "batch_size", "eval_every", "checkpoint_every", "keep_checkpoints",
@@ -138,6 +142,13 @@ class TrainConfig:
       number = isinstance(value, (int, float)) and not isinstance(value, bool)
       if not (number and math.isfinite(value) and ok(value)):
         raise ConfigError(f"TrainConfig.{field}={value!r} must be {valid}")
+    tasks = self.eval_tasks
+    if isinstance(tasks, str) or not all(isinstance(t, str) and t for t in tasks):
+      raise ConfigError(f"TrainConfig.eval_tasks={tasks!r} must be a list of task names, "
+                        "e.g. ['pydocs_summary']")
+    if not isinstance(self.eval_task_examples, int) or self.eval_task_examples < 0:
+      raise ConfigError(f"TrainConfig.eval_task_examples={self.eval_task_examples!r} must be "
+                        ">= 0 (0 = every validation example)")
     if not isinstance(self.init_from_step, int) or self.init_from_step < -1:
       raise ConfigError(f"TrainConfig.init_from_step={self.init_from_step!r} must be >= -1 "
                         "(-1 = the latest checkpoint of init_from)")

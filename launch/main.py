@@ -1,6 +1,7 @@
 """The `objectax` command line. Parses flags only; the work happens in the modules it calls.
 
   objectax train [--gin_file=FILE ...] [--gin.Configurable.param=VALUE ...] [--workdir=DIR]
+  objectax finetune --init_from=DIR --task=TASK [gin flags] [--workdir=DIR]
   objectax objectives
   objectax inspect OBJECTIVE [--text TEXT] [--seed N] [gin flags]
   objectax inspect --task TASK [--seed N] [gin flags]
@@ -12,6 +13,7 @@
   objectax launch {tpu,slurm} [launcher flags] [--dry_run] -- [train flags]
     (train exits 75 after SIGTERM/Ctrl-C saved a checkpoint: rerun it to resume)
   objectax eval --workdir=DIR [--step N] [--documents N] [--zeroshot TASK ...] [--no_zeroshot]
+  objectax eval --workdir=DIR --task TASK [--task ...] [--split S] [--max_examples N]
   objectax generate --workdir=DIR [--prompt TEXT ...] [--infill TEXT ...] [--temperature T] [--top_k K] [--top_p P] [--beams N]
   objectax infer --workdir=DIR --task=TASK [--split S] [--max_examples N] [strategy flags]
   objectax ablate GRID.gin [--size S] [--seeds N] [--out DIR] [--dry_run] [--print_commands]
@@ -142,6 +144,19 @@ def _parser() -> argparse.ArgumentParser:
                      help="where checkpoints, metrics.jsonl, tensorboard/ and config.gin go "
                           "(default: TrainConfig.workdir, else ./workdir/<experiment name>)")
   train.add_argument("--quiet", action="store_true", help="no progress output")
+  fin = sub.add_parser(
+      "finetune", help="fine-tune a pretrained run on a text-to-text task, scored as it goes",
+      description="Train a new run from DIR's parameters on TASK with gin/adapt/finetune.gin "
+                  "(T5's recipe: constant learning rate 1e-3, dropout 0.1), DIR's own "
+                  "architecture, size, model and vocabulary settings, and the task's metrics "
+                  "every eval_every steps (TrainConfig.eval_tasks). Gin flags come last and "
+                  "change any of it.",
+      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  fin.add_argument("--init_from", default=None, help="the workdir of the pretrained run")
+  fin.add_argument("--task", default=None, help="a registered text-to-text task or mixture")
+  fin.add_argument("--workdir", default=None,
+                   help="default: ./workdir/<arch>_<task>_<size>_finetune")
+  fin.add_argument("--quiet", action="store_true", help="no progress output")
   info = sub.add_parser(
       "info", help="parameters, training FLOPs per token and bytes per device of the "
                    "configured model on its mesh, without needing those devices",
@@ -238,6 +253,13 @@ def _parser() -> argparse.ArgumentParser:
                   help="zero-shot rank-classification task (repeatable; default: every "
                        "built-in task); writes DIR/eval/zeroshot.json")
   ev.add_argument("--no_zeroshot", action="store_true", help="skip the zero-shot tasks")
+  ev.add_argument("--task", action="append", default=None, metavar="TASK",
+                  help="instead of the yardstick: score the run on a text-to-text seqio task "
+                       "(or mixture) with metric_fns, by generation through seqio's "
+                       "Evaluator (repeatable); writes DIR/eval/tasks_<step>.json")
+  ev.add_argument("--split", default="validation", help="--task: the split (default validation)")
+  ev.add_argument("--max_examples", type=int, default=None,
+                  help="--task: the first N examples of each task (default: all)")
   gen = sub.add_parser(
       "generate", help="continue prompts or fill <X> blanks with a run's checkpoint",
       description="Restore DIR's latest (or --step) checkpoint and decode with its cache: each "
@@ -420,6 +442,11 @@ def run(argv: list[str] | None = None) -> int:
       infer.run(args.workdir, args.step, args.task, args.split, args.max_examples,
                 args.batch_size, args.max_new_tokens, _strategy(args), bindings)
       return 0
+    if args.command == "eval" and args.task:
+      from objectax.launch.eval import downstream
+      downstream.main(args.workdir, args.step, args.task, split=args.split,
+                      max_examples=args.max_examples, bindings=bindings)
+      return 0
     if args.command == "eval":
       from objectax.launch.eval import evaluate
       evaluate.run(args.workdir, args.step, args.documents, tuple(bindings),
@@ -453,6 +480,9 @@ def run(argv: list[str] | None = None) -> int:
       print(inspect_example.inspect(inspect_example.resolve_config(), seed=args.seed,
                                     text=args.text))
       return 0
+    if args.command == "finetune":
+      from objectax.launch import finetune
+      files, bindings = finetune.configuration(args.init_from, args.task, files, bindings)
     configure.parse(files or [QUICKSTART], bindings)
     summary = train.train(args.workdir, quiet=args.quiet)
   except ConfigError as e:

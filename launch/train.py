@@ -204,6 +204,29 @@ def train(workdir: str | None = None, *, quiet: bool = False) -> dict:
       lock.release()
 
 
+class _TaskEval:
+  """TrainConfig.eval_tasks: the tasks checked when the run starts (before compiling), then
+  scored by generation with the live parameters, as `objectax eval --task` scores a
+  checkpoint (launch/eval/downstream.py)."""
+
+  def __init__(self, cfg, vocabulary, parts, run):
+    from objectax.launch.eval import downstream  # pylint: disable=g-import-not-at-top
+    from objectax.launch.tools import generate  # pylint: disable=g-import-not-at-top
+    self._downstream, self._generate = downstream, generate
+    self._opened = generate.Opened(cfg, 0, vocabulary, parts, parts.scoring_model())
+    self._run = run
+    self._names = tuple(cfg.train.eval_tasks)
+    self._examples = cfg.train.eval_task_examples or None
+    downstream.check(self._opened, self._names, flag="TrainConfig.eval_tasks")
+
+  def __call__(self, params, step: int) -> dict[str, float]:
+    decoder = self._generate.Decoder(self._opened, self._run, params)
+    results = self._downstream.evaluate_tasks(decoder, self._names,
+                                              max_examples=self._examples, step=step,
+                                              show_progress=False)
+    return self._downstream.flat_metrics(results)
+
+
 def _warn(msg: str) -> None:
   """A line about something repaired or skipped (even with --quiet): on stderr."""
   print(f"objectax: warning: {msg}", file=sys.stderr, flush=True)
@@ -233,6 +256,7 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
         f"{n} ({c.rate / total:.1%})" for n, c in zip(ti.component_names, ti.components)))
   run = parts.on_mesh(mesh)
   abstract = run.abstract
+  task_eval = _TaskEval(cfg, ti.vocabulary, parts, run) if tc.eval_tasks else None
   ckpt_dir = os.path.join(workdir, "checkpoints")
   # What the checkpoint must match: the model (every setting that changes what it computes)
   # and the data stream (a data position only resumes the same stream).
@@ -247,6 +271,7 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
   params_from = None
   if restored is None and tc.init_from:
     from objectax.launch import adapt  # pylint: disable=g-import-not-at-top
+    adapt.check_vocabulary(tc.init_from, tc.init_from_step, vocab_lib.fingerprint(ti.vocabulary))
     params_from = adapt.restore_params(tc.init_from, tc.init_from_step, abstract.params)
 
   # Accepted: from here on the run writes to its workdir.
@@ -415,6 +440,12 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
               final_eval = evaluate(state.params)
             writer.write(step, {"eval_loss": final_eval, **component_eval})
             progress.message(f"step {step} validation loss {final_eval:.4f}")
+            if task_eval is not None:
+              with clock.not_a_step():
+                scores = task_eval(state.params, step)
+              writer.write(step, scores)
+              progress.message(f"step {step} " + ", ".join(
+                  f"{k[len('task/'):]} {v:.2f}" for k, v in scores.items()))
       if pending is not None:
         log(pending[0], fetch(*pending))
       clock.step_begins(first=False)  # closes the last step

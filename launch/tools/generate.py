@@ -165,11 +165,15 @@ class Decoder:
   rows are split over the data-parallel devices, so a batch is padded to a multiple of
   their number with copies of its first row (dropped from the result)."""
 
-  def __init__(self, opened: Opened, workdir: str):
-    self.opened = opened
-    self.run = opened.parts.on_mesh(sharding.make_mesh(opened.cfg.mesh))
-    self.params = evaluate.restore_params(workdir, opened.step, self.run.abstract)
+  def __init__(self, opened: Opened, run, params):
+    self.opened, self.run, self.params = opened, run, params
     self.dp = sharding.data_parallel_size(self.run.mesh.shape, opened.cfg.mesh)
+
+  @classmethod
+  def restore(cls, opened: Opened, workdir: str) -> "Decoder":
+    """The checkpoint `opened.step` of `workdir`, on the run's mesh and shardings."""
+    run = opened.parts.on_mesh(sharding.make_mesh(opened.cfg.mesh))
+    return cls(opened, run, evaluate.restore_params(workdir, opened.step, run.abstract))
 
   def describe(self, what: str) -> str:
     o = self.opened
@@ -225,7 +229,7 @@ def generate(workdir: str, step: Optional[int], request: Request,
     say(f"--max_new_tokens {new} capped at {room}: the run's decoder length is "
         f"{budget['decoder']}")
     new = room
-  decoder = Decoder(opened, workdir)
+  decoder = Decoder.restore(opened, workdir)
   say(decoder.describe(f"{len(rows)} prompt(s)"))
   outputs = decoder.decode(rows, new, request.strategy)
   results = []

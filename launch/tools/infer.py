@@ -93,10 +93,16 @@ def _check(opened, task, split: str, max_examples: Optional[int], batch_size: in
     raise ConfigError(f"--max_examples {max_examples} must be >= 1 (or left out: every example)")
   if batch_size < 1:
     raise ConfigError(f"--batch_size {batch_size} must be >= 1")
-  one_pass = not decoding.can_decode(opened.model)
-  if one_pass and strategy != decoding.Strategy():
+  if not decoding.can_decode(opened.model) and strategy != decoding.Strategy():
     raise ConfigError("the encoder-only model fills each blank with its argmax in one pass; "
                       "drop --temperature/--top_k/--top_p/--beams")
+  check_task(opened, task, split)
+
+
+def check_task(opened, task, split: str) -> None:
+  """Whether the run can decode every task of `task` (a task or mixture) on `split`: the
+  split exists, and the task's layout is one the architecture decodes."""
+  one_pass = not decoding.can_decode(opened.model)
   for leaf, _ in any_task.leaves(task):
     if split not in leaf.splits:
       raise ConfigError(f"--split {split!r}: task {leaf.name!r} has splits "
@@ -135,20 +141,21 @@ def _bucket(n: int, cap: int) -> int:
   return min(max(8, 1 << (max(n, 1) - 1).bit_length()), cap)
 
 
-def infer_task(decoder: generate_lib.Decoder, leaf, split: str, max_examples: Optional[int],
-               batch_size: int, max_new_tokens: Optional[int], strategy: decoding.Strategy,
-               out_path: str, say, progress_stream=None) -> dict:
-  """Writes `out_path` (JSON lines: index, inputs, targets, prediction) for one task;
-  returns counts and timing."""
+def predict(decoder: generate_lib.Decoder, raw: Sequence[dict], *, batch_size: int = 32,
+            max_new_tokens: Optional[int] = None,
+            strategy: decoding.Strategy = decoding.Strategy(), indices: Optional[Sequence[int]] = None,
+            say=lambda msg: None, progress_stream=None,
+            show_progress: bool = True) -> tuple[list[Example], list[list[int]], dict]:
+  """Decodes tokenized task examples (dicts with "targets", and "inputs" if the task has
+  them; `indices` their example ids, default their positions): (the examples, each one's
+  output ids, counts). See the module docstring for the prompt of each kind of task."""
   opened = decoder.opened
   vocabulary, model, budget = opened.vocabulary, opened.model, opened.budget
   one_pass = not decoding.can_decode(model)
-  raw = _read(leaf, split, opened.cfg.exp.sequence_length, max_examples, say)
-  if not raw:
-    raise ConfigError(f"task {leaf.name!r} has no {split} examples")
+  indices = list(range(len(raw))) if indices is None else list(indices)
   examples = [make_example(i, ex, vocabulary, one_pass=one_pass,
                            encoder_inputs=decoding.reads_inputs_apart(model))
-              for i, ex in enumerate(raw)]
+              for i, ex in zip(indices, raw)]
   stream = opened.stream
   wanted = max_new_tokens or max(len(e.reference_ids) for e in examples)
   if stream == "decoder":  # BOS + prompt + new tokens share the decoder's length
@@ -174,30 +181,45 @@ def infer_task(decoder: generate_lib.Decoder, leaf, split: str, max_examples: Op
   if cut:
     say(f"{cut} of {len(examples)} prompts were longer than {cap} tokens (the run's {stream} "
         f"length{' less the tokens generated' if stream == 'decoder' else ''}) and were cut")
-  progress = metrics.Progress(len(examples), 0, stream=progress_stream)
+  progress = metrics.Progress(len(examples), 0, stream=progress_stream, enabled=show_progress)
   rows = max(batch_size, 1)
-  predictions: list[str] = []
+  outputs: list[list[int]] = []
   t0 = time.perf_counter()
   for start in range(0, len(examples), rows):
     batch = examples[start:start + rows]
     longest = max(len(e.prompt) for e in batch) + (stream == "decoder")
-    outputs = decoder.decode([e.prompt for e in batch], new, strategy,
-                             row_ids=[e.index for e in batch],
-                             width=_bucket(longest, cap + (stream == "decoder")), pad_to=rows)
-    for e, out in zip(batch, outputs):
-      # The encoder-only model's output is (sentinel, token) pairs: its tokens are the text.
-      predictions.append(_text(vocabulary, out[1::2] if one_pass else out))
+    out = decoder.decode([e.prompt for e in batch], new, strategy,
+                         row_ids=[e.index for e in batch],
+                         width=_bucket(longest, cap + (stream == "decoder")), pad_to=rows)
+    # The encoder-only model's output is (sentinel, token) pairs: its tokens are the text.
+    outputs += [list(o[1::2]) if one_pass else list(o) for o in out]
     progress.count(start + len(batch), "examples")
   progress.close()
-  seconds = time.perf_counter() - t0
+  counts = {"examples": len(examples), "seconds": time.perf_counter() - t0, "cut": cut,
+            "new_tokens": new}
+  return examples, outputs, counts
+
+
+def infer_task(decoder: generate_lib.Decoder, leaf, split: str, max_examples: Optional[int],
+               batch_size: int, max_new_tokens: Optional[int], strategy: decoding.Strategy,
+               out_path: str, say, progress_stream=None) -> dict:
+  """Writes `out_path` (JSON lines: index, inputs, targets, prediction) for one task;
+  returns counts and timing."""
+  raw = _read(leaf, split, decoder.opened.cfg.exp.sequence_length, max_examples, say)
+  if not raw:
+    raise ConfigError(f"task {leaf.name!r} has no {split} examples")
+  examples, outputs, counts = predict(decoder, raw, batch_size=batch_size,
+                                      max_new_tokens=max_new_tokens, strategy=strategy,
+                                      say=say, progress_stream=progress_stream)
+  vocabulary = decoder.opened.vocabulary
   os.makedirs(os.path.dirname(out_path), exist_ok=True)
   tmp = out_path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
-    for e, prediction in zip(examples, predictions):
+    for e, out in zip(examples, outputs):
       f.write(json.dumps({"index": e.index, "inputs": e.inputs, "targets": e.targets,
-                          "prediction": prediction}, ensure_ascii=False) + "\n")
+                          "prediction": _text(vocabulary, out)}, ensure_ascii=False) + "\n")
   os.replace(tmp, out_path)
-  return {"examples": len(examples), "seconds": seconds, "cut": cut, "new_tokens": new}
+  return counts
 
 
 def infer(workdir: str, step: Optional[int], task_name: str, split: str = "validation",
@@ -219,7 +241,7 @@ def infer(workdir: str, step: Optional[int], task_name: str, split: str = "valid
     raise ConfigError(
         f"task {task_name!r} uses the vocabulary {vocab_lib.fingerprint(task_vocabulary)}, this "
         f"run {vocab_lib.fingerprint(opened.vocabulary)}: its ids would mean other pieces")
-  decoder = generate_lib.Decoder(opened, workdir)
+  decoder = generate_lib.Decoder.restore(opened, workdir)
   say(decoder.describe(f"task {task_name}, split {split}"))
   written = []
   for component in found:
