@@ -8,7 +8,8 @@ The run is an ordinary `objectax train` run, configured as:
    vocabulary, read from DIR/config.gin (so nothing about the model has to be repeated, and
    the parameters fit);
 3. `Experiment.task=T`, `TrainConfig.init_from=DIR`, and `TrainConfig.eval_tasks=[T]` when
-   the task has metrics (scored by generation every `eval_every` steps);
+   the task has metrics (scored by generation every `eval_every` steps); without --task, a
+   --gin_file recipe names the data (adapt/mtf.gin: multitask finetuning on `prompted`);
 4. the user's own gin files and bindings, last, so any of the above can be changed.
 
 The workdir is `workdir/<arch>_<task>_<size>_finetune` unless --workdir says otherwise; a
@@ -67,13 +68,15 @@ def configuration(init_from: str, task: str, files: Sequence[str],
   """(gin files, bindings) of the fine-tuning run."""
   if not init_from:
     raise ConfigError("objectax finetune needs --init_from=DIR (the workdir of a pretrained run)")
-  if not task:
+  if not task and not files:
     raise ConfigError("objectax finetune needs --task=TASK (a registered text-to-text seqio "
-                      "task or mixture; `objectax list` shows them)")
-  found = any_task.lookup(task, flag="--task")
+                      "task or mixture; `objectax list` shows them), or a --gin_file recipe "
+                      "that names its data (e.g. adapt/mtf.gin)")
+  found = any_task.lookup(task, flag="--task") if task else None
   workdir = source_workdir(init_from)
-  ours = [*source_bindings(workdir), f"Experiment.task={task!r}",
-          f"TrainConfig.init_from={os.path.abspath(workdir)!r}"]
-  if any(t.metric_fns for t, _ in any_task.leaves(found)):
+  ours = [*source_bindings(workdir), f"TrainConfig.init_from={os.path.abspath(workdir)!r}"]
+  if task:
+    ours.append(f"Experiment.task={task!r}")
+  if found is not None and any(t.metric_fns for t, _ in any_task.leaves(found)):
     ours.append(f"TrainConfig.eval_tasks=({task!r},)")
   return [RECIPE, *files], [*ours, *bindings]

@@ -160,8 +160,8 @@ def evaluate_tasks(decoder: generate_lib.Decoder, names: Sequence[str], *,
       return [(int(i), s) for (i, _), s in zip(items, scores)]
 
     say(f"{task.name} {split}: evaluating")
-    future, _ = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict_fn,
-                                   score_fn=score_fn)
+    future, outputs = evaluator.evaluate(compute_metrics=True, step=step, predict_fn=predict_fn,
+                                         score_fn=score_fn)
     values = future.result()[task.name]
     evaluator.close()
     results[task.name] = {
@@ -169,10 +169,59 @@ def evaluate_tasks(decoder: generate_lib.Decoder, names: Sequence[str], *,
         "examples": counted.get("examples", 0),
         "seconds": time.perf_counter() - t0,
     }
+    predicted = outputs[task.name].get(seqio.metrics.ModelOutputType.PREDICTION)
+    if predicted is not None:
+      results[task.name].update(_per_example(task, evaluator, predicted, values))
     say(f"{task.name}: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                      results[task.name]["metrics"].items())
         + f" over {results[task.name]['examples']} examples")
   return results
+
+
+def _postprocessed(task: seqio.Task, evaluator, predicted) -> tuple[list, list]:
+  """(targets, predictions) as seqio's metrics see them: decoded with the task's
+  vocabulary, then through its postprocess_fn."""
+  vocabulary = task.output_features["targets"].vocabulary
+  targets, predictions = [], []
+  for ex, tokens in zip(evaluator.cached_task_datasets[task.name].as_numpy_iterator(),
+                        predicted):
+    raw = ex.get("targets_pretokenized")
+    target = raw.decode("utf-8") if isinstance(raw, bytes) else (
+        raw if raw is not None else vocabulary.decode([int(t) for t in ex["targets"]]))
+    prediction = vocabulary.decode([int(t) for t in tokens])
+    if task.postprocess_fn is not None:
+      target = task.postprocess_fn(target, example=ex, is_target=True)
+      prediction = task.postprocess_fn(prediction, example=ex, is_target=False)
+    targets.append(target)
+    predictions.append(prediction)
+  return targets, predictions
+
+
+def _plain(value):
+  """A JSON-able copy of a postprocessed target or prediction."""
+  if isinstance(value, (list, tuple, np.ndarray)):
+    return [_plain(v) for v in value]
+  if isinstance(value, bytes):
+    return value.decode("utf-8", "replace")
+  if isinstance(value, np.generic):
+    return value.item()
+  return value
+
+
+def _per_example(task: seqio.Task, evaluator, predicted, values) -> dict:
+  """Each example's target and prediction, and, for every metric that is a mean over
+  examples (exact match, accuracy, ROUGE), each example's value: what a paired bootstrap
+  resamples. Corpus-level metrics (BLEU, F1, correlations) have no per-example values."""
+  targets, predictions = _postprocessed(task, evaluator, predicted)
+  per: dict[str, list[float]] = {}
+  for fn in task.predict_metric_fns:
+    singles = [fn([t], [p]) for t, p in zip(targets, predictions)]
+    for key in singles[0] if singles else ():
+      column = [float(x[key]) for x in singles]
+      corpus = float(values.get(key, float("nan")))
+      if abs(np.mean(column) - corpus) <= 1e-6 * max(1.0, abs(corpus)):
+        per[key] = column
+  return {"per_example": per, "targets": _plain(targets), "predictions": _plain(predictions)}
 
 
 def flat_metrics(results: dict[str, dict]) -> dict[str, float]:

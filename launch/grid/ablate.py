@@ -63,6 +63,16 @@ class Grid:
     reference: the cell differences are taken against (default: the first cell).
     eval_documents: held-out documents of `objectax eval --documents`.
     match_tokens: refuse cells that would see different numbers of tokens.
+    stages: what each pretrained run goes on to, in order, each a run of its own started
+      from the previous one's parameters (`objectax finetune --init_from`) in a workdir
+      inside it: [{'name': 'finetune', 'task': TASK, 'bindings': ['X.y=v', ...],
+      'eval_tasks': [TASK, ...]}] fine-tunes on a task and scores it by generation
+      (eval_tasks default: the task's own tasks that have metrics); {'name': 'mtf',
+      'gin_file': 'adapt/mtf.gin'} continues with a recipe of its own and is evaluated as
+      a pretrained run is (yardstick and zero-shot).
+    orderings: {our metric (e.g. 'finetune/pydocs_summary/rougeL'): the paper's column
+      (e.g. 'CNNDM')}: the report says, cell pair by cell pair, whether the paper's
+      ordering on that column holds on ours.
   """
   cells: tuple[str, ...] = ()
   variants: dict = dataclasses.field(default_factory=dict)
@@ -71,6 +81,8 @@ class Grid:
   reference: str = ""
   eval_documents: int = 64
   match_tokens: bool = True
+  stages: tuple = ()
+  orderings: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +104,16 @@ class Cell:
 
 
 @dataclasses.dataclass(frozen=True)
+class Stage:
+  """A run that continues each pretrained run (see Grid.stages)."""
+  name: str
+  task: str = ""
+  gin_file: str = ""
+  bindings: tuple[str, ...] = ()
+  eval_tasks: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
   """A grid resolved at one size: the cells, the bindings every cell gets, the seeds."""
   grid: Grid
@@ -101,9 +123,19 @@ class Plan:
   bindings: tuple[str, ...]
   seeds: int
   out: str
+  stages: tuple[Stage, ...] = ()
 
-  def workdir(self, cell: str, seed: int) -> str:
-    return os.path.join(self.out, cell, f"seed_{seed}")
+  def workdir(self, cell: str, seed: int, stage: Optional[Stage] = None) -> str:
+    """A pretraining run's workdir; a stage's lies inside its parent's."""
+    base = os.path.join(self.out, cell, f"seed_{seed}")
+    if stage is None:
+      return base
+    chain = [st.name for st in self.stages[:self.stages.index(stage) + 1]]
+    return os.path.join(base, *chain)
+
+  def parent(self, stage: Stage) -> Optional[Stage]:
+    i = self.stages.index(stage)
+    return self.stages[i - 1] if i else None
 
   def runs(self) -> list[tuple[Cell, int]]:
     return [(c, s) for c in self.cells for s in range(self.seeds)]
@@ -261,10 +293,59 @@ def make_plan(grid_file: str, size: str, seeds: int, out: Optional[str] = None) 
                       f"sequence_length): {', '.join(f'{k} {v:,}' for k, v in tokens.items())}; "
                       "bind the same TrainConfig.steps/batch_size and Experiment.sequence_length "
                       "in the grid file, or set Grid.match_tokens = False")
+  stages = _stages(grid)
+  if not isinstance(grid.orderings, dict) or not all(
+      isinstance(k, str) and isinstance(v, str) for k, v in grid.orderings.items()):
+    raise ConfigError("Grid.orderings must be a dict {'stage/task/metric': 'paper column'}")
   stem = os.path.splitext(os.path.basename(grid_file))[0]
   out = os.path.abspath(out or os.path.join(
       "workdir", "ablate", f"{os.path.basename(grid.experiment_dir.rstrip('/'))}_{stem}_{size}"))
-  return Plan(grid, configure.resolve_gin_file(grid_file), size, cells, bindings, seeds, out)
+  return Plan(grid, configure.resolve_gin_file(grid_file), size, cells, bindings, seeds, out,
+              stages)
+
+
+_STAGE_KEYS = ("name", "task", "gin_file", "bindings", "eval_tasks")
+
+
+def _stages(grid: Grid) -> tuple[Stage, ...]:
+  """Grid.stages, checked: names, tasks and gin files exist before anything runs."""
+  # pylint: disable=g-import-not-at-top
+  from objectax.data import any_task
+  from objectax.launch import configure
+  from objectax.launch.eval import downstream
+  if not isinstance(grid.stages, (list, tuple)):
+    raise ConfigError("Grid.stages must be a list of {'name': ..., 'task': ... or "
+                      "'gin_file': ...} dicts")
+  out, names = [], set()
+  for i, spec in enumerate(grid.stages):
+    where = f"Grid.stages[{i}]"
+    if not isinstance(spec, dict) or set(spec) - set(_STAGE_KEYS):
+      raise ConfigError(f"{where} must be a dict with keys among {', '.join(_STAGE_KEYS)}")
+    name = spec.get("name", "")
+    if not (isinstance(name, str) and re.fullmatch(r"[a-z][a-z0-9_]*", name)) or name in names:
+      raise ConfigError(f"{where}: 'name' must be a new lower-case word (a folder), got "
+                        f"{name!r}")
+    names.add(name)
+    task, gin_file = spec.get("task", ""), spec.get("gin_file", "")
+    if not task and not gin_file:
+      raise ConfigError(f"{where} ({name}): give a 'task' to fine-tune on or a 'gin_file' "
+                        "recipe (e.g. 'adapt/mtf.gin')")
+    if task:
+      any_task.lookup(task, flag=f"{where}['task']")
+    if gin_file:
+      gin_file = configure.resolve_gin_file(gin_file)
+    bindings = spec.get("bindings", [])
+    if not isinstance(bindings, (list, tuple)) or not all(
+        isinstance(b, str) and "=" in b for b in bindings):
+      raise ConfigError(f"{where} ({name}): 'bindings' must be a list of 'X.y=value'")
+    if "eval_tasks" in spec:
+      eval_tasks = tuple(spec["eval_tasks"])
+    else:
+      eval_tasks = tuple(t.name for t in downstream.leaf_tasks(task)) if task else ()
+    for t in eval_tasks:
+      downstream.leaf_tasks(t, flag=f"{where}['eval_tasks']")
+    out.append(Stage(name, task, gin_file, tuple(bindings), eval_tasks))
+  return tuple(out)
 
 
 # ----------------------------------------------------------------------------- running
@@ -283,13 +364,45 @@ def commands(plan: Plan, cell: Cell, seed: int, program: Sequence[str] = ("objec
   return train, evaluate
 
 
+def stage_commands(plan: Plan, cell: Cell, seed: int, stage: Stage,
+                   program: Sequence[str] = ("objectax",)) -> tuple[list[str], list[str]]:
+  """(train argv, eval argv) of one stage of one run: `objectax finetune` from the parent
+  run's workdir, then its evaluation (the stage's tasks, or the yardstick and zero-shot)."""
+  parent = plan.parent(stage)
+  wd = plan.workdir(cell.name, seed, stage)
+  train = [*program, "finetune", *(f"--module={m}" for m in plugins.loaded()),
+           f"--init_from={plan.workdir(cell.name, seed, parent)}",
+           *([f"--task={stage.task}"] if stage.task else []),
+           *([f"--gin_file={stage.gin_file}"] if stage.gin_file else []),
+           *(f"--gin.{b}" for b in stage.bindings),
+           f"--gin.TrainConfig.seed={seed}", f"--workdir={wd}"]
+  if stage.eval_tasks:
+    evaluate = [*program, "eval", f"--workdir={wd}",
+                *(f"--module={m}" for m in plugins.loaded()),
+                *(a for t in stage.eval_tasks for a in ("--task", t))]
+  else:
+    evaluate = [*program, "eval", f"--workdir={wd}", f"--documents={plan.grid.eval_documents}"]
+  return train, evaluate
+
+
 def shell_commands(plan: Plan) -> list[str]:
-  """One shell line per (cell, seed): train, then evaluate (for a cluster's job array)."""
+  """One shell line per (cell, seed): train, then evaluate, then each stage's train and
+  evaluate (for a cluster's job array)."""
   lines = []
   for cell, seed in plan.runs():
-    train, evaluate = commands(plan, cell, seed)
-    lines.append(f"{shlex.join(train)} && {shlex.join(evaluate)}")
+    steps = [commands(plan, cell, seed)] + [stage_commands(plan, cell, seed, st)
+                                           for st in plan.stages]
+    lines.append(" && ".join(shlex.join(argv) for pair in steps for argv in pair))
   return lines
+
+
+STAGE_DONE = "ablate_stage_done.json"
+
+
+def stage_state(plan: Plan, cell: Cell, seed: int, stage: Stage) -> str:
+  """'done' (trained and evaluated) or 'todo'."""
+  done = os.path.isfile(os.path.join(plan.workdir(cell.name, seed, stage), STAGE_DONE))
+  return "done" if done else "todo"
 
 
 def run_state(plan: Plan, cell: Cell, seed: int) -> str:
@@ -369,9 +482,10 @@ def run_grid(plan: Plan, *, say: Callable[[str], None] = print,
   os.makedirs(plan.out, exist_ok=True)
   lock = _lock(plan.out)  # held until this process exits
   runs = plan.runs()
-  todo = [(c, s) for c, s in runs if run_state(plan, c, s) != "done"]
+  todo = [(c, s) for c, s in runs if not _finished(plan, c, s)]
+  stages = f" then {' -> '.join(st.name for st in plan.stages)}" if plan.stages else ""
   say(f"grid {plan.grid_file} at size {plan.size}: {len(plan.cells)} cells x {plan.seeds} "
-      f"seeds = {len(runs)} runs, {len(runs) - len(todo)} already done; "
+      f"seeds = {len(runs)} runs{stages}, {len(runs) - len(todo)} already done; "
       f"{plan.cells[0].tokens_seen:,} tokens seen per run; out {plan.out}")
   progress = GridProgress(len(runs), say)
   failed = []
@@ -380,26 +494,32 @@ def run_grid(plan: Plan, *, say: Callable[[str], None] = print,
     progress.start(index, f"{cell.name} seed {seed}", len(todo) - i)
     wd = plan.workdir(cell.name, seed)
     os.makedirs(wd, exist_ok=True)
-    train, evaluate = commands(plan, cell, seed, program)
     rc, seconds = 0, {}
-    if run_state(plan, cell, seed) == "todo":
-      progress.line("training")
-
-      def on_train(line: str) -> None:
-        m = _STEP.search(line)
-        if m:
-          progress.line(line, int(m.group(1)), int(m.group(2)))
-        elif "validation loss" in line or line.startswith(("objectax: error", "Traceback")):
-          progress.line(line)
-      t = time.perf_counter()
-      rc = stream(train, os.path.join(wd, "train.log"), on_train)
-      seconds["train_seconds"] = time.perf_counter() - t
-    if rc == 0:
-      progress.line("evaluating")
-      t = time.perf_counter()
-      rc = stream(evaluate, os.path.join(wd, "eval.log"),
-                  lambda line: progress.line(line) if "error" in line or "wrote" in line else None)
-      seconds["eval_seconds"] = time.perf_counter() - t
+    if run_state(plan, cell, seed) != "done":
+      train, evaluate = commands(plan, cell, seed, program)
+      rc = _train_and_evaluate(progress, train, evaluate, wd, seconds,
+                               train_first=run_state(plan, cell, seed) == "todo")
+      if rc == 0:
+        # Wall time of the subprocesses, start-up included: what a rerun of the grid costs.
+        with open(os.path.join(wd, "ablate_seconds.json"), "w", encoding="utf-8") as f:
+          json.dump(seconds, f)
+    for stage in plan.stages:
+      if rc != 0:
+        break
+      if stage_state(plan, cell, seed, stage) == "done":
+        continue
+      swd = plan.workdir(cell.name, seed, stage)
+      os.makedirs(swd, exist_ok=True)
+      progress.line(f"stage {stage.name}")
+      train, evaluate = stage_commands(plan, cell, seed, stage, program)
+      stage_seconds: dict = {}
+      rc = _train_and_evaluate(progress, train, evaluate, swd, stage_seconds, train_first=True)
+      if rc == 0:
+        with open(os.path.join(swd, STAGE_DONE), "w", encoding="utf-8") as f:
+          json.dump(stage_seconds, f)
+        seconds.update({f"{stage.name}_{k}": v for k, v in stage_seconds.items()})
+      else:
+        wd = swd
     if rc == preemption.EXIT_PREEMPTED:  # the run saved on a signal: so stops the grid
       progress.line(f"stopped by a signal; {wd} saved a checkpoint: run the same "
                     "`objectax ablate` again to resume the grid")
@@ -410,13 +530,41 @@ def run_grid(plan: Plan, *, say: Callable[[str], None] = print,
       progress.line(f"FAILED (exit {rc}); see {wd}/train.log and eval.log")
       continue
     progress.finish()
-    # Wall time of the subprocesses, start-up included: what a rerun of the grid costs.
-    with open(os.path.join(wd, "ablate_seconds.json"), "w", encoding="utf-8") as f:
-      json.dump(seconds, f)
     progress.line(f"done in {progress.durations[-1]:.0f} s "
                   f"({', '.join(f'{k[:-8]} {v:.0f} s' for k, v in seconds.items())})")
   lock.close()
   return {"ran": len(todo) - len(failed), "skipped": len(runs) - len(todo), "failed": failed}
+
+
+def _finished(plan: Plan, cell: Cell, seed: int) -> bool:
+  return run_state(plan, cell, seed) == "done" and all(
+      stage_state(plan, cell, seed, st) == "done" for st in plan.stages)
+
+
+def _train_and_evaluate(progress: GridProgress, train: Sequence[str], evaluate: Sequence[str],
+                        wd: str, seconds: dict, *, train_first: bool) -> int:
+  """Runs one workdir's training (unless already trained) then its evaluation, logging to
+  wd/train.log and wd/eval.log; fills `seconds`; returns the first non-zero exit code."""
+  rc = 0
+  if train_first:
+    progress.line("training")
+
+    def on_train(line: str) -> None:
+      m = _STEP.search(line)
+      if m:
+        progress.line(line, int(m.group(1)), int(m.group(2)))
+      elif "validation loss" in line or line.startswith(("objectax: error", "Traceback")):
+        progress.line(line)
+    t = time.perf_counter()
+    rc = stream(train, os.path.join(wd, "train.log"), on_train)
+    seconds["train_seconds"] = time.perf_counter() - t
+  if rc == 0:
+    progress.line("evaluating")
+    t = time.perf_counter()
+    rc = stream(evaluate, os.path.join(wd, "eval.log"),
+                lambda line: progress.line(line) if "error" in line or "wrote" in line else None)
+    seconds["eval_seconds"] = time.perf_counter() - t
+  return rc
 
 
 def _lock(out: str) -> workdir_lib.WorkdirLock:
@@ -441,6 +589,15 @@ def describe(plan: Plan) -> str:
                  f"{cell.steps} steps x {cell.batch_size} x {cell.sequence_length} = "
                  f"{cell.tokens_seen:,} tokens{'; ' if cell.bindings else ''}"
                  f"{' '.join(cell.bindings)}; runs: {', '.join(states)}")
+  for stage in plan.stages:
+    what = " ".join(filter(None, [f"task {stage.task}" if stage.task else "",
+                                  f"recipe {stage.gin_file and os.path.relpath(stage.gin_file)}"
+                                  if stage.gin_file else "", " ".join(stage.bindings)]))
+    judged = (f"scored on {', '.join(stage.eval_tasks)}" if stage.eval_tasks
+              else "evaluated as a pretrained run (yardstick, zero-shot)")
+    states = [stage_state(plan, c, s, stage) for c, s in plan.runs()]
+    lines.append(f"  then stage {stage.name}: {what}; {judged}; "
+                 f"{states.count('done')}/{len(states)} done")
   return "\n".join(lines)
 
 

@@ -119,6 +119,7 @@ class Run:
   yardstick: Optional[dict]
   zeroshot: Optional[dict]
   seconds: Optional[dict] = None  # ablate_seconds.json: subprocess wall times of the grid
+  downstream: Optional[dict] = None  # eval/tasks_<step>.json of its latest step
 
   @classmethod
   def load(cls, workdir: str) -> "Run":
@@ -131,7 +132,8 @@ class Run:
     return cls(_read_json(os.path.join(workdir, "summary.json")), rows,
                _read_json(os.path.join(workdir, "eval", "yardstick.json")),
                _read_json(os.path.join(workdir, "eval", "zeroshot.json")),
-               _read_json(os.path.join(workdir, "ablate_seconds.json")))
+               _read_json(os.path.join(workdir, "ablate_seconds.json")),
+               _latest_tasks(workdir))
 
   def loss_tokens(self, steps: int) -> Optional[float]:
     """Tokens that carried loss over the run: the mean `target_tokens` (the batch's loss
@@ -142,6 +144,17 @@ class Run:
 
   def eval_curve(self) -> list[tuple[int, float]]:
     return [(r["step"], r["eval_loss"]) for r in self.metrics if "eval_loss" in r]
+
+
+def _latest_tasks(workdir: str) -> Optional[dict]:
+  """The downstream scores (`objectax eval --task`) of the workdir's latest step."""
+  folder = os.path.join(workdir, "eval")
+  try:
+    steps = [int(n[len("tasks_"):-len(".json")]) for n in os.listdir(folder)
+             if n.startswith("tasks_") and n.endswith(".json") and n[6:-5].isdigit()]
+  except OSError:
+    return None
+  return _read_json(os.path.join(folder, f"tasks_{max(steps)}.json")) if steps else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,13 +222,49 @@ def cell_metrics(runs: Sequence[Run], steps: int) -> dict[str, Metric]:
   return out
 
 
+def downstream_metrics(runs: Sequence[Run], prefix: str) -> dict[str, Metric]:
+  """`<prefix><task>/<metric>` of the runs' downstream scores, with per-example values
+  (a mean over examples) for the bootstrap where the metric has them."""
+  out: dict[str, Metric] = {}
+  tasks = lambda r: (r.downstream or {}).get("tasks") or {}
+  for task in dict.fromkeys(t for r in runs for t in tasks(r)):
+    keys = dict.fromkeys(k for r in runs for k in (tasks(r).get(task) or {}).get("metrics", {}))
+    for key in keys:
+      def get(r, task=task, key=key):
+        column = ((tasks(r).get(task) or {}).get("per_example") or {}).get(key)
+        return None if column is None else (column, [1.0] * len(column))
+      out[f"{prefix}{task}/{key}"] = Metric(
+          f"{prefix}{task}/{key}",
+          tuple(((tasks(r).get(task) or {}).get("metrics") or {}).get(key) for r in runs),
+          *_paired(runs, get))
+  return out
+
+
+def stage_metrics(stage, runs: Sequence[Run]) -> dict[str, Metric]:
+  """A stage's metrics, named `<stage>/...`: its downstream task scores, or (a stage
+  evaluated as a pretrained run) its yardstick and zero-shot figures."""
+  out = downstream_metrics(runs, f"{stage.name}/")
+  if stage.eval_tasks:
+    return out
+  for name, metric in cell_metrics(runs, 0).items():
+    if name.startswith(("bpb/", "zeroshot/")) or name == "final_eval_loss":
+      renamed = f"{stage.name}/{name}"
+      out[renamed] = dataclasses.replace(metric, name=renamed)
+  return out
+
+
 def collect(plan) -> dict[str, tuple[list[Run], dict[str, Metric]]]:
-  """{cell: (runs of the seeds that finished training, metrics)}."""
+  """{cell: (runs of the seeds that finished training, metrics)}; a stage's metrics join
+  its cell's, named `<stage>/...`."""
   out = {}
   for cell in plan.cells:
     runs = [Run.load(plan.workdir(cell.name, s)) for s in range(plan.seeds)]
     runs = [r for r in runs if r.summary]
-    out[cell.name] = (runs, cell_metrics(runs, cell.steps))
+    metrics = cell_metrics(runs, cell.steps)
+    for stage in getattr(plan, "stages", ()):
+      stage_runs = [Run.load(plan.workdir(cell.name, s, stage)) for s in range(plan.seeds)]
+      metrics.update(stage_metrics(stage, [r for r in stage_runs if r.summary]))
+    out[cell.name] = (runs, metrics)
   return out
 
 
@@ -285,6 +334,46 @@ def _loss_plot(path: str, plan, collected) -> None:
 
 def _slug(name: str) -> str:
   return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+def _orderings(plan, names: Sequence[str], collected) -> list[str]:
+  """For each (our metric, paper column) of Grid.orderings and each pair of cells the paper
+  reports: does the paper's order hold on ours? "holds"/"reversed" when our paired 95%
+  interval excludes 0, else "not resolved" at this scale."""
+  paper = PAPERS.get(plan.grid.paper)
+  lines = ["Per pair of cells, the paper's order on its column against the difference on "
+           "ours (paired bootstrap over examples and seeds, 95% interval). Nothing is tuned "
+           "to agree: the tasks are analogues at this scale, not the paper's.", "",
+           "| our metric | paper column | pair (paper's better first) | paper | ours: difference "
+           "[95% interval] | verdict |", "|---|---|---|---|---|---|"]
+  counts = {"holds": 0, "reversed": 0, "not resolved": 0}
+  for ours, column in plan.grid.orderings.items():
+    if column not in paper.columns:
+      lines.append(f"| {ours} | {column} | – | – | – | the paper has no column {column!r} |")
+      continue
+    col = paper.columns.index(column)
+    scored = [n for n in names if (paper.rows.get(n) or [None] * len(paper.columns))[col]
+              is not None and ours in collected[n][1]]
+    for i, a in enumerate(scored):
+      for b in scored[i + 1:]:
+        pa, pb = paper.rows[a][col], paper.rows[b][col]
+        if pa == pb:
+          continue
+        hi_cell, lo_cell = (a, b) if pa > pb else (b, a)
+        metric, other = collected[hi_cell][1][ours], collected[lo_cell][1][ours]
+        if metric.num_SE is None or other.num_SE is None or \
+            metric.num_SE.shape != other.num_SE.shape:
+          verdict, shown = "no per-example values", "–"
+        else:
+          d, lo, hi = paired_bootstrap(metric.num_SE, metric.den_SE, other.num_SE, other.den_SE)
+          verdict = "holds" if lo > 0 else "reversed" if hi < 0 else "not resolved"
+          shown = f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+          counts[verdict] += 1
+        lines.append(f"| {ours} | {column} | {hi_cell} > {lo_cell} | "
+                     f"{max(pa, pb)} vs {min(pa, pb)} | {shown} | {verdict} |")
+  lines.extend(["", f"In all: {counts['holds']} hold, {counts['reversed']} are reversed, "
+                f"{counts['not resolved']} are not resolved at this scale."])
+  return lines
 
 
 def write_report(plan) -> list[str]:
@@ -365,6 +454,22 @@ def write_report(plan) -> list[str]:
           "is better.", 4)
   section("Zero-shot rank classification: accuracy", "zeroshot/",
           "Raw and length-normalised accuracy per generated task; higher is better.", 3)
+
+  for stage in getattr(plan, "stages", ()):
+    if stage.eval_tasks:
+      section(f"After {stage.name}: downstream scores (fine-tuned on {stage.task})",
+              f"{stage.name}/",
+              "Each pretrained run fine-tuned from its own parameters, then scored by "
+              "generation with seqio's Evaluator on the tasks' validation splits (0-100, "
+              "higher is better). Intervals only for metrics that are means over examples.", 2)
+    else:
+      section(f"After {stage.name}: zero-shot rank classification", f"{stage.name}/zeroshot/",
+              "Each pretrained run continued with this stage's recipe, then scored as a "
+              "pretrained run is; higher is better.", 3)
+
+  if plan.grid.paper and getattr(plan.grid, "orderings", None):
+    md.extend(["", "## Which of the paper's orderings hold here", "",
+               *_orderings(plan, names, collected)])
 
   if plan.grid.paper:
     paper = PAPERS.get(plan.grid.paper)

@@ -384,3 +384,88 @@ def test_mini_grid_end_to_end_then_rerun_skips(tmp_path, tfds_data_dir, capsys):
   assert os.path.isfile(os.path.join(out, "loss_vs_tokens.png"))
   assert main.run(["ablate", path, "--size=tiny", "--seeds=1", f"--out={out}"]) == 0
   assert "0 run(s) trained/evaluated, 2 skipped" in capsys.readouterr().out
+
+
+# Stands in for train/finetune/eval, stages included: a fine-tuned iid_replace_spans run
+# answers every example right, any other cell's every example wrong.
+FAKE_STAGES = textwrap.dedent("""\
+    import json, os, sys
+    cmd = sys.argv[1]
+    args = dict(a[2:].split("=", 1) for a in sys.argv[2:] if "=" in a and a.startswith("--"))
+    wd = args["workdir"]
+    with open(os.environ["FAKE_CALLS"], "a") as f:
+      f.write(cmd + " " + wd + (" tasks" if "--task" in sys.argv[2:] else "") + "\\n")
+    os.makedirs(os.path.join(wd, "eval"), exist_ok=True)
+    if cmd in ("train", "finetune"):
+      if cmd == "finetune":
+        assert args["init_from"] == os.path.dirname(wd), (args, wd)
+      with open(os.path.join(wd, "metrics.jsonl"), "w") as f:
+        f.write(json.dumps({"step": 4, "eval_loss": 3.0, "loss": 1.0, "target_tokens": 9.0}) + "\\n")
+      json.dump({"final_step": 4, "final_eval_loss": 3.0, "wall_seconds": 1.0},
+                open(os.path.join(wd, "summary.json"), "w"))
+    elif "--task" in sys.argv[2:]:
+      right = float("iid_replace_spans" in wd)
+      per = [right] * 6
+      json.dump({"step": 4, "tasks": {"echo_words_test": {
+          "metrics": {"exact_match": 100 * right}, "examples": 6,
+          "per_example": {"exact_match": [100 * x for x in per]}}}},
+          open(os.path.join(wd, "eval", "tasks_4.json"), "w"))
+    else:
+      ev = {"bits_per_byte": 2.0, "example_nats": [1.0, 2.0], "example_bytes": [3, 4]}
+      json.dump({"evaluations": {"left_to_right": ev}},
+                open(os.path.join(wd, "eval", "yardstick.json"), "w"))
+    """)
+
+
+@pytest.mark.e2e
+def test_stages_run_after_pretraining_and_the_report_judges_orderings(tmp_path, monkeypatch):
+  """Grid.stages: each pretrained run is fine-tuned from its own workdir (inside it) and
+  scored on the task; finished stages are skipped on a rerun; results.md has the
+  downstream table with intervals and says which of the paper's orderings hold."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  from objectax.data import text_metrics  # pylint: disable=g-import-not-at-top
+  name = "echo_words_test"
+  if name not in seqio.TaskRegistry.names():
+    seqio.TaskRegistry.add(
+        name, source=seqio.FunctionDataSource(lambda split, shuffle_files=False, seed=None: None,
+                                              splits=("train", "validation")),
+        preprocessors=[], output_features={}, metric_fns=[text_metrics.exact_match])
+  path = _grid(tmp_path, """\
+      Grid.cells = ['encoder_decoder_iid_replace_spans', 'encoder_decoder_t5_prefix_lm']
+      Grid.experiment_dir = 'experiments/t5_objectives'
+      Grid.paper = 't5'
+      Grid.stages = [{'name': 'finetune', 'task': 'echo_words_test',
+                      'bindings': ['TrainConfig.steps=4']}]
+      Grid.orderings = {'finetune/echo_words_test/exact_match': 'GLUE'}
+      TrainConfig.steps = 4
+      TrainConfig.warmup_steps = 1
+      """)
+  fake = tmp_path / "fake.py"
+  fake.write_text(FAKE_STAGES)
+  calls = tmp_path / "calls.txt"
+  monkeypatch.setenv("FAKE_CALLS", str(calls))
+  plan = ablate.make_plan(path, "tiny", 2, str(tmp_path / "out"))
+  assert [s.name for s in plan.stages] == ["finetune"] and plan.stages[0].eval_tasks == (name,)
+  stage_wd = plan.workdir("encoder_decoder_t5_prefix_lm", 1, plan.stages[0])
+  assert stage_wd == str(tmp_path / "out" / "encoder_decoder_t5_prefix_lm" / "seed_1" / "finetune")
+  line = ablate.shell_commands(plan)[0]
+  assert " finetune " in line and f"--task={name}" in line and "--task echo_words_test" in line
+  result = ablate.run_grid(plan, say=lambda m: None, program=[sys.executable, str(fake)])
+  assert result == {"ran": 4, "skipped": 0, "failed": []}
+  kinds = [line.split()[0] + (" tasks" if line.endswith("tasks") else "")
+           for line in calls.read_text().splitlines()]
+  assert kinds == ["train", "eval", "finetune", "eval tasks"] * 4
+  assert all(ablate.stage_state(plan, c, s, plan.stages[0]) == "done" for c, s in plan.runs())
+  calls.unlink()
+  assert ablate.run_grid(plan, say=lambda m: None,
+                         program=[sys.executable, str(fake)])["ran"] == 0
+  assert not calls.exists()
+  from objectax.launch.grid import report  # pylint: disable=g-import-not-at-top
+  report.write_report(plan)
+  md = (tmp_path / "out" / "results.md").read_text()
+  assert "## After finetune: downstream scores" in md
+  assert "| encoder_decoder_iid_replace_spans | 100.00 ± 0.00 |" in md
+  assert ("| finetune/echo_words_test/exact_match | GLUE | encoder_decoder_iid_replace_spans > "
+          "encoder_decoder_t5_prefix_lm | 83.28 vs 80.69 | +100.00 [+100.00, +100.00] | holds |"
+          ) in md
+  assert "In all: 1 hold, 0 are reversed, 0 are not resolved" in md

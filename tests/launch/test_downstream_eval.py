@@ -115,6 +115,7 @@ def test_bad_downstream_input_is_one_line(trained_quickstart, echo_task, monkeyp
   _one_line_error(["eval", f"--workdir={wd}", "--task", "pydocs_full_lm"], capsys,
                   "no metric_fns")
   _one_line_error(["finetune", f"--init_from={wd}"], capsys, "--task")
+  _one_line_error(["finetune", f"--init_from={wd}", "--task=nope_task"], capsys, "nope_task")
   _one_line_error(["finetune", f"--task={echo_task}"], capsys, "--init_from")
   # A metric whose package is missing: named, before anything is restored.
   monkeypatch.setitem(text_metrics.PACKAGES, "rouge", ("no_such_module_x", "rouge-score"))
