@@ -33,6 +33,7 @@ import seqio
 import tensorflow as tf
 
 from objectax.data import sources, tasks
+from objectax.data.task_lengths import DEFAULT_LENGTHS, set_default_lengths  # pylint: disable=unused-import
 from objectax.data import vocab as vocab_lib
 from objectax.models.registry import ConfigError
 from objectax.objectives import registry as objective_registry
@@ -58,16 +59,6 @@ class TaskSettings:
   task: str
   task_lengths: tuple[tuple[str, int], ...] = ()
   long_examples: str = "refuse"
-
-
-# Lengths a registered task brings with it (e.g. T5's per-task fine-tuning lengths), used
-# when Experiment.task_lengths is not bound: task name -> {"inputs": I, "targets": T}.
-DEFAULT_LENGTHS: dict[str, dict[str, int]] = {}
-
-
-def set_default_lengths(task_name: str, lengths: Mapping[str, int]) -> None:
-  """Registers the lengths `task_name` trains with unless Experiment.task_lengths says."""
-  DEFAULT_LENGTHS[task_name] = {k: int(v) for k, v in lengths.items()}
 
 
 def lookup(name: str, flag: str = "Experiment.task") -> seqio.Task | seqio.Mixture:

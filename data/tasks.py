@@ -221,3 +221,6 @@ def _register(name: str, source: seqio.DataSource, preprocessors: list,
 
 
 register_builtin_tasks()
+# The downstream (fine-tuning) tasks register themselves when imported: offline ones from
+# the embedded corpus, and T5's over TFDS.
+from objectax.data import downstream, t5_downstream  # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position

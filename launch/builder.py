@@ -26,6 +26,7 @@ from jax.sharding import Mesh, NamedSharding
 from objectax.launch import config, sharding
 from objectax.launch import step as step_lib
 from objectax.models import model_objectives
+from objectax.models.registry import ConfigError
 from objectax.models import registry as arch_registry
 from objectax.models.config import ModelConfig
 
@@ -79,7 +80,11 @@ def resolve(*, model_only: bool = False, fallback_arch: bool = False) -> RunConf
   if exp.task:  # any registered seqio task or mixture: its features say the layout
     from objectax.data import any_task  # pylint: disable=g-import-not-at-top
     objective = any_task.objective_for(exp.task)
-    arch_registry.check_supports(arch, objective)
+    try:
+      arch_registry.check_supports(arch, objective)
+    except ConfigError as e:  # name it as the user did: a task, not an objective
+      raise ConfigError(str(e).replace(f"objective {exp.task!r}", f"task {exp.task!r}", 1)
+                        ) from None
     return RunConfig(exp=exp, arch=arch, objective=objective,
                      objective_cfg=any_task.settings(exp), vocab=vocab_lib.VocabConfig(),
                      data=sources.data_config(), **common)

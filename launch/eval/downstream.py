@@ -71,6 +71,8 @@ def check(opened: generate_lib.Opened, names: Sequence[str], split: str = "valid
     leaves = leaf_tasks(name, flag)
     for task in leaves:
       text_metrics.check_available(task.metric_fns)
+      if hasattr(task.source, "check_available"):  # e.g. TFDS data not prepared
+        task.source.check_available()
     infer_lib.check_task(opened, any_task.lookup(name, flag=flag), split)
     components, vocabulary = any_task.components(name, opened.cfg)
     if vocab_lib.fingerprint(vocabulary) != vocab_lib.fingerprint(opened.vocabulary):
