@@ -215,13 +215,13 @@ class _TaskEval:
     self._downstream, self._generate = downstream, generate
     self._opened = generate.Opened(cfg, 0, vocabulary, parts, parts.scoring_model())
     self._run = run
-    self._names = tuple(cfg.train.eval_tasks)
     self._examples = cfg.train.eval_task_examples or None
-    downstream.check(self._opened, self._names, flag="TrainConfig.eval_tasks")
+    self._tasks = downstream.check(self._opened, tuple(cfg.train.eval_tasks),
+                                   flag="TrainConfig.eval_tasks")
 
   def __call__(self, params, step: int) -> dict[str, float]:
     decoder = self._generate.Decoder(self._opened, self._run, params)
-    results = self._downstream.evaluate_tasks(decoder, self._names,
+    results = self._downstream.evaluate_tasks(decoder, self._tasks,
                                               max_examples=self._examples, step=step,
                                               show_progress=False)
     return self._downstream.flat_metrics(results)

@@ -118,16 +118,17 @@ def log_likelihoods(decoder: generate_lib.Decoder, raw: Sequence[dict],
   return [float(x) for x in ll_N]
 
 
-def evaluate_tasks(decoder: generate_lib.Decoder, names: Sequence[str], *,
+def evaluate_tasks(decoder: generate_lib.Decoder, checked: Sequence[seqio.Task], *,
                    split: str = "validation", max_examples: Optional[int] = None,
                    batch_size: int = 32, strategy: decoding.Strategy = decoding.Strategy(),
                    step: Optional[int] = None, say: Callable[[str], None] = lambda m: None,
                    show_progress: bool = True) -> dict[str, dict]:
-  """{task: {"metrics": {name: value}, "examples": N, "seconds": s}} for every task of
-  `names`, each scored by its own seqio.Evaluator."""
+  """{task: {"metrics": {name: value}, "examples": N, ...}} for every task of `checked`
+  (what `check` returned: checked once, before the restore), each scored by its own
+  seqio.Evaluator."""
   opened = decoder.opened
   results = {}
-  for task in check(opened, names, split):
+  for task in checked:
     t0 = time.perf_counter()
     verbosity = logging.get_verbosity()
     logging.set_verbosity(logging.ERROR)  # not its note that no logger was asked for
@@ -245,10 +246,10 @@ def run(workdir: str, step: Optional[int], names: Sequence[str], *, split: str =
         say: Callable[[str], None] = lambda m: None) -> dict:
   """`objectax eval --task`: scores the checkpoint and writes DIR/eval/tasks_<step>.json."""
   opened = generate_lib.open_for_decoding(workdir, step, bindings)
-  check(opened, names, split)  # one-line refusals before the restore
+  checked = check(opened, names, split)  # one-line refusals before the restore
   decoder = generate_lib.Decoder.restore(opened, workdir)
   say(decoder.describe(f"tasks {', '.join(names)}, split {split}"))
-  results = evaluate_tasks(decoder, names, split=split, max_examples=max_examples,
+  results = evaluate_tasks(decoder, checked, split=split, max_examples=max_examples,
                            batch_size=batch_size, strategy=strategy, step=opened.step, say=say)
   path = os.path.join(workdir, "eval", f"tasks_{opened.step}.json")
   os.makedirs(os.path.dirname(path), exist_ok=True)
