@@ -24,13 +24,13 @@ import json
 import os
 import sys
 import time
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 from absl import logging
 import numpy as np
 import seqio
 
-from objectax.data import any_task, tasks, text_metrics
+from objectax.data import any_task, text_metrics
 from objectax.data import vocab as vocab_lib
 from objectax.launch.eval import yardstick, zeroshot
 from objectax.launch.tools import generate as generate_lib
@@ -50,15 +50,16 @@ class _AsGiven(seqio.PassThroughFeatureConverter):
     self._pack = False
 
 
-def leaf_tasks(name: str, flag: str = "--task") -> list[seqio.Task]:
-  """The tasks `name` evaluates (a mixture's tasks), each checked to have metrics."""
+def leaf_tasks(name: str, flag: str = "--task") -> tuple[Any, list[seqio.Task]]:
+  """The task or mixture `name` and the tasks it evaluates (a mixture's tasks), each checked
+  to have metrics."""
   found = any_task.lookup(name, flag=flag)
   leaves = [t for t, _ in any_task.leaves(found)]
   scored = [t for t in leaves if t.metric_fns]
   if not scored:
     raise ConfigError(f"{flag}={name!r} has no metric_fns to evaluate with; give the task "
                       "metric_fns (seqio's fn(targets, predictions) convention)")
-  return scored
+  return found, scored
 
 
 def check(opened: generate_lib.Opened, names: Sequence[str], split: str = "validation",
@@ -68,12 +69,12 @@ def check(opened: generate_lib.Opened, names: Sequence[str], split: str = "valid
   vocabulary. Built-in tasks are registered again with the run's settings."""
   found = []
   for name in names:
-    leaves = leaf_tasks(name, flag)
+    registered, leaves = leaf_tasks(name, flag)
     for task in leaves:
       text_metrics.check_available(task.metric_fns)
       if hasattr(task.source, "check_available"):  # e.g. TFDS data not prepared
         task.source.check_available()
-    infer_lib.check_task(opened, any_task.lookup(name, flag=flag), split)
+    infer_lib.check_task(opened, registered, split)
     components, vocabulary = any_task.components(name, opened.cfg)
     if vocab_lib.fingerprint(vocabulary) != vocab_lib.fingerprint(opened.vocabulary):
       raise ConfigError(
@@ -82,13 +83,6 @@ def check(opened: generate_lib.Opened, names: Sequence[str], split: str = "valid
     metric_names = {t.name for t in leaves}
     found += [c.task for c in components if c.name in metric_names]
   return found
-
-
-def _sequence_length(task: seqio.Task, sequence_length: int):
-  """What get_dataset needs: a built-in task's lengths (its preprocessors cut to them)."""
-  if task.name in tasks.BUILTIN:
-    return any_task.lengths(any_task.TaskSettings(task.name), sequence_length).feature_lengths()
-  return None
 
 
 def log_likelihoods(decoder: generate_lib.Decoder, raw: Sequence[dict],
@@ -135,7 +129,7 @@ def evaluate_tasks(decoder: generate_lib.Decoder, checked: Sequence[seqio.Task],
     try:
       evaluator = seqio.Evaluator(
           task.name, feature_converter=_AsGiven(), eval_split=split, seed=0,
-          sequence_length=_sequence_length(task, opened.cfg.exp.sequence_length),
+          sequence_length=infer_lib.dataset_lengths(task, opened.cfg.exp.sequence_length),
           num_examples=max_examples, use_memory_cache=True, async_compute_metrics=False)
     finally:
       logging.set_verbosity(verbosity)

@@ -29,7 +29,6 @@ import sys
 import time
 from typing import Optional, Sequence
 
-import numpy as np
 
 from objectax.data import any_task, tasks
 from objectax.data import vocab as vocab_lib
@@ -120,13 +119,18 @@ def check_task(opened, task, split: str) -> None:
                         f"no inputs (features {features})")
 
 
+def dataset_lengths(task, sequence_length: int) -> Optional[dict]:
+  """The `sequence_length` that `task.get_dataset` needs to read examples whole: a built-in
+  task's feature lengths (its preprocessors cut to the objective's), else None."""
+  if task.name in tasks.BUILTIN:
+    return any_task.lengths(any_task.TaskSettings(task.name), sequence_length).feature_lengths()
+  return None
+
+
 def _read(leaf, split: str, sequence_length: int, max_examples: Optional[int], say):
   """The task's examples of `split`, tokenized and preprocessed, in order, untrimmed."""
-  lengths = None
-  if leaf.name in tasks.BUILTIN:  # their preprocessors need the objective's lengths
-    lengths = any_task.lengths(any_task.TaskSettings(leaf.name), sequence_length).feature_lengths()
   t0 = time.perf_counter()
-  ds = leaf.get_dataset(lengths, split=split, shuffle=False, seed=0, num_epochs=1,
+  ds = leaf.get_dataset(dataset_lengths(leaf, sequence_length), split=split, shuffle=False, seed=0, num_epochs=1,
                         trim_output_features=False)
   if max_examples is not None:
     ds = ds.take(max_examples)
