@@ -11,9 +11,17 @@ backward pass reads, in the activation dtype: the residual stream and the two no
 (3 D), q, k, v and the attention output (4 H K), the attention probabilities (H x keys),
 the MLP's hidden activations (3 F gated, 2 F not); plus cross-attention in encoder-decoder
 decoders (q, output: 2 H K; probabilities H x S), and the float32 logits and their
-gradient (2 V per output token). Tensor parallelism divides the head, MLP and vocabulary
-terms; the batch is split over data x fsdp. XLA's scheduling and fusion move the real
-figure; treat it as the order of magnitude, within a factor of about 2.
+gradient (2 V per output token). It follows `ModelConfig.remat`: with "full" a layer keeps
+only its input (D per token) and the backward pass recomputes one layer at a time, so the
+layers' inputs plus one layer's full set are held; with "save_dots" a layer keeps its input
+and the outputs of its weight matmuls (q, k, v and the attention's output projection, the
+MLP's gate/up and down: 3 D + 3 H K + 2 F gated, F not; cross-attention adds q and its
+output, H K + D, and its keys and values over S) but recomputes norms, attention
+probabilities and activations, again one layer at a time. `scan_layers` stacks the same
+per-layer residuals, so it changes no term. With `logits_chunk` N the logits term is N
+tokens' at a time instead of the whole batch's. Tensor parallelism divides the head, MLP
+and vocabulary terms; the batch is split over data x fsdp. XLA's scheduling and fusion move
+the real figure; treat it as the order of magnitude, within a factor of about 2.
 """
 from __future__ import annotations
 
@@ -31,13 +39,36 @@ _LAYER_INDEX = re.compile(r"(?<=_)\d+(?=/|$)")
 
 
 def _per_token_layer_elements(cfg: ModelConfig, keys: int, tensor: int, cross_keys: int = 0) -> float:
-  """Stored activation elements per token of one layer (see the module docstring)."""
+  """Stored activation elements per token of one layer without remat (module docstring)."""
   heads_kv = cfg.num_heads * cfg.head_dim / tensor
   mlp = (3 if cfg.mlp_gated else 2) * cfg.mlp_dim / tensor
   per_token = 3 * cfg.d_model + 4 * heads_kv + cfg.num_heads / tensor * keys + mlp
   if cross_keys:
     per_token += 2 * heads_kv + cfg.num_heads / tensor * cross_keys + cfg.d_model
   return per_token
+
+
+def _per_token_saved_elements(cfg: ModelConfig, tensor: int, cross: bool = False) -> float:
+  """Elements per token one layer keeps between the forward and backward pass under
+  `cfg.remat` "full" (its input) or "save_dots" (its input and weight-matmul outputs)."""
+  if cfg.remat == "full":
+    return cfg.d_model
+  heads_kv = cfg.num_heads * cfg.head_dim / tensor
+  mlp = (2 if cfg.mlp_gated else 1) * cfg.mlp_dim / tensor
+  per_token = 3 * cfg.d_model + 3 * heads_kv + mlp
+  if cross:
+    per_token += heads_kv + cfg.d_model
+  return per_token
+
+
+def _stack_elements(cfg: ModelConfig, layers: int, length: int, tensor: int,
+                    cross_keys: int = 0) -> tuple[float, float]:
+  """(elements held for the whole backward pass, elements of one layer recomputed at a
+  time) of one stack of `layers` layers over `length` tokens."""
+  full = length * _per_token_layer_elements(cfg, length, tensor, cross_keys)
+  if cfg.remat == "none":
+    return layers * full, 0.0
+  return layers * length * _per_token_saved_elements(cfg, tensor, bool(cross_keys)), full
 
 
 def activation_bytes(su: info_lib.Setup) -> int:
@@ -49,16 +80,28 @@ def activation_bytes(su: info_lib.Setup) -> int:
   b = su.batch_per_replica
   if "decoder" in lengths and "encoder" in lengths:  # encoder-decoder
     s, t = lengths["encoder"], lengths["decoder"]
-    elements = (cfg.encoder_layers * s * _per_token_layer_elements(cfg, s, tensor)
-                + cfg.num_layers * t * _per_token_layer_elements(cfg, t, tensor, cross_keys=s)
-                + cfg.num_layers * s * 2 * cfg.num_heads * cfg.head_dim / tensor)  # cross k, v
+    enc_held, enc_peak = _stack_elements(cfg, cfg.encoder_layers, s, tensor)
+    dec_held, dec_peak = _stack_elements(cfg, cfg.num_layers, t, tensor, cross_keys=s)
+    cross_kv = cfg.num_layers * s * 2 * cfg.num_heads * cfg.head_dim / tensor  # kept: matmuls
+    elements = enc_held + dec_held + cross_kv + max(enc_peak, dec_peak)
     out_tokens = t
   else:
     length = next(iter(lengths.values()))
-    elements = cfg.num_layers * length * _per_token_layer_elements(cfg, length, tensor)
+    held, peak = _stack_elements(cfg, cfg.num_layers, length, tensor)
+    elements = held + peak
     out_tokens = length
-  logits = out_tokens * 2 * cfg.vocab_size / tensor * 4  # float32 logits and their gradient
-  return int(b * (elements * itemsize + logits))
+  # float32 logits and their gradient: the whole batch's, or one chunk of tokens at a time.
+  logit_tokens = (min(cfg.logits_chunk, b * out_tokens) if cfg.logits_chunk
+                  else b * out_tokens)
+  logits = logit_tokens * 2 * cfg.vocab_size / tensor * 4
+  return int(b * elements * itemsize + logits)
+
+
+def describe_activations(cfg: ModelConfig) -> str:
+  """How the estimate was made, for the printed line."""
+  remat = "no rematerialisation" if cfg.remat == "none" else f"remat {cfg.remat}"
+  chunk = f", logits {cfg.logits_chunk} tokens at a time" if cfg.logits_chunk else ""
+  return f"estimate, {remat}, {cfg.dtype}{chunk}"
 
 
 def _fold(name: str) -> str:
@@ -97,7 +140,7 @@ def render(su: info_lib.Setup, device_memory_gib: float | None = None) -> str:
       "per device:",
       f"  parameters        {gb(p_bytes)}",
       f"  optimizer state   {gb(o_bytes)}",
-      f"  activations       {gb(a_bytes)} (estimate, no rematerialisation, {su.model.dtype})",
+      f"  activations       {gb(a_bytes)} ({describe_activations(su.model)})",
       f"  total             {gb(p_bytes + o_bytes + a_bytes)}",
       *([_verdict(p_bytes + o_bytes + a_bytes, device_memory_gib)] if device_memory_gib else []),
   ])

@@ -55,3 +55,34 @@ def test_rule_overrides_apply_and_bad_ones_are_one_line(capsys):
   code = main.run(["plan", "--devices", "3", "--gin.TrainConfig.batch_size=8"])
   err = capsys.readouterr().err
   assert code == 2 and "batch_size=8 must be divisible by the data-parallel size 3" in err
+
+
+def test_activation_estimate_falls_with_remat_and_logit_chunks():
+  none = plan.activation_bytes(_setup("TrainConfig.batch_size=8", "Experiment.size='small'"))
+  dots = plan.activation_bytes(_setup("TrainConfig.batch_size=8", "Experiment.size='small'",
+                                      "ModelConfig.remat='save_dots'"))
+  full = plan.activation_bytes(_setup("TrainConfig.batch_size=8", "Experiment.size='small'",
+                                      "ModelConfig.remat='full'"))
+  assert full < dots < none
+  # Full remat keeps each layer's input (D per token) plus one layer recomputed at a time,
+  # and the logits term is untouched: the difference is exactly the layers not held.
+  su = _setup("TrainConfig.batch_size=8", "Experiment.size='small'")
+  cfg, length, b = su.model, 128, su.batch_per_replica
+  layer = length * plan._per_token_layer_elements(cfg, length, 1)  # pylint: disable=protected-access
+  expected = b * 4 * ((cfg.num_layers - 1) * layer - cfg.num_layers * length * cfg.d_model)
+  assert abs((none - full) - expected) <= 8
+  # Logits a chunk of tokens at a time: the (B, L, V) float32 term shrinks to the chunk's.
+  chunked = plan.activation_bytes(_setup("TrainConfig.batch_size=8", "Experiment.size='small'",
+                                         "ModelConfig.logits_chunk=64"))
+  assert none - chunked == (b * length - 64) * 2 * cfg.vocab_size * 4
+
+
+def test_every_wang_xxl_cell_fits_32_gib_chips_on_the_slice_the_readme_names(capsys):
+  cells = ["causal_decoder_full_lm", "causal_decoder_span_corruption",
+           "prefix_decoder_prefix_lm", "prefix_decoder_span_corruption",
+           "encoder_decoder_prefix_lm", "encoder_decoder_span_corruption"]
+  for cell in cells:
+    code = main.run(["plan", "--devices", "64", "--device_memory_gib", "32",
+                     f"--gin_file=experiments/wang2022/{cell}_wang_xxl_c4.gin"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert code == 0 and last.startswith("fits: "), (cell, last)
