@@ -8,10 +8,15 @@ travel as package data of ``objectax.gin``.
 import setuptools
 
 _PACKAGES = ("objectives", "models", "data", "launch", "gin")
-_LAUNCH_SUBPACKAGES = ("eval", "grid", "tools")
+_LAUNCH_SUBPACKAGES = ("eval", "grid", "interop", "tools")
 # Maintained scorers, as T5 uses them: Google's ROUGE, sacrebleu's BLEU, scikit-learn's F1
 # and Matthews correlation (scipy, for Pearson and Spearman, comes with jax).
 _EVAL = ["rouge-score>=0.1.2", "sacrebleu>=2.3", "scikit-learn>=1.3"]
+# Leaving the codebase (launch/interop/): Hugging Face transformers reads the exported
+# folders, safetensors writes their weights, torch runs them, lm-eval is the EleutherAI
+# harness Wang et al. 2022 evaluated with; protobuf lets transformers convert SentencePiece.
+_HF = ["transformers>=4.46", "torch>=2.2", "safetensors>=0.4", "lm-eval>=0.4.5", "accelerate>=0.26",
+       "protobuf>=3.20"]
 
 setuptools.setup(
     name="objectax",
@@ -46,7 +51,9 @@ setuptools.setup(
     extras_require={
         # Downstream metrics (data/text_metrics.py), imported only when a metric is computed.
         "eval": _EVAL,
-        "test": ["pytest>=7", *_EVAL],
+        "hf": _HF,
+        # The tests cover the optional paths too, so CI installs every extra.
+        "test": ["pytest>=7", *_EVAL, *_HF],
     },
     entry_points={"console_scripts": ["objectax=objectax.launch.main:run"]},
 )

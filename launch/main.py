@@ -16,7 +16,10 @@
   objectax eval --workdir=DIR --task TASK [--task ...] [--split S] [--max_examples N]
   objectax generate --workdir=DIR [--prompt TEXT ...] [--infill TEXT ...] [--temperature T] [--top_k K] [--top_p P] [--beams N]
   objectax infer --workdir=DIR --task=TASK [--split S] [--max_examples N] [strategy flags]
+  objectax export --workdir=DIR [--step N] --out OUT [--format hf]
+  objectax import --format hf --model HFDIR --out WORKDIR [gin flags]
   objectax ablate GRID.gin [--size S] [--seeds N] [--out DIR] [--dry_run] [--print_commands]
+  objectax harness --model objectax --model_args workdir=DIR[,step=N,batch_size=B] --tasks T [lm-eval flags]
   objectax list
   objectax vocab train --out=FILE [gin flags] [--max_documents N]
   (any command) --module=NAME    import your own module first (tasks, objectives, configs)
@@ -181,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
                          "whether the total fits")
   sub.add_parser("launch", help="run on every worker of a TPU pod slice or every task of a "
                                 "SLURM job (`objectax launch {tpu,slurm} --help`)", add_help=False)
+  sub.add_parser("harness", help="the EleutherAI lm-evaluation-harness with `--model objectax` "
+                                 "registered (its own flags: `objectax harness --help`)",
+                 add_help=False)
   voc = sub.add_parser(
       "vocab", help="train a SentencePiece vocabulary on the configured corpus",
       description="Train a SentencePiece unigram model on the train split of "
@@ -295,6 +301,33 @@ def _parser() -> argparse.ArgumentParser:
   inf.add_argument("--max_new_tokens", type=int, default=None,
                    help="tokens to generate at most (default: the longest reference)")
   _add_strategy_flags(inf)
+  exp = sub.add_parser(
+      "export", help="write a run's checkpoint as a Hugging Face model folder",
+      description="Restore DIR's latest (or --step) checkpoint and write OUT as a Hugging "
+                  "Face folder that transformers loads with no custom code: config.json, "
+                  "model.safetensors (float32), generation_config.json, the tokenizer "
+                  "(the run's SentencePiece model) and a README.md model card. The causal "
+                  "and prefix decoders become LlamaForCausalLM, the encoder-only model "
+                  "EuroBertForMaskedLM, the encoder-decoder T5ForConditionalGeneration; "
+                  "options with no twin there are refused. Needs the hf extra.",
+      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  _add_run_flags(exp)
+  exp.add_argument("--out", default=None, help="the folder to write (new or empty)")
+  exp.add_argument("--format", default="hf", choices=["hf"],
+                   help="hf: a Hugging Face transformers folder (default)")
+  imp = sub.add_parser(
+      "import", help="turn a local Hugging Face Llama or T5 folder into a workdir at step 0",
+      description="Read HFDIR (config.json, model.safetensors or its shards, a SentencePiece "
+                  "tokenizer with T5's ids: pad 0, EOS 1) and write WORKDIR: config.gin "
+                  "and checkpoints/0, so `objectax generate`, `objectax eval` and "
+                  "TrainConfig.init_from=WORKDIR use it like a trained run. Gin flags "
+                  "change the run's other settings (e.g. Experiment.objective). Needs the "
+                  "hf extra.",
+      epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+  imp.add_argument("--model", default=None, help="a local Hugging Face model folder")
+  imp.add_argument("--out", default=None, help="the workdir to write (new or empty)")
+  imp.add_argument("--format", default="hf", choices=["hf"],
+                   help="hf: a Hugging Face transformers folder (default)")
   abl = sub.add_parser(
       "ablate", help="run a paper's grid (every cell x seed: train, then eval) and write "
                      "results.md, results.csv and plots",
@@ -383,6 +416,15 @@ def run(argv: list[str] | None = None) -> int:
   if argv[:1] == ["launch"]:  # its own parser: the train flags after `--` are passed through
     from objectax.launch import launchers  # pylint: disable=g-import-not-at-top
     return launchers.run(argv[1:])
+  if argv[:1] == ["harness"]:  # lm-eval's own command line, `--model objectax` registered
+    _import_tensorflow_quietly()
+    try:
+      from objectax.launch.interop import lm_eval_adapter  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+      print(f"objectax: error: objectax harness needs the hf extra (pip install -e '.[hf]'): "
+            f"{e}", file=sys.stderr)
+      return 2
+    return lm_eval_adapter.main(argv[1:])
   modules, argv = _split_modules(argv)
   files, bindings, rest = _split_gin_flags(argv)
   parser = _parser()
@@ -441,6 +483,14 @@ def run(argv: list[str] | None = None) -> int:
       from objectax.launch.tools import infer
       infer.run(args.workdir, args.step, args.task, args.split, args.max_examples,
                 args.batch_size, args.max_new_tokens, _strategy(args), bindings)
+      return 0
+    if args.command == "export":
+      from objectax.launch.interop import hf
+      hf.export(args.workdir, args.step, args.out, args.format, bindings)
+      return 0
+    if args.command == "import":
+      from objectax.launch.interop import hf
+      hf.import_hf(args.model, args.out, args.format, bindings, gin_files=files)
       return 0
     if args.command == "eval" and args.task:
       from objectax.launch.eval import downstream

@@ -43,6 +43,20 @@ def _json(value):
   return json.loads(json.dumps(value))
 
 
+def run_identity(cfg, ti, parts, input_shards: int, lengths) -> tuple[dict, dict]:
+  """What a checkpoint must match to be resumed: the model (every setting that changes what
+  it computes) and the data stream (a data position only resumes the same stream).
+  Recorded with every checkpoint; a workdir written elsewhere (an import) records the same."""
+  exp, tc = cfg.exp, cfg.train
+  model_id = {"arch": exp.arch, "objective": exp.trains_on,
+              "vocabulary": vocab_lib.fingerprint(ti.vocabulary),
+              **{k: v for k, v in dataclasses.asdict(parts.model_cfg).items()
+                 if k not in EXECUTION_SETTINGS}}
+  stream_id = {"task": ti.task.name, "seed": tc.seed, "batch_size": tc.batch_size,
+               "input_shards": input_shards, "lengths": dict(lengths)}
+  return model_id, stream_id
+
+
 def _refuse_other_run(directory: str, model_id: dict, stream_id: dict):
   """The check of a checkpoint's record against this run (see checkpoints.restore_newest)."""
   def check(ckpt_step: int, data: dict) -> None:
@@ -258,14 +272,7 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
   abstract = run.abstract
   task_eval = _TaskEval(cfg, ti.vocabulary, parts, run) if tc.eval_tasks else None
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  # What the checkpoint must match: the model (every setting that changes what it computes)
-  # and the data stream (a data position only resumes the same stream).
-  model_id = {"arch": exp.arch, "objective": exp.trains_on,
-              "vocabulary": vocab_lib.fingerprint(ti.vocabulary),
-              **{k: v for k, v in dataclasses.asdict(parts.model_cfg).items()
-                 if k not in EXECUTION_SETTINGS}}
-  stream_id = {"task": ti.task.name, "seed": tc.seed, "batch_size": tc.batch_size,
-               "input_shards": input_shards, "lengths": lengths}
+  model_id, stream_id = run_identity(cfg, ti, parts, input_shards, lengths)
   restored = checkpoints.restore_newest(ckpt_dir, abstract,
                                         _refuse_other_run(ckpt_dir, model_id, stream_id))
   params_from = None

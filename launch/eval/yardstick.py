@@ -258,37 +258,51 @@ def pooled(name: str, description: str, scores: Sequence[Score]) -> Score:
                example_nats=per_doc("example_nats"), example_bytes=per_doc("example_bytes"))
 
 
-def make_scorer(model: Any, targets_key: str) -> Callable[[Any, dict], jax.Array]:
+def make_scorer(model: Any, targets_key: str, greedy_vocab: int = 0
+                ) -> Callable[[Any, dict], Any]:
   """Jitted (params, features) -> per-position cross-entropy in nats, float32 (N, L).
 
   Deterministic (no dropout); float32 logits as in training (layers.output_logits).
+  `greedy_vocab` > 0: also bool (N, L), whether each target is the argmax over the first
+  `greedy_vocab` ids, as greedy decoding chooses (models/decoding.py); the EAI harness
+  reports it beside each log-likelihood (is_greedy). Then (cross-entropy, argmax hits).
   """
   def cross_entropy(params, features):
     logits_NLV = model.apply({"params": params}, features, deterministic=True)
     logits_NLV = logits_NLV.astype(jnp.float32)
-    target_logit_NL = jnp.take_along_axis(
-        logits_NLV, features[targets_key][..., None], axis=-1)[..., 0]
-    return jax.nn.logsumexp(logits_NLV, axis=-1) - target_logit_NL
+    target_NL = features[targets_key]
+    target_logit_NL = jnp.take_along_axis(logits_NLV, target_NL[..., None], axis=-1)[..., 0]
+    nats_NL = jax.nn.logsumexp(logits_NLV, axis=-1) - target_logit_NL
+    if not greedy_vocab:
+      return nats_NL
+    valid_V = jnp.arange(logits_NLV.shape[-1]) < greedy_vocab
+    best_NL = jnp.argmax(jnp.where(valid_V, logits_NLV, -jnp.inf), axis=-1)
+    return nats_NL, best_NL == target_NL
   return jax.jit(cross_entropy)
 
 
 def score_rows(scorer: Callable, params: Any, layout: Layout, batch_size: int,
-               put: Callable[[dict], dict] = lambda f: f) -> tuple[np.ndarray, np.ndarray]:
-  """Per row, float64 (N,): (nats over the scored tokens, nats over all targets).
+               put: Callable[[dict], dict] = lambda f: f, greedy: bool = False) -> tuple:
+  """Per row, float64 (N,): (nats over the scored tokens, nats over all targets); with
+  `greedy` (a scorer made with greedy_vocab) also bool (N,): every scored token the argmax.
 
   The last batch is filled with all-padding rows (weight 0), so every call has one shape.
   """
   features, all_NL, scored_NL = layout
   n = all_NL.shape[0]
-  nats_N, target_nats_N = np.zeros(n), np.zeros(n)
+  nats_N, target_nats_N, greedy_N = np.zeros(n), np.zeros(n), np.ones(n, bool)
   for start in range(0, n, batch_size):
     stop = min(start + batch_size, n)
     pad = ((0, batch_size - (stop - start)), (0, 0))
     batch = {k: np.pad(v[start:stop], pad) for k, v in features.items()}
-    ce_BL = np.asarray(scorer(params, put(batch)), np.float64)[:stop - start]
+    out = scorer(params, put(batch))
+    ce_BL = np.asarray(out[0] if greedy else out, np.float64)[:stop - start]
     nats_N[start:stop] = (ce_BL * scored_NL[start:stop]).sum(axis=1)
     target_nats_N[start:stop] = (ce_BL * all_NL[start:stop]).sum(axis=1)
-  return nats_N, target_nats_N
+    if greedy:
+      hit_BL = np.asarray(out[1])[:stop - start]
+      greedy_N[start:stop] = (hit_BL | (scored_NL[start:stop] == 0)).all(axis=1)
+  return (nats_N, target_nats_N, greedy_N) if greedy else (nats_N, target_nats_N)
 
 
 def score_pairs(scorer: Callable, params: Any, layout: Layout, batch_size: int,

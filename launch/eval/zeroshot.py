@@ -59,32 +59,43 @@ def _joins_with_space(vocabulary: Any) -> bool:
   return vocabulary.decode([int(i) for i in ids]) == "a b"
 
 
-def option_pairs(vocabulary: Any, example: Example, max_tokens: int,
-                 joins_with_space: Optional[bool] = None) -> list[yardstick.Pair]:
-  """One yardstick Pair per option: inputs = the prompt's ids, targets = the option's.
+def option_ids(vocabulary: Any, option: str, joins_with_space: bool) -> np.ndarray:
+  """An option's ids, read as a new word after the prompt: SentencePiece's dummy prefix
+  gives it its leading space; a vocabulary without one (bytes) gets " " + option."""
+  return np.asarray(vocabulary.encode(option if joins_with_space else " " + option), np.int32)
+
+
+def scored_pair(vocabulary: Any, prompt_ids: np.ndarray, ids: np.ndarray, max_tokens: int,
+                what: str = "an option") -> yardstick.Pair:
+  """The yardstick Pair of one option: inputs = the prompt's ids, targets = the option's.
 
   The prompt keeps its last max_tokens - len(option) - 1 tokens, so that every layout
   (the encoder-only one adds one EOS) fits rows of `max_tokens`. `aligned` is the
-  encoder-only form: the option's tokens masked, then EOS.
+  encoder-only form: the option's tokens masked, then EOS. `what` names the option in the
+  error when it alone fills the rows.
   """
+  mask_id = vocabulary.vocab_size - 1
+  keep = max_tokens - len(ids) - 1
+  if keep < 1:
+    raise ConfigError(f"{what} ({len(ids)} tokens) leaves no room for a prompt in rows of "
+                      f"{max_tokens} tokens")
+  prompt = np.asarray(prompt_ids, np.int32)[-keep:]
+  before = len(vocabulary.decode(prompt.tolist()).encode("utf-8"))
+  after = len(vocabulary.decode(np.r_[prompt, ids].tolist()).encode("utf-8"))
+  aligned = (np.r_[prompt, np.full(len(ids), mask_id), yardstick.EOS_ID].astype(np.int32),
+             np.r_[np.zeros(len(prompt)), ids, 0].astype(np.int32))
+  return yardstick.Pair(prompt, ids, np.ones(len(ids), bool), after - before, aligned)
+
+
+def option_pairs(vocabulary: Any, example: Example, max_tokens: int,
+                 joins_with_space: Optional[bool] = None) -> list[yardstick.Pair]:
+  """One yardstick Pair per option (`scored_pair`): the prompt and each option tokenized
+  apart (`option_ids`), the prompt cut to fit rows of `max_tokens`."""
   if joins_with_space is None:
     joins_with_space = _joins_with_space(vocabulary)
-  mask_id = vocabulary.vocab_size - 1
   prompt_ids = np.asarray(vocabulary.encode(example.prompt), np.int32)
-  pairs = []
-  for option in example.options:
-    ids = np.asarray(vocabulary.encode(option if joins_with_space else " " + option), np.int32)
-    keep = max_tokens - len(ids) - 1
-    if keep < 1:
-      raise ConfigError(f"option {option!r} ({len(ids)} tokens) leaves no room for a prompt "
-                        f"in rows of {max_tokens} tokens")
-    prompt = prompt_ids[-keep:]
-    before = len(vocabulary.decode(prompt.tolist()).encode("utf-8"))
-    after = len(vocabulary.decode(np.r_[prompt, ids].tolist()).encode("utf-8"))
-    aligned = (np.r_[prompt, np.full(len(ids), mask_id), yardstick.EOS_ID].astype(np.int32),
-               np.r_[np.zeros(len(prompt)), ids, 0].astype(np.int32))
-    pairs.append(yardstick.Pair(prompt, ids, np.ones(len(ids), bool), after - before, aligned))
-  return pairs
+  return [scored_pair(vocabulary, prompt_ids, option_ids(vocabulary, option, joins_with_space),
+                      max_tokens, f"option {option!r}") for option in example.options]
 
 
 def row_length(pairs: Sequence[yardstick.Pair], sequence_length: int) -> int:
@@ -95,12 +106,13 @@ def row_length(pairs: Sequence[yardstick.Pair], sequence_length: int) -> int:
 
 
 def pair_log_likelihoods(scorer: Callable, params: Any, layout: yardstick.Layout,
-                         batch_size: int, put: Callable[[dict], dict] = lambda f: f
-                         ) -> np.ndarray:
+                         batch_size: int, put: Callable[[dict], dict] = lambda f: f,
+                         greedy: bool = False):
   """float64[N]: each row's summed log-probability of its scored tokens (the yardstick's
-  per-row nats, negated)."""
-  nats_N, _ = yardstick.score_rows(scorer, params, layout, batch_size, put)
-  return -nats_N
+  per-row nats, negated); with `greedy` (a scorer made with greedy_vocab) also bool[N],
+  whether every scored token is the argmax: (log-likelihoods, greedy)."""
+  rows = yardstick.score_rows(scorer, params, layout, batch_size, put, greedy=greedy)
+  return (-rows[0], rows[2]) if greedy else -rows[0]
 
 
 # ------------------------------------------------------------------------ ranking

@@ -155,6 +155,40 @@ def _no_checkpoints(ctx: Ctx) -> None:
   shutil.rmtree(ctx.wd / "checkpoints")
 
 
+def _needs_hf() -> None:
+  pytest.importorskip("transformers", reason="needs the hf extra: pip install -e '.[hf]'")
+
+
+def _no_hf_twin(ctx: Ctx) -> None:
+  """The trained run's config.gin with T5's relative positions and ungated MLP."""
+  _needs_hf()
+  with open(ctx.wd / "config.gin", "a", encoding="utf-8") as f:
+    f.write("\nModelConfig.position_embedding = 'relative'\nModelConfig.mlp_gated = False\n")
+
+
+def _no_checkpoints_hf(ctx: Ctx) -> None:
+  _needs_hf()
+  _no_checkpoints(ctx)
+
+
+def _hf_folder(name: str, config: dict, llama_ids: bool = False) -> Callable[[Ctx], None]:
+  """{tmp}/<name>/config.json; with llama_ids, a SentencePiece model with Llama's ids
+  (SentencePiece's defaults: unk 0, bos 1, eos 2, no pad) as its tokenizer.model."""
+  def setup(ctx: Ctx) -> None:
+    _needs_hf()
+    folder = ctx.tmp / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    if llama_ids:
+      import io  # pylint: disable=g-import-not-at-top
+      import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+      model = io.BytesIO()
+      spm.SentencePieceTrainer.train(sentence_iterator=iter(_DOCS), model_writer=model,
+                                     vocab_size=60, minloglevel=2)
+      (folder / "tokenizer.model").write_bytes(model.getvalue())
+  return setup
+
+
 def _no_sbatch(ctx: Ctx) -> None:
   empty = ctx.tmp / "bin"
   empty.mkdir()
@@ -349,6 +383,20 @@ CASES = [
     Case("infer_no_checkpoints", "ran infer on a workdir without checkpoints",
          ["infer", "--workdir={wd}", "--task", "pydocs_full_lm"], _no_checkpoints,
          trained=True, says="checkpoint"),
+    Case("export_no_hf_twin", "exported a run with T5's relative positions and ungated MLP",
+         ["export", "--workdir={wd}", "--out", "{tmp}/hf"], _no_hf_twin, trained=True,
+         says="ModelConfig.position_embedding='relative'"),
+    Case("export_no_checkpoints", "exported a workdir without checkpoints",
+         ["export", "--workdir={wd}", "--out", "{tmp}/hf"], _no_checkpoints_hf, trained=True,
+         says="checkpoint"),
+    Case("import_unsupported_model_type", "imported a Hugging Face model of another kind",
+         ["import", "--format", "hf", "--model", "{tmp}/gpt2", "--out", "{tmp}/wd2"],
+         _hf_folder("gpt2", {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]}),
+         says="'gpt2'"),
+    Case("import_vocabulary_mismatch", "imported a Llama whose tokenizer has Llama's ids",
+         ["import", "--format", "hf", "--model", "{tmp}/llama", "--out", "{tmp}/wd2"],
+         _hf_folder("llama", {"model_type": "llama", "architectures": ["LlamaForCausalLM"]},
+                    llama_ids=True), says="pad=0 and eos=1"),
     Case("eval_task_unknown", "scored a run on a task that is not registered",
          ["eval", "--workdir={wd}", "--task", "pydocs_sumary"], trained=True,
          says="pydocs_summary"),
