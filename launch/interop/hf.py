@@ -177,7 +177,7 @@ def _shapes(tree: Any) -> dict[str, tuple]:
 
 
 def build_tokenizer(sp_model: bytes, *, add_bos_token: bool, add_eos_token: bool,
-                    mask_id: Optional[int] = None):
+                    mask_id: Optional[int] = None, padding_side: str = "right"):
   """A transformers tokenizer that encodes every text to the ids SentencePiece gives.
 
   transformers' generic `TokenizersBackend` (what `AutoTokenizer` loads from
@@ -197,7 +197,8 @@ def build_tokenizer(sp_model: bytes, *, add_bos_token: bool, add_eos_token: bool
 
   bos_token is the id-0 piece: Objectax's decoders read id 0 before the text (the shifted
   inputs start with the pad id), so `add_bos_token` gives the model what it saw in
-  training. add_eos_token ends a text with EOS, as encoder inputs end.
+  training. add_eos_token ends a text with EOS, as encoder inputs end. padding_side "left"
+  for the decoders, so that a padded batch generates as each row would alone.
   """
   from sentencepiece import sentencepiece_model_pb2  # pylint: disable=g-import-not-at-top
   from tokenizers import Tokenizer  # pylint: disable=g-import-not-at-top
@@ -226,6 +227,7 @@ def build_tokenizer(sp_model: bytes, *, add_bos_token: bool, add_eos_token: bool
     special["mask_token"] = piece(mask_id)
   return TokenizersBackend(**{**kwargs, **special, "add_bos_token": add_bos_token,
                               "add_eos_token": add_eos_token, "split_special_tokens": True,
+                              "padding_side": padding_side,
                               "clean_up_tokenization_spaces": False})
 
 
@@ -333,11 +335,14 @@ def _model_param_names(opened) -> list[str]:
 
 def _generation_config(config: Mapping[str, Any], length: int, vocabulary_ids: int,
                        rows: int) -> dict[str, Any]:
-  """Greedy decoding within the run's length; the output rows above the vocabulary
-  (padding to a multiple of 128) are suppressed, as Objectax decodes over its ids only."""
+  """Greedy decoding; the output rows above the vocabulary (padding to a multiple of 128)
+  are suppressed, as Objectax decodes over its ids only. No max_length: transformers warns
+  on every generate(max_new_tokens=...) when both are set (the run's length is in
+  config.json's "objectax" entry and the model card)."""
+  del length
   out = {k: config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id",
                                 "decoder_start_token_id") if k in config}
-  out.update(max_length=int(length), do_sample=False)
+  out.update(do_sample=False)
   if rows > vocabulary_ids:
     out["suppress_tokens"] = list(range(vocabulary_ids, rows))
   return out

@@ -63,7 +63,10 @@ _HF_CLASS = {"causal_decoder": ("LlamaForCausalLM", "llama"),
 _IMPORTS_AS = {"llama": "causal_decoder", "eurobert": "encoder_only"}
 # How each architecture's model reads a text: the decoders after the BOS id 0 (training's
 # shifted inputs start with it), the encoder ending with EOS (as MLM examples do).
-_TOKENIZER = {"causal_decoder": {"add_bos_token": True, "add_eos_token": False},
+# The causal decoder pads on the left, so that a padded batch generates as each row alone
+# would; the prefix decoder keeps right padding, which `prefix_lm_mask` assumes.
+_TOKENIZER = {"causal_decoder": {"add_bos_token": True, "add_eos_token": False,
+                                 "padding_side": "left"},
               "prefix_decoder": {"add_bos_token": True, "add_eos_token": False},
               "encoder_only": {"add_bos_token": False, "add_eos_token": True}}
 # The prefix decoder needs its own attention mask in transformers.
