@@ -341,7 +341,7 @@ def _stages(grid: Grid) -> tuple[Stage, ...]:
     if "eval_tasks" in spec:
       eval_tasks = tuple(spec["eval_tasks"])
     else:
-      eval_tasks = tuple(t.name for t in downstream.leaf_tasks(task)) if task else ()
+      eval_tasks = tuple(t.name for t in downstream.leaf_tasks(task)[1]) if task else ()
     for t in eval_tasks:
       downstream.leaf_tasks(t, flag=f"{where}['eval_tasks']")
     out.append(Stage(name, task, gin_file, tuple(bindings), eval_tasks))
