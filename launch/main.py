@@ -6,7 +6,7 @@
   objectax inspect OBJECTIVE [--text TEXT] [--seed N] [gin flags]
   objectax inspect --task TASK [--seed N] [gin flags]
   objectax bench data [--budget N] [--seconds S] [--objective NAME ...]
-  objectax bench input [gin flags] [--steps N]
+  objectax bench input [gin flags] [--steps N] [--padding_table [--json FILE]]
   objectax bench model [gin flags] [--steps N] [--batch_size B] [--json FILE]
   objectax info [--devices N] [gin flags]
   objectax plan [--devices N] [--device_memory_gib G] [gin flags]
@@ -239,7 +239,13 @@ def _parser() -> argparse.ArgumentParser:
                      "encoder tokens of Experiment.sequence_length (default half)")
   bench.add_argument("--vocab_size", type=int, default=0, help="model: vocabulary rows "
                      "when ModelConfig.vocab_size is 0 (default 8192, the default vocabulary's)")
-  bench.add_argument("--json", default=None, help="model: also write the figures to this file")
+  bench.add_argument("--json", default=None, help="model, input --padding_table: also write "
+                     "the figures to this file")
+  bench.add_argument("--padding_table", action="store_true",
+                     help="input: instead, the padding of every (architecture, objective) pair "
+                          "that can run, at Wang et al.'s budget (tiny, pydocs, 626 tokens, "
+                          "batch 8): 20 training batches each, no model; gin flags apply on "
+                          "top (e.g. --gin.Experiment.pack=False)")
   bench.add_argument("--budget", type=int, default=626,
                      help="per-example token budget (default 626, Wang et al. 2022)")
   bench.add_argument("--seconds", type=float, default=3.0, help="time per objective")
@@ -460,7 +466,10 @@ def run(argv: list[str] | None = None) -> int:
       return 0
     if args.command == "bench" and args.what == "input":
       from objectax.launch.tools import bench_input
-      bench_input.run(files or [QUICKSTART], bindings, steps=args.steps or 30)
+      if args.padding_table:
+        bench_input.padding_table(files, bindings, json_path=args.json)
+      else:
+        bench_input.run(files or [QUICKSTART], bindings, steps=args.steps or 30)
       return 0
     if args.command == "bench":
       from objectax.launch.tools import bench_data

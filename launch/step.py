@@ -11,7 +11,7 @@ data-only objective, an objective's own loss (auxiliary heads, a generator) othe
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import flax
 import flax.linen as nn
@@ -57,6 +57,57 @@ def make_optimizer(tc: config.TrainConfig) -> optax.GradientTransformation:
   )
 
 
+# The streams a model reads, each fed by `<stream>_input_tokens`: encoder-only models read
+# "encoder", decoder-only ones "decoder", encoder-decoders both.
+STREAMS = ("encoder", "decoder")
+
+
+def token_counts(batch: Mapping[str, Any]) -> dict[str, tuple[Any, int]]:
+  """{stream: (real tokens, positions)} of every stream in `batch` (STREAMS).
+
+  The positions are what the model computes on, and what MFU counts as work; the real
+  tokens are those that are not padding, decided as the models' own padding masks do
+  (models/decoder.py, encdec.py, encoder.py). Packed, padding is where
+  `<stream>_segment_ids` is 0. Unpacked, the decoder's padding is where
+  `decoder_target_tokens` is 0: its inputs begin with the BOS id 0, and the row's EOS is
+  shifted into the first padding slot, so the inputs cannot tell. The encoder's padding is
+  where `encoder_input_tokens` is 0 (no real input id is 0; encoder_only's targets are 0
+  wherever there is no loss, so they cannot tell either). Other keys (mixture tags,
+  decoder_causal_attention) do not change what is read.
+
+  Plain array methods only, so it counts numpy host batches and traced jax arrays alike
+  (inside the jitted train step, over the global batch); real counts are array scalars,
+  positions Python ints.
+  """
+  counts = {}
+  for stream in STREAMS:
+    tokens_BL = batch.get(f"{stream}_input_tokens")
+    if tokens_BL is None:
+      continue
+    total = int(tokens_BL.size)
+    segment_ids_BL = batch.get(f"{stream}_segment_ids")
+    if segment_ids_BL is not None:
+      real = (segment_ids_BL != 0).sum()
+    elif stream == "decoder":
+      # No targets (a decoding batch): the models then treat every position as real.
+      targets_BL = batch.get("decoder_target_tokens")
+      real = total if targets_BL is None else (targets_BL != 0).sum()
+    else:
+      real = (tokens_BL != 0).sum()
+    counts[stream] = (real, total)
+  return counts
+
+
+def padding_fraction(batch: Mapping[str, Any]) -> Any:
+  """1 - real tokens / positions over all of `batch`'s streams (`token_counts`): the share
+  of the computed positions that is padding, which MFU counts as work all the same."""
+  counts = token_counts(batch).values()
+  if not counts:
+    raise ValueError(f"no token stream in the batch (keys: {', '.join(sorted(batch))}); "
+                     f"expected <stream>_input_tokens for a stream of {', '.join(STREAMS)}")
+  return 1.0 - sum(real for real, _ in counts) / sum(total for _, total in counts)
+
+
 def component_metrics(batch: dict, metrics: dict, names: tuple[str, ...],
                       weights_key: str) -> dict:
   """`metrics` with each mixture component's "loss/<name>" (when the loss gave its sums),
@@ -87,6 +138,8 @@ def make_train_step(model: nn.Module, loss: model_objectives.LossFn,
   weighted cross-entropy for data-only objectives, an objective's own module and loss
   for model-side ones (ELECTRA, SpacTor, multi-token prediction). Nothing here knows which.
   With mixture `components`, the metrics also hold each one's (`component_metrics`).
+  The metrics always hold "padding_fraction" of the step's batch (`padding_fraction`), so
+  the training log can count MFU on real tokens only.
   """
   schedule = learning_rate_schedule(tc)
 
@@ -104,7 +157,8 @@ def make_train_step(model: nn.Module, loss: model_objectives.LossFn,
     if components:
       metrics = component_metrics(batch, metrics, components, weights_key)
     return new_state, {**metrics, "grad_norm": optax.tree.norm(grads),
-                       "learning_rate": schedule(state.step)}
+                       "learning_rate": schedule(state.step),
+                       "padding_fraction": padding_fraction(batch)}
 
   return train_step
 

@@ -363,7 +363,8 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
                                             input_shards=input_shards)
   if start_step and train_iter.restored_from is None:
     say(f"no saved data iterator for step {start_step}: skipping {start_step} batches instead")
-  # Every stream the model reads (encoder and decoder for ED), padding included.
+  # Every stream the model reads (encoder and decoder for ED), padding included; the log's
+  # useful_mfu takes the padding out (step_lib.padding_fraction).
   tokens_per_batch = tc.batch_size * parts.tokens_per_example
   rng = jax.random.key(tc.seed + 1)
   progress = metrics_lib.Progress(tc.steps, start_step, enabled=not quiet)
@@ -403,10 +404,16 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
     tps = (step - step_log) * tokens_per_batch / max(now - t_log, 1e-9)
     t_log, step_log = now, step
     utilisation = mfu_lib.mfu(tps, flops_per_token, peak_flops)
+    # MFU on the non-padding tokens only. The padding fraction is that of the logged step's
+    # batch (from the train step's metrics), applied to tokens/s averaged since the last
+    # log line: the steps between them are not read back, to keep the loop from stalling.
+    padding = m["padding_fraction"]
+    useful = utilisation * (1.0 - padding)
     wait = clock.interval_fraction()
-    writer.write(step, {**m, "tokens_per_second": tps, "mfu": utilisation,
+    writer.write(step, {**m, "tokens_per_second": tps, "mfu": utilisation, "useful_mfu": useful,
                         **({} if wait is None else {"data_wait_fraction": wait})})
-    progress.update(step, m["loss"], tps, extra=f"  MFU {utilisation:.1%}")
+    progress.update(step, m["loss"], tps, extra=f"  MFU {utilisation:.1%} (useful {useful:.1%}, "
+                                                f"padding {padding:.1%})")
 
   def save(step: int, final: bool = False) -> None:
     with clock.not_a_step():

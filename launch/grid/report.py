@@ -142,6 +142,12 @@ class Run:
     counts = [r["target_tokens"] for r in self.metrics if "target_tokens" in r]
     return float(np.mean(counts)) * steps if counts else None
 
+  def mean_logged(self, key: str) -> Optional[float]:
+    """The mean of `key` over the logged training steps of metrics.jsonl; None when no
+    row has it (a run from before it was logged)."""
+    values = [r[key] for r in self.metrics if key in r]
+    return float(np.mean(values)) if values else None
+
   def eval_curve(self) -> list[tuple[int, float]]:
     return [(r["step"], r["eval_loss"]) for r in self.metrics if "eval_loss" in r]
 
@@ -207,6 +213,10 @@ def cell_metrics(runs: Sequence[Run], steps: int) -> dict[str, Metric]:
   add(Metric("loss_tokens", tuple(r.loss_tokens(steps) for r in runs)))
   add(Metric("train_wall_seconds", tuple(s.get("wall_seconds") for s in summaries)))
   add(Metric("run_seconds", tuple(sum((r.seconds or {}).values()) or None for r in runs)))
+  # Per seed, the mean over its logged steps (each the logged step's own batch): the share
+  # of the computed positions that was padding, and MFU counted on the other tokens only.
+  add(Metric("padding_fraction", tuple(r.mean_logged("padding_fraction") for r in runs)))
+  add(Metric("useful_mfu", tuple(r.mean_logged("useful_mfu") for r in runs)))
   names = [n for r in runs for n in _evaluations(r)]
   for name in dict.fromkeys(names):
     get = lambda r, name=name: _per_document(_evaluations(r).get(name) or {})
@@ -275,6 +285,13 @@ def _fmt(mean: float, std: float, digits: int = 4) -> str:
   if not math.isfinite(mean):
     return "–"
   return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if math.isfinite(std) else "")
+
+
+def _pct(mean: float, std: float) -> str:
+  """A fraction as a percentage, mean ± std over seeds like `_fmt`."""
+  if not math.isfinite(mean):
+    return "–"
+  return f"{mean:.1%}" + (f" ± {std:.1%}" if math.isfinite(std) else "")
 
 
 def _delta(metric: Metric, ref: Optional[Metric], digits: int = 4) -> tuple[str, list]:
@@ -417,14 +434,20 @@ def write_report(plan) -> list[str]:
         "The validation loss is each cell's OWN objective's loss on held-out batches: a "
         "span-corruption loss and a full-LM loss measure different things, so these losses "
         "are not comparable across objectives; compare cells with the yardstick below.", "",
+        "Padding is the mean over the logged steps of the share of the computed positions "
+        "(every stream the model reads) that were padding; useful MFU is MFU counted on the "
+        "other tokens only, MFU x (1 - padding), also a mean over the logged steps.", "",
         "| cell | seeds | tokens seen | loss tokens (fraction) | final validation loss | "
-        "train s | train + eval s (processes) |", "|---|---|---|---|---|---|---|"]
+        "padding | useful MFU | train s | train + eval s (processes) |",
+        "|---|---|---|---|---|---|---|---|---|"]
   for cell in plan.cells:
     n = cell.name
     lt, _ = stats[(n, "loss_tokens")]
     frac = f"{lt:,.0f} ({lt / cell.tokens_seen:.1%})" if math.isfinite(lt) else "–"
     md.append(f"| {n} | {len(collected[n][0])}/{plan.seeds} | {cell.tokens_seen:,} | {frac} | "
               f"{_fmt(*stats[(n, 'final_eval_loss')])} | "
+              f"{_pct(*stats[(n, 'padding_fraction')])} | "
+              f"{_pct(*stats[(n, 'useful_mfu')])} | "
               f"{_fmt(*stats[(n, 'train_wall_seconds')], digits=0)} | "
               f"{_fmt(*stats[(n, 'run_seconds')], digits=0)} |")
 

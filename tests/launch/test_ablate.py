@@ -278,7 +278,10 @@ def test_yardstick_scores_keep_per_document_figures():
 # --------------------------------------------------------------------------- the report
 
 
-def _fake_run(wd, *, bpb_shift: float, seed: int, eval_loss: float, correct: list[int]):
+def _fake_run(wd, *, bpb_shift: float, seed: int, eval_loss: float, correct: list[int],
+              padding: tuple[float, float] = ()):
+  """`padding`: the padding_fraction of logged steps 5 and 10 (useful_mfu 0.5 x (1 - it));
+  none logged when empty, as by a run from before they were."""
   os.makedirs(os.path.join(wd, "eval"), exist_ok=True)
   rng = np.random.default_rng(seed)
   nats = rng.uniform(50, 150, size=30)
@@ -288,7 +291,11 @@ def _fake_run(wd, *, bpb_shift: float, seed: int, eval_loss: float, correct: lis
     for step in (0, 5, 10):
       f.write(json.dumps({"step": step, "eval_loss": eval_loss + 2 - step / 5}) + "\n")
       if step:
-        f.write(json.dumps({"step": step, "loss": 3.0, "target_tokens": 114.0 * 8}) + "\n")
+        row = {"step": step, "loss": 3.0, "target_tokens": 114.0 * 8}
+        if padding:
+          p = padding[step // 5 - 1]
+          row.update(mfu=0.5, padding_fraction=p, useful_mfu=0.5 * (1 - p))
+        f.write(json.dumps(row) + "\n")
   json.dump({"final_step": 10, "final_eval_loss": eval_loss, "wall_seconds": 12.0},
             open(os.path.join(wd, "summary.json"), "w"))
   evals = {}
@@ -318,7 +325,8 @@ def test_report_from_fabricated_workdirs(tmp_path):
     _fake_run(plan.workdir("causal_decoder_full_lm", seed), bpb_shift=0.0, seed=seed,
               eval_loss=4.0 + seed, correct=[1, 1, 0, 1] * 10)
     _fake_run(plan.workdir("encoder_decoder_span_corruption", seed), bpb_shift=0.5, seed=seed,
-              eval_loss=3.0, correct=[1, 1, 0, 1] * 10)
+              eval_loss=3.0, correct=[1, 1, 0, 1] * 10,
+              padding=(0.1 + seed / 10, 0.3 + seed / 10))
   # The third cell has not run: reported as missing, not an error.
   written = ablate_report.write_report(plan)
   names = {os.path.basename(p) for p in written}
@@ -336,6 +344,13 @@ def test_report_from_fabricated_workdirs(tmp_path):
   assert float(get(cd, "final_eval_loss")["std"]) == pytest.approx(math.sqrt(0.5))
   assert float(get(cd, "tokens_seen")["mean"]) == 10 * 8 * 626
   assert float(get(ed, "loss_tokens")["mean"]) == 114 * 8 * 10  # mean target_tokens x steps
+  # Padding and useful MFU: per seed the mean over its logged steps, then mean ± std over
+  # seeds (0.2 and 0.3); a run that logged neither has no value.
+  assert float(get(ed, "padding_fraction")["mean"]) == pytest.approx(0.25)
+  assert float(get(ed, "padding_fraction")["std"]) == pytest.approx(math.sqrt(0.005))
+  assert float(get(ed, "useful_mfu")["mean"]) == pytest.approx(0.5 * 0.75)
+  assert get(ed, "useful_mfu")["values"] == f"{0.5 * 0.8!r};{0.5 * 0.7!r}"
+  assert get(cd, "padding_fraction")["values"] == ";"
   # The same documents, shifted by 0.5 bits/byte: the paired difference is exactly that.
   row = get(ed, "bpb/continuation")
   assert float(row["delta_vs_reference"]) == pytest.approx(0.5)
@@ -350,6 +365,12 @@ def test_report_from_fabricated_workdirs(tmp_path):
   md = open(os.path.join(plan.out, "results.md")).read()
   assert "not comparable" in md and "| prefix_decoder_prefix_lm | 0/2 |" in md
   assert "| encoder_decoder_span_corruption | +0.5000 [+0.5000, +0.5000]*" in md
+  training = md.split("## Training")[1].split("\n## ")[0]
+  assert "| padding | useful MFU |" in training
+  ed_row = next(l for l in training.splitlines() if l.startswith(f"| {ed} |"))
+  assert "| 25.0% ± 7.1% | 37.5% ± 3.5% |" in ed_row, ed_row
+  cd_row = next(l for l in training.splitlines() if l.startswith(f"| {cd} |"))
+  assert "| 4.5000 ± 0.7071 | – | – | 12 ± 0 |" in cd_row, cd_row
   # The paper's numbers beside ours, with their source: Wang et al. Table 6, ED:MLM 34.6.
   assert "Wang et al. 2022" in md and "| encoder_decoder_span_corruption | 34.6 |" in md
 

@@ -207,10 +207,55 @@ def test_bench_input_prints_pipeline_and_training_figures(tfds_data_dir):
   assert r.pipeline_tokens_per_second == pytest.approx(r.pipeline_batches_per_second * 256)
   assert 0 <= r.data_wait_fraction <= 1 and r.seconds_per_step > 0 and r.steps == 3
   text = "\n".join(lines)
-  for needle in ("pipeline batches/s", "pipeline tokens/s", "step time", "training tokens/s",
-                 "data-wait fraction", "pipeline headroom"):
+  for needle in ("pipeline batches/s", "pipeline tokens/s", "padding fraction",
+                 "useful tokens/s", "step time", "training tokens/s", "data-wait fraction",
+                 "pipeline headroom"):
     assert sum(l.strip().startswith(needle) for l in lines) == 1, (needle, text)
   wait_line = next(l for l in lines if "data-wait fraction" in l)
   assert f"{r.data_wait_fraction:.2%}" in wait_line
+  # Full LM chops the concatenated documents to the row: packed rows have no padding.
+  assert r.pipeline_padding_fraction == 0
+  assert r.pipeline_useful_tokens_per_second == r.pipeline_tokens_per_second
+  assert "padding fraction        0.0% of the tokens" in text, text
   with pytest.raises(ConfigError, match="--steps=1 must be >= 2"):
     bench_input.run(["run/quickstart.gin"], FAST, steps=1)
+
+
+@pytest.mark.e2e
+def test_bench_input_padding_table(tfds_data_dir, tmp_path, monkeypatch):
+  """A few pairs at Wang et al.'s budget: full LM packs without padding, T5's prefix LM
+  (each document chunked, no concatenation) does not, the encoder-decoder's streams are
+  counted apart, and a pair that cannot run is a refused row, not an error."""
+  lines, path = [], tmp_path / "padding.json"
+  pairs = [("causal_decoder", "full_lm"), ("prefix_decoder", "t5_prefix_lm"),
+           ("encoder_decoder", "span_corruption"), ("encoder_decoder", "full_lm")]
+  rows = bench_input.padding_table(pairs=pairs, batches=3, json_path=str(path),
+                                   out=lines.append)
+  text = "\n".join(lines)
+  by_pair = {(r.arch, r.objective): r for r in rows}
+  full, prefix, ed, refused = (by_pair[p] for p in pairs)
+  assert full.lengths == {"decoder": 626} and full.padding == 0 and full.batches == 3
+  assert 0.05 < prefix.padding < 1, prefix
+  assert ed.lengths == {"encoder": 512, "decoder": 114}
+  assert set(ed.stream_padding) == {"encoder", "decoder"}
+  assert "does not support architecture 'encoder_decoder'" in refused.refused
+  assert sum("[" in l and "] " in l for l in lines) == 4  # a progress line per pair
+  table = text.split("model streams")[1].splitlines()[1:5]
+  assert table[0].startswith("prefix_decoder") and table[-1].startswith("encoder_decoder  full_lm")
+  assert "encoder 512 + decoder 114" in text and "refused: objective 'full_lm'" in text
+  saved = json.loads(path.read_text())
+  assert [r["objective"] for r in saved["rows"]] == [p[1] for p in pairs]
+  assert saved["rows"][3]["padding"] is None and saved["batches"] == 3
+  # Every pair the listing shows runnable, and only those.
+  every = bench_input.table_pairs()
+  assert ("encoder_only", "bert_mlm") in every and ("encoder_only", "full_lm") not in every
+  assert ("encoder_decoder", "spactor") in every and ("causal_decoder", "mtp") in every
+
+  # The CLI flag: the table, with the gin flags and --json passed through.
+  seen = {}
+  monkeypatch.setattr(bench_input, "padding_table",
+                      lambda files, bindings, json_path: seen.update(
+                          files=files, bindings=bindings, json_path=json_path))
+  assert main.run(["bench", "input", "--padding_table", "--json", "t.json",
+                   "--gin.Experiment.pack=False"]) == 0
+  assert seen == {"files": [], "bindings": ["Experiment.pack=False"], "json_path": "t.json"}

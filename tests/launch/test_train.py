@@ -36,6 +36,11 @@ def test_run_writes_outputs_and_resumes(tfds_data_dir, tmp_path):
   ratios = [r["mfu"] / r["tokens_per_second"] for r in rows if "loss" in r]
   assert all(0 < r["mfu"] < 1 for r in rows if "loss" in r)
   np.testing.assert_allclose(ratios, ratios[0], rtol=1e-9)
+  # Useful MFU counts the logged step's non-padding tokens only.
+  logged = [r for r in rows if "loss" in r]
+  assert all(0 <= r["padding_fraction"] < 1 for r in logged)
+  np.testing.assert_allclose([r["useful_mfu"] for r in logged],
+                             [r["mfu"] * (1 - r["padding_fraction"]) for r in logged], rtol=1e-9)
   assert "Experiment.objective = 'full_lm'" in (wd / "config.gin").read_text()
   assert "TrainConfig.steps = 6" in (wd / "config.gin").read_text()
   assert any(f.startswith("events.out.tfevents") for f in os.listdir(wd / "tensorboard"))
@@ -222,11 +227,28 @@ def test_resume_refuses_a_different_data_stream(tfds_data_dir, tmp_path, capsys)
 
 
 @pytest.mark.e2e
-def test_unpacked_batches_train(tfds_data_dir, tmp_path):
-  s = _train(tmp_path / "wd", "Experiment.pack=False", "TrainConfig.steps=2",
-             "TrainConfig.warmup_steps=1", "TrainConfig.eval_every=2",
-             "TrainConfig.checkpoint_every=2")
+def test_unpacked_batches_train(tfds_data_dir, tmp_path, capsys):
+  """Unpacked T5 prefix-LM rows (each document chunk on its own row, padded: short
+  documents leave much of a 626-token row empty) train, and their padding shows in the
+  log: padding_fraction, useful_mfu and the progress line."""
+  configure.parse(["run/quickstart.gin"], [*FAST, "Experiment.pack=False",
+                                           "Experiment.objective=t5_prefix_lm",
+                                           "Experiment.sequence_length=626",
+                                           "TrainConfig.steps=2", "TrainConfig.warmup_steps=1",
+                                           "TrainConfig.eval_every=2",
+                                           "TrainConfig.checkpoint_every=2"])
+  s = train.train(str(tmp_path / "wd"), quiet=False)
   assert s["final_step"] == 2 and np.isfinite(s["final_eval_loss"])
+  logged = [r for r in map(json.loads, (tmp_path / "wd" / "metrics.jsonl").read_text()
+                           .splitlines()) if "loss" in r]
+  assert [r["step"] for r in logged] == [1, 2]
+  assert all(0 < r["padding_fraction"] < 1 for r in logged), logged
+  np.testing.assert_allclose([r["useful_mfu"] for r in logged],
+                             [r["mfu"] * (1 - r["padding_fraction"]) for r in logged], rtol=1e-9)
+  bar = [l for l in capsys.readouterr().err.splitlines() if "step 2/2" in l][-1]
+  last = logged[-1]
+  assert (f"MFU {last['mfu']:.1%} (useful {last['useful_mfu']:.1%}, "
+          f"padding {last['padding_fraction']:.1%})") in bar, bar
 
 
 def test_objectives_the_causal_decoder_cannot_run_are_rejected_naming_their_architectures(
