@@ -8,6 +8,7 @@
   objectax bench data [--budget N] [--seconds S] [--objective NAME ...]
   objectax bench input [gin flags] [--steps N] [--padding_table [--json FILE]]
   objectax bench model [gin flags] [--steps N] [--batch_size B] [--json FILE]
+  objectax bench peer [gin flags] [--steps N] [--rounds R] [--batch_size B] [--maxtext_venv DIR]
   objectax info [--devices N] [gin flags]
   objectax plan [--devices N] [--device_memory_gib G] [gin flags]
   objectax launch {tpu,slurm} [launcher flags] [--dry_run] -- [train flags]
@@ -215,7 +216,7 @@ def _parser() -> argparse.ArgumentParser:
   bench = sub.add_parser("bench", help="benchmarks: `objectax bench data` times every objective's "
                                        "preprocessor",
                          description="Benchmarks that print figures.")
-  bench.add_argument("what", choices=["data", "input", "model", "decode"], help="data: source tokens/s and "
+  bench.add_argument("what", choices=["data", "input", "model", "decode", "peer"], help="data: source tokens/s and "
                      "examples/s of each objective's preprocessor on the embedded corpus; "
                      "input: the configured experiment's input pipeline (batches/s, tokens/s) "
                      "and the fraction of a short training run's step time spent waiting "
@@ -223,7 +224,10 @@ def _parser() -> argparse.ArgumentParser:
                      "configured model on synthetic batches (compile time, step time, tokens/s, "
                      "MFU, peak memory), without TensorFlow or seqio; decode: cached decoding "
                      "against full recomputation on synthetic prompts (prefill time, tokens/s, "
-                     "their ratio), without TensorFlow or seqio")
+                     "their ratio), without TensorFlow or seqio; peer: the causal decoder's "
+                     "training step against MaxText's on the same shape, alternating rounds, "
+                     "with the ratio of their median step times; --steps timed steps a side "
+                     "per round, default 5 (MaxText in its own Python 3.12 venv, made once)")
   bench.add_argument("--prompt_length", type=int, default=64,
                      help="decode: tokens per synthetic prompt (default 64)")
   bench.add_argument("--new_tokens", type=int, default=64,
@@ -249,6 +253,12 @@ def _parser() -> argparse.ArgumentParser:
   bench.add_argument("--budget", type=int, default=626,
                      help="per-example token budget (default 626, Wang et al. 2022)")
   bench.add_argument("--seconds", type=float, default=3.0, help="time per objective")
+  bench.add_argument("--rounds", type=int, default=2,
+                     help="peer: rounds of (Objectax, MaxText) runs (default 2)")
+  bench.add_argument("--maxtext_venv", default="", help="peer: MaxText's virtualenv, made on "
+                     "first use (default ~/.cache/objectax/maxtext_venv)")
+  bench.add_argument("--maxtext_python", default="", help="peer: the Python >= 3.12 to make "
+                     "that venv with (default: python3.12 on PATH, else pyenv's)")
   bench.add_argument("--objective", action="append", default=None,
                      help="only this objective (repeatable); default: all")
   ev = sub.add_parser(
@@ -441,6 +451,17 @@ def run(argv: list[str] | None = None) -> int:
   # pylint: disable=g-import-not-at-top
   from objectax.launch import plugins, preemption
   from objectax.models.registry import ConfigError
+  if args.command == "bench" and args.what == "peer":  # model side only, as bench model
+    from objectax.launch.tools import bench_peer
+    try:
+      plugins.load(modules)
+      steps = bench_peer.DEFAULT_STEPS if args.steps is None else args.steps
+      bench_peer.main(files, bindings, steps, args.rounds,
+                      args.batch_size, args.vocab_size, args.maxtext_venv, args.maxtext_python)
+    except ConfigError as e:
+      print(f"objectax: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+      return 2
+    return 0
   if args.command == "bench" and args.what in ("model", "decode"):  # GPU hosts: no TF/seqio
     from objectax.launch.tools import bench_decode, bench_model
     try:
