@@ -320,8 +320,17 @@ def init_params(model: Model, spec: Mapping[str, jax.ShapeDtypeStruct],
   return model.init(rng, batch)["params"]
 
 
+CAUSAL = "causal_decoder"
+
+
+def is_causal_decoder(architecture: str) -> bool:
+  """Whether `architecture` is this module's causal decoder: the one shape every
+  decoder-only codebase trains (tools that compare against one, e.g. `bench peer`)."""
+  return architecture == CAUSAL
+
+
 registry.register(registry.from_module(
-    "causal_decoder", "decoder-only, causal attention over concat(inputs, targets)",
+    CAUSAL, "decoder-only, causal attention over concat(inputs, targets)",
     sys.modules[__name__], functools.partial(Model, bidirectional_inputs=False)))
 registry.register(registry.from_module(
     "prefix_decoder", "decoder-only, bidirectional over inputs (+1 position), causal after",

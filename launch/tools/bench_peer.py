@@ -544,7 +544,8 @@ def _check_flags(steps: int, rounds: int, batch_size: int) -> None:
 
 
 def check_arch(arch: str) -> None:
-  if arch != "causal_decoder":
+  from objectax.models import decoder  # pylint: disable=g-import-not-at-top
+  if not decoder.is_causal_decoder(arch):
     raise PeerError(f"objectax bench peer compares the causal decoder only (MaxText's decoder "
                     f"shape), not Experiment.arch={arch!r}")
 
