@@ -427,11 +427,18 @@ def _import_tensorflow_quietly() -> None:
     os.close(devnull)
 
 
+# The commands that load torch (the hf extra) beside TensorFlow.
+_TORCH_COMMANDS = ("export", "import", "harness")
+
+
 def run(argv: list[str] | None = None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   if argv[:1] == ["launch"]:  # its own parser: the train flags after `--` are passed through
     from objectax.launch import launchers  # pylint: disable=g-import-not-at-top
     return launchers.run(argv[1:])
+  if argv[:1] and argv[0] in _TORCH_COMMANDS:
+    from objectax.launch.interop import load_triton_before_tensorflow  # pylint: disable=g-import-not-at-top
+    load_triton_before_tensorflow()
   if argv[:1] == ["harness"]:  # lm-eval's own command line, `--model objectax` registered
     _import_tensorflow_quietly()
     try:

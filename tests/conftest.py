@@ -13,6 +13,11 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
+# The interop tests load torch in the same process as TensorFlow; a CUDA build of torch
+# brings triton, which crashes when loaded after TensorFlow, so it is loaded first.
+from objectax.launch.interop import load_triton_before_tensorflow  # pylint: disable=g-import-not-at-top
+load_triton_before_tensorflow()
+
 import jax  # pylint: disable=g-import-not-at-top
 import pytest  # pylint: disable=g-import-not-at-top
 
