@@ -15,7 +15,9 @@ _EVAL = ["rouge-score>=0.1.2", "sacrebleu>=2.3", "scikit-learn>=1.3"]
 # Leaving the codebase (launch/interop/): Hugging Face transformers reads the exported
 # folders, safetensors writes their weights, torch runs them, lm-eval is the EleutherAI
 # harness Wang et al. 2022 evaluated with; protobuf lets transformers convert SentencePiece.
-_HF = ["transformers>=4.46", "torch>=2.2", "safetensors>=0.4", "lm-eval>=0.4.5", "accelerate>=0.26",
+# torch stops below 2.14: 2.13 is the release the interop tests run against, and where a CPU
+# build of it is on disk pip takes that instead of a CUDA build several GB larger.
+_HF = ["transformers>=4.46", "torch>=2.2,<2.14", "safetensors>=0.4", "lm-eval>=0.4.5", "accelerate>=0.26",
        "protobuf>=3.20"]
 
 setuptools.setup(
