@@ -97,8 +97,30 @@ def resolve(*, model_only: bool = False, fallback_arch: bool = False) -> RunConf
   arch_registry.check_supports(arch, objective)  # one line: the architectures it runs on
   tasks.check_pairing(sources.get_corpus(exp.corpus), objective)  # before any data is read
   return RunConfig(exp=exp, arch=arch, objective=objective,
-                   objective_cfg=objective.config_cls(), vocab=vocab_lib.VocabConfig(),
-                   data=sources.data_config(), **common)
+                   objective_cfg=row_layout(objective.config_cls(), arch, exp.pack),
+                   vocab=vocab_lib.VocabConfig(), data=sources.data_config(), **common)
+
+
+def row_layout(objective_cfg: Any, arch: arch_registry.Architecture, pack: bool) -> Any:
+  """The objective's config with its `pair_pieces` decided, where it has one.
+
+  None (the default) becomes whether the architecture pairs pieces (`pairs_pieces`) and
+  the run packs; an explicit True the architecture or an unpacked run cannot take is a
+  ConfigError. Configs without the field are returned as they are.
+  """
+  if "pair_pieces" not in {f.name for f in dataclasses.fields(objective_cfg)}:
+    return objective_cfg
+  can = arch.pairs_pieces and pack
+  if objective_cfg.pair_pieces is None:
+    return dataclasses.replace(objective_cfg, pair_pieces=can)
+  if objective_cfg.pair_pieces and not can:
+    takers = [a for a in arch_registry.ARCHITECTURES.names()
+              if arch_registry.get(a).pairs_pieces]
+    raise ConfigError(
+        f"{type(objective_cfg).__name__}.pair_pieces = True needs an architecture whose rows "
+        f"take two pieces ({', '.join(takers)}) and Experiment.pack = True; got "
+        f"{arch.name} with pack = {pack}")
+  return objective_cfg
 
 
 @dataclasses.dataclass(frozen=True)

@@ -105,7 +105,8 @@ def padding_fraction(batch: Mapping[str, Any]) -> Any:
   if not counts:
     raise ValueError(f"no token stream in the batch (keys: {', '.join(sorted(batch))}); "
                      f"expected <stream>_input_tokens for a stream of {', '.join(STREAMS)}")
-  return 1.0 - sum(real for real, _ in counts) / sum(total for _, total in counts)
+  total = sum(total for _, total in counts)
+  return (total - sum(real for real, _ in counts)) / total  # exactly 0 for a full batch
 
 
 def component_metrics(batch: dict, metrics: dict, names: tuple[str, ...],

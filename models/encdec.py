@@ -51,6 +51,9 @@ TARGETS_KEY = "decoder_target_tokens"
 WEIGHTS_KEY = "decoder_loss_weights"
 READS = ("seq2seq",)  # inputs -> encoder, targets -> decoder
 LEFT_TO_RIGHT = True
+# Two pieces per row with complementary splits where a variable-split objective offers it
+# (Wang et al.'s prefix LM): one piece per row would leave each stream half empty.
+PAIRS_PIECES = True
 ENCODER_FEATURES = ("encoder_input_tokens",)
 DECODER_FEATURES = (TARGETS_KEY, "decoder_input_tokens", WEIGHTS_KEY)
 PACKING_FEATURES = ("encoder_segment_ids", "encoder_positions", "decoder_segment_ids",
@@ -214,14 +217,29 @@ def _positions(batch: Mapping[str, jax.Array], key: str, tokens_BL: jax.Array) -
 def feature_converter(pack: bool = True, concat_length: int = 0) -> Any:
   """seqio's EncDecFeatureConverter: inputs -> encoder, targets -> decoder, loss on targets.
 
-  `concat_length` (an objective's TaskLengths.concat) is ignored: inputs and targets live
-  in separate streams, each sized by its own task feature length. seqio is imported here,
-  not at module level.
+  Packed, an example that arrives already packed (it has `inputs_segment_ids`: the two
+  complementary pieces of Wang et al.'s prefix LM) fills a row by itself, its segment ids
+  and positions kept; seqio's packer would number it as one segment. `concat_length` (an
+  objective's TaskLengths.concat) is ignored: inputs and targets live in separate streams,
+  each sized by its own task feature length. seqio is imported here, not at module level.
   """
   del concat_length
   import seqio  # pylint: disable=g-import-not-at-top
 
-  return seqio.EncDecFeatureConverter(pack=pack)
+  class EncDecFeatureConverter(seqio.EncDecFeatureConverter):
+    """seqio's, plus examples packed by their objective (see `feature_converter`)."""
+
+    def _pack_or_pad(self, ds, packed_lengths):
+      if "inputs_segment_ids" not in ds.element_spec:
+        return super()._pack_or_pad(ds, packed_lengths)
+      if not self.pack:
+        raise ConfigError("these examples arrive packed (two pieces per row, with segment "
+                          "ids), which needs Experiment.pack = True")
+      return seqio.utils.trim_and_pad_dataset(ds, {
+          f"{k}{suffix}": n for k, n in packed_lengths.items()
+          for suffix in ("", "_segment_ids", "_positions")})
+
+  return EncDecFeatureConverter(pack=pack)
 
 
 def model_lengths(task_feature_lengths: Mapping[str, int], concat_length: int = 0) -> dict[str, int]:

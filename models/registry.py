@@ -154,6 +154,11 @@ class Architecture:
       exactly as its feature converter would lay them out unpacked (the yardstick and
       zero-shot evaluations score through it; the scored targets are `targets_key`).
     left_to_right: it can score a sequence token by token (a continuation given a prefix).
+    pairs_pieces: its rows hold a variable-split objective's pieces in two streams, so it
+      wants two pieces per example with complementary splits where the objective offers
+      them (a `pair_pieces` field in its config, e.g. Wang et al.'s prefix LM on the
+      encoder-decoder); its feature converter then takes examples that arrive packed
+      (with `inputs_segment_ids` and the like) as they are.
   """
 
   name: str
@@ -170,6 +175,7 @@ class Architecture:
   budget_lengths: Callable[..., dict[str, int]]
   score_layout: Callable[[Sequence[Any], int], Any]
   left_to_right: bool
+  pairs_pieces: bool = False
 
   def __post_init__(self):
     unknown = [k for k in self.reads if k not in EXAMPLE_KINDS]
@@ -182,7 +188,8 @@ def from_module(name: str, description: str, module: Any,
                 make_model: Optional[Callable[..., Any]] = None) -> Architecture:
   """An Architecture from a model module's contract: Model, feature_converter,
   model_lengths, batch_spec, synthetic_batch, flops_per_token, budget_lengths,
-  score_layout, TARGETS_KEY, WEIGHTS_KEY, READS, LEFT_TO_RIGHT."""
+  score_layout, TARGETS_KEY, WEIGHTS_KEY, READS, LEFT_TO_RIGHT (and PAIRS_PIECES, default
+  False)."""
   return Architecture(
       name=name,
       description=description,
@@ -198,6 +205,7 @@ def from_module(name: str, description: str, module: Any,
       budget_lengths=module.budget_lengths,
       score_layout=module.score_layout,
       left_to_right=bool(module.LEFT_TO_RIGHT),
+      pairs_pieces=bool(getattr(module, "PAIRS_PIECES", False)),
   )
 
 

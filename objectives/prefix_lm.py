@@ -15,9 +15,14 @@ on the targets only. They differ in where the pieces come from and in EOS:
   Encoder-decoder: Wang et al. pack TWO pieces per 1,252-token row
   (`pack_prefix_lm_encoder_decoder`): with one split i the encoder gets
   piece0[:i] + piece1[:626 - i] and the decoder piece0[i:] + piece1[626 - i:], so both
-  sides are exactly 626 tokens (batch 1,024 rows; paper App. C). This module emits single
-  examples; that two-per-row layout belongs to the encoder-decoder architecture
-  (not built yet), since it is a row layout, not a change to the examples.
+  sides are exactly 626 tokens (batch 1,024 rows; paper App. C). One piece per row would
+  leave half of every 625 + 625 row empty, since no two random splits fit one row. With
+  `PrefixLMConfig.pair_pieces` (the encoder-decoder sets it when packing; see
+  `paired_lengths`) each example is such a pair, already packed: the seqio features
+  inputs/targets plus their `_segment_ids` (piece 1 or 2) and `_positions` (from 0 in each
+  piece), so attention, cross-attention and positions keep the two pieces apart. The pair
+  is made here, not by the feature converter, because seqio shuffles (and mixes) the
+  examples before the converter sees them.
   Worked example (a real run of this module under map_seed_manager(0): budget 8, so
   sequence_length {"inputs": 7, "targets": 7}; EOS = 1; documents [3 ... 9], [10 ... 20],
   [21 ... 29]):
@@ -132,7 +137,20 @@ def _document_batches(ds: tf.data.Dataset) -> tf.data.Dataset:
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class PrefixLMConfig:
-  """Wang et al.'s PLM has no hyper-parameters beyond the budget: i ~ U[1, B) (T5 repo)."""
+  """Wang et al.'s PLM has no hyper-parameters beyond the budget: i ~ U[1, B) (T5 repo).
+
+  Attributes:
+    pair_pieces: the row layout, not the objective: two pieces per example with
+      complementary splits i and B - i (Wang et al.'s encoder-decoder rows). None: the
+      architecture decides (the encoder-decoder pairs when `Experiment.pack` is on, the
+      decoders never need to); True or False forces it.
+  """
+  pair_pieces: Optional[bool] = None
+
+  def __post_init__(self):
+    if self.pair_pieces is not None and not isinstance(self.pair_pieces, bool):
+      raise ConfigError(f"PrefixLMConfig.pair_pieces must be True, False or None, got "
+                        f"{self.pair_pieces!r}")
 
 
 def min_budget() -> int:
@@ -173,16 +191,19 @@ def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]]
   document (when the targets feature has add_eos) and nothing else: the inputs feature's
   add_eos is not consulted, since the split adds no EOS (T5 repo). One seqio map seed per
   batch of pieces, so the output is deterministic under seqio's map_seed_manager or a Task
-  seed.
+  seed. With cfg.pair_pieces, sequence_length = {"inputs": B, "targets": B} and each
+  example is two pieces (`pair_split`), both features exactly B tokens.
   """
-  del cfg  # No hyper-parameters.
-  budget = _equal_bounds("prefix_lm", sequence_length) + 1
+  paired = bool(cfg and cfg.pair_pieces)
+  budget = _equal_bounds("prefix_lm", sequence_length) + (0 if paired else 1)
   lengths(PrefixLMConfig(), budget)  # ConfigError below the minimum budget.
   _check_pair_features("prefix_lm", output_features)
   eos_id = stream.eos_id_or_none(output_features["targets"], "targets")
   # stream.concat_and_split(ds, budget, "targets", eos_id), fed a batch of documents per
   # scan step instead of one: the same pieces with 64 times fewer sequential steps.
   pieces = stream.chunk_token_stream(_flat_document_batches(ds, eos_id), budget)
+  if paired:
+    return _paired(pieces, budget)
 
   @seqio.map_over_dataset(num_seeds=1)
   def split(pieces_KB, seed):
@@ -195,12 +216,57 @@ def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]]
   return stream.dense_examples(split(pieces.batch(_PIECES_PER_STEP)).unbatch())
 
 
+def pair_split(pairs_K2B: tf.Tensor, split_K: tf.Tensor) -> dict[str, tf.Tensor]:
+  """Two pieces per row with complementary splits, as packed seqio features [K, B].
+
+  Row k: inputs = piece0[:i] + piece1[:B - i], targets = piece0[i:] + piece1[B - i:]
+  (i = split[k]), each exactly B tokens, with `_segment_ids` 1 then 2 and `_positions`
+  counting from 0 in each piece. Example, B = 4, i = 1:
+  pieces [[5, 6, 7, 8], [9, 10, 11, 12]] -> inputs [5, 9, 10, 11] (segments [1, 2, 2, 2],
+  positions [0, 0, 1, 2]), targets [6, 7, 8, 12] (segments [1, 1, 1, 2], positions
+  [0, 1, 2, 0]).
+  """
+  budget = tf.shape(pairs_K2B)[2]
+  first_in, first_out = split_pieces(pairs_K2B[:, 0], split_K)
+  second_in, second_out = split_pieces(pairs_K2B[:, 1], budget - split_K)
+  pos_1B = tf.range(budget)[tf.newaxis, :]
+  out = {"inputs": tf.concat([first_in, second_in], axis=1).to_tensor(),
+         "targets": tf.concat([first_out, second_out], axis=1).to_tensor()}
+  for key, first_K in (("inputs", split_K), ("targets", budget - split_K)):
+    second_KB = pos_1B >= first_K[:, tf.newaxis]
+    out[f"{key}_segment_ids"] = 1 + tf.cast(second_KB, tf.int32)
+    out[f"{key}_positions"] = pos_1B - tf.where(second_KB, first_K[:, tf.newaxis], 0)
+  return out
+
+
+def _paired(pieces: tf.data.Dataset, budget: int) -> tf.data.Dataset:
+  """Consecutive pieces two by two (an odd last one dropped) -> `pair_split` examples."""
+
+  @seqio.map_over_dataset(num_seeds=1)
+  def split(pairs_K2B, seed):
+    # One draw per pair: i for the first piece, B - i for the second (T5 repo
+    # `pack_prefix_lm_encoder_decoder`), so both rows are exactly B tokens.
+    split_K = tf.random.stateless_uniform(tf.shape(pairs_K2B)[:1], seed=seed, minval=1,
+                                          maxval=budget, dtype=tf.int32)
+    return pair_split(pairs_K2B, split_K)
+
+  pairs = pieces.batch(2, drop_remainder=True).batch(_PIECES_PER_STEP // 2)
+  return split(pairs).unbatch().map(
+      lambda ex: {k: tf.ensure_shape(v, [budget]) for k, v in ex.items()},
+      num_parallel_calls=tf.data.AUTOTUNE)
+
+
 def lengths(cfg: PrefixLMConfig, sequence_length: int) -> registry.TaskLengths:
-  """lengths(cfg, 626) == TaskLengths(626, 625, 625, concat=626): bounds, and an exact row."""
-  del cfg
+  """lengths(cfg, 626) == TaskLengths(626, 625, 625, concat=626): bounds, and an exact row.
+
+  With cfg.pair_pieces: TaskLengths(626, 626, 626, per_row=2), two pieces per row.
+  """
   if sequence_length < min_budget():
     raise ConfigError(f"prefix_lm token budget {sequence_length} is too small; the minimum "
                       f"token budget is {min_budget()} (one inputs and one targets token)")
+  if cfg.pair_pieces:
+    return registry.TaskLengths(raw=sequence_length, inputs=sequence_length,
+                                targets=sequence_length, exact=True, per_row=2)
   return registry.TaskLengths(raw=sequence_length, inputs=sequence_length - 1,
                               targets=sequence_length - 1, concat=sequence_length, exact=True)
 

@@ -65,6 +65,10 @@ class TaskLengths:
       exactly this when `exact`); 0 means inputs + targets.
     exact: every example fills its layout exactly (no padding).
     aligned: inputs and targets are aligned position by position (encoder-only).
+    per_row: budget-sized pieces each example carries: 2 where an objective pairs two
+      pieces with complementary splits in one example (Wang et al.'s encoder-decoder
+      prefix LM, `PrefixLMConfig.pair_pieces`), already packed with segment ids; tokens
+      seen per example are then per_row x the budget.
   """
   raw: int
   inputs: int
@@ -72,6 +76,7 @@ class TaskLengths:
   concat: int = 0
   exact: bool = True
   aligned: bool = False
+  per_row: int = 1
 
   def feature_lengths(self) -> dict[str, int]:
     """The seqio `sequence_length`: {"targets": t}, or {"inputs": i, "targets": t}."""

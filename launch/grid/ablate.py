@@ -19,7 +19,8 @@ trained but was not evaluated is only evaluated. Every cell is configured (and c
 this process before anything runs: a bad name or binding fails in one line.
 
 Cells are matched on tokens seen (Wang et al. 2022 sec. 3.1, Table 2): steps x batch_size x
-sequence_length, the per-example budget (len(inputs) + len(targets)), must agree.
+pieces per row (2 where an example pairs two pieces) x sequence_length, the per-piece
+budget (len(inputs) + len(targets)), must agree.
 """
 from __future__ import annotations
 
@@ -96,11 +97,12 @@ class Cell:
   arch: str
   objective: str
   bindings: tuple[str, ...] = ()  # a variant's own, applied after the grid's
+  per_row: int = 1  # budget-sized pieces per example (TaskLengths.per_row)
 
   @property
   def tokens_seen(self) -> int:
     """Tokens read per run, padding included (Wang et al.'s compute match)."""
-    return self.steps * self.batch_size * self.sequence_length
+    return self.steps * self.batch_size * self.per_row * self.sequence_length
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,7 +244,7 @@ def configure_cell(name: str, gin_file: str, bindings: Sequence[str],
   except ConfigError as e:
     raise ConfigError(f"cell {name}: {str(e).strip().splitlines()[0]}") from None
   return Cell(name, gin_file, cfg.train.steps, cfg.train.batch_size, cfg.exp.sequence_length,
-              cfg.exp.arch, cfg.exp.trains_on, tuple(own))
+              cfg.exp.arch, cfg.exp.trains_on, tuple(own), cfg.task_lengths().per_row)
 
 
 def _variants(grid: Grid, files: dict) -> dict[str, tuple[str, tuple[str, ...]]]:

@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from objectax.models.registry import ConfigError
 from objectax.models import decoder
+from objectax.models import encdec
 from objectax.objectives import prefix_lm
 from objectax.models import registry as arch_registry
 from objectax.objectives import registry
@@ -152,6 +153,97 @@ def test_prefix_lm_without_eos_concatenates_the_raw_documents(plm_docs):
   stream_ids = _stream(docs, eos=False)
   assert len(examples) == len(stream_ids) // BUDGET and EOS not in pieces
   np.testing.assert_array_equal(pieces, stream_ids[:len(pieces)])
+
+
+# ------------------------------------------- prefix_lm, two pieces per encoder-decoder row
+
+PAIRED = PrefixLMConfig(pair_pieces=True)
+
+
+@pytest.fixture(scope="module")
+def paired_examples(plm_docs):
+  return ot.run(PLM, PAIRED, plm_docs, 0, PLM.lengths(PAIRED, BUDGET).feature_lengths(),
+                _features())
+
+
+def _pieces(ex, segment):
+  """One piece of a paired example: its inputs then its targets of that segment."""
+  return np.concatenate([ex["inputs"][ex["inputs_segment_ids"] == segment],
+                         ex["targets"][ex["targets_segment_ids"] == segment]])
+
+
+def test_pair_split_docstring_example():
+  out = prefix_lm.pair_split(tf.constant([[[5, 6, 7, 8], [9, 10, 11, 12]]]), tf.constant([1]))
+  assert {k: v.numpy().tolist()[0] for k, v in out.items()} == {
+      "inputs": [5, 9, 10, 11], "inputs_segment_ids": [1, 2, 2, 2],
+      "inputs_positions": [0, 0, 1, 2], "targets": [6, 7, 8, 12],
+      "targets_segment_ids": [1, 1, 1, 2], "targets_positions": [0, 1, 2, 0]}
+
+
+def test_paired_lengths_are_two_full_rows():
+  lengths = PLM.lengths(PAIRED, 626)
+  assert lengths == registry.TaskLengths(626, 626, 626, per_row=2)
+  assert lengths.budget == 2 * 626 and lengths.exact
+  assert PLM.lengths(PrefixLMConfig(), 626).per_row == 1
+  with pytest.raises(ConfigError, match="pair_pieces must be True, False or None"):
+    PrefixLMConfig(pair_pieces="yes")
+
+
+def test_paired_examples_fill_both_streams_with_complementary_splits(plm_docs,
+                                                                    paired_examples):
+  stream_ids = _stream(plm_docs)
+  # Pieces two by two: only the partial tail piece and an odd last piece are dropped.
+  assert len(paired_examples) == (len(stream_ids) // BUDGET) // 2 >= 600
+  splits = []
+  for ex in paired_examples:
+    for key in ("inputs", "targets"):
+      assert len(ex[key]) == BUDGET and (ex[key] > 0).all()  # no padding in either stream
+      seg = ex[f"{key}_segment_ids"]
+      first = int((seg == 1).sum())
+      assert 1 <= first < BUDGET and seg.tolist() == [1] * first + [2] * (BUDGET - first)
+      assert ex[f"{key}_positions"].tolist() == (list(range(first))
+                                                 + list(range(BUDGET - first)))
+    i = int((ex["inputs_segment_ids"] == 1).sum())
+    # The second piece's split is B - i: its prefix is the first piece's target length.
+    assert int((ex["targets_segment_ids"] == 1).sum()) == BUDGET - i
+    splits.append(i)
+  # Reading each example's two pieces back in order gives the token stream.
+  pieces = np.concatenate([_pieces(ex, s) for ex in paired_examples for s in (1, 2)])
+  np.testing.assert_array_equal(pieces, stream_ids[:len(pieces)])
+  # Each pair's split is i ~ U{1, ..., B - 1}, as for single pieces (n = 647 pairs).
+  _check_uniform(splits, 1, BUDGET - 1, "paired split")
+
+
+def test_paired_examples_are_seeded(plm_docs):
+  lengths = PLM.lengths(PAIRED, BUDGET).feature_lengths()
+  first, again, other = (ot.run(PLM, PAIRED, plm_docs[:60], seed, lengths, _features())
+                         for seed in (3, 3, 4))
+  same = lambda a, b: all((x[k] == y[k]).all() for x, y in zip(a, b) for k in x)
+  assert len(first) == len(other) >= 10 and same(first, again) and not same(first, other)
+
+
+def test_encoder_decoder_converter_keeps_a_paired_examples_segments(paired_examples):
+  lengths = PLM.lengths(PAIRED, BUDGET).feature_lengths()
+  examples = paired_examples[:40]
+  ds = tf.data.Dataset.from_generator(
+      lambda: iter(examples),
+      output_signature={k: tf.TensorSpec([None], tf.int32) for k in examples[0]})
+  rows = list(encdec.feature_converter(pack=True)(ds, lengths).as_numpy_iterator())
+  assert len(rows) == len(examples)  # one pair per row, nothing packed beside it
+  for ex, row in zip(examples, rows):
+    assert row["encoder_input_tokens"].tolist() == ex["inputs"].tolist()
+    assert row["decoder_target_tokens"].tolist() == ex["targets"].tolist()
+    assert row["encoder_segment_ids"].tolist() == ex["inputs_segment_ids"].tolist()
+    assert row["decoder_positions"].tolist() == ex["targets_positions"].tolist()
+    assert (row["decoder_loss_weights"] == 1).all()
+    # Teacher forcing restarts at the second piece: its first input is BOS (0), not the
+    # first piece's last target.
+    start = int((ex["targets_segment_ids"] == 1).sum())
+    assert row["decoder_input_tokens"][0] == 0 and row["decoder_input_tokens"][start] == 0
+    assert row["decoder_input_tokens"][1:start].tolist() == ex["targets"][:start - 1].tolist()
+    assert row["decoder_input_tokens"][start + 1:].tolist() == ex["targets"][start:-1].tolist()
+  with pytest.raises(ConfigError, match="needs Experiment.pack = True"):
+    encdec.feature_converter(pack=False)(ds, lengths)
 
 
 # ---------------------------------------------------------------------------- t5_prefix_lm
