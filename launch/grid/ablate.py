@@ -588,7 +588,9 @@ def describe(plan: Plan) -> str:
   for cell in plan.cells:
     states = [run_state(plan, cell, s) for s in range(plan.seeds)]
     lines.append(f"  {cell.name}: {os.path.relpath(cell.gin_file)}; {cell.arch}/{cell.objective}, "
-                 f"{cell.steps} steps x {cell.batch_size} x {cell.sequence_length} = "
+                 f"{cell.steps} steps x {cell.batch_size}"
+                 f"{f' rows x {cell.per_row} pieces' if cell.per_row > 1 else ''} x "
+                 f"{cell.sequence_length} = "
                  f"{cell.tokens_seen:,} tokens{'; ' if cell.bindings else ''}"
                  f"{' '.join(cell.bindings)}; runs: {', '.join(states)}")
   for stage in plan.stages:

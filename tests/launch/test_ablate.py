@@ -44,6 +44,11 @@ def test_wang_grid_resolves_six_cells_matched_on_tokens(tmp_path):
   cell = plan.cells[0]
   assert cell.sequence_length == 626  # Wang et al.'s per-example budget
   assert cell.tokens_seen == cell.steps * cell.batch_size * 626
+  # The encoder-decoder prefix LM's rows hold two pieces each: half the rows, same tokens.
+  ed_plm = plan.cells[WANG_CELLS.index("encoder_decoder_prefix_lm")]
+  assert (ed_plm.per_row, ed_plm.batch_size) == (2, cell.batch_size // 2)
+  assert f"{ed_plm.steps} steps x {ed_plm.batch_size} rows x 2 pieces x 626 = " in (
+      ablate.describe(plan))
   # `tiny/` bindings apply at --size=tiny, and the grid's steps override the cell file's 300.
   assert any(b.startswith("TrainConfig.steps=") for b in plan.bindings)
   assert cell.steps != 300
