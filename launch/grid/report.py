@@ -427,8 +427,9 @@ def write_report(plan) -> list[str]:
   md = [f"# Grid results: {os.path.basename(plan.grid_file)} at size {plan.size}", "",
         f"{len(names)} cells x {plan.seeds} seed(s); figures are mean ± std over seeds "
         "(std needs >= 2 seeds). Every cell trains the same number of tokens (steps x batch x "
-        "sequence length, the per-example budget inputs + targets, as Wang et al. 2022 match "
-        "compute); tokens that carried loss differ by objective (mean `target_tokens` of the "
+        "pieces per row x sequence length, the per-piece budget inputs + targets, as Wang et "
+        "al. 2022 match compute; a row holds two pieces where the encoder-decoder pairs "
+        "them); tokens that carried loss differ by objective (mean `target_tokens` of the "
         "logged steps x steps, from metrics.jsonl).", "",
         "## Training", "",
         "The validation loss is each cell's OWN objective's loss on held-out batches: a "
