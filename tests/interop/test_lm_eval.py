@@ -176,7 +176,7 @@ def test_the_rolling_windows_score_every_token_once():
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("arch", [
-    "causal_decoder", "encoder_decoder",
+    "causal_decoder", pytest.param("encoder_decoder", marks=pytest.mark.slow),
     # The same code path in two more layouts; the default suite's time goes to the others.
     pytest.param("prefix_decoder", marks=pytest.mark.slow),
     pytest.param("encoder_only", marks=pytest.mark.slow)])
@@ -297,6 +297,7 @@ def test_generate_until_is_objectax_generate(arch, runs, models):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_the_command_line_reaches_the_adapter(runs, objectax_eval, tmp_path):
   """`objectax harness` is lm-eval's own command line with `--model objectax` registered
   (lm-eval 0.4 discovers no external models): the table it prints has objectax eval's

@@ -34,8 +34,9 @@ def _params(workdir):
 
 
 @pytest.mark.parametrize("source_gin,adapt_gin,arch,objective", [
-    ("experiments/wang2022/prefix_decoder_span_corruption_tiny_pydocs.gin",
-     "adapt/lm_adaptation.gin", "causal_decoder", "full_lm"),
+    pytest.param("experiments/wang2022/prefix_decoder_span_corruption_tiny_pydocs.gin",
+                 "adapt/lm_adaptation.gin", "causal_decoder", "full_lm",
+                 marks=pytest.mark.slow),
     pytest.param("experiments/wang2022/causal_decoder_full_lm_tiny_pydocs.gin",
                  "adapt/nc_adaptation.gin", "prefix_decoder", "span_corruption",
                  marks=pytest.mark.slow),  # the same code path with the mask flipped back

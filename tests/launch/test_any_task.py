@@ -190,6 +190,7 @@ def _train(user_dir, wd, tfds_data_dir, *bindings, steps=40):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_a_users_seqio_task_trains_evaluates_and_inspects_from_outside(user_dir, tmp_path,
                                                                       tfds_data_dir):
   """The worked example's task (a FunctionDataSource over JSONL and a text preprocessor)

@@ -29,6 +29,7 @@ def _bench(tmp_path, *flags):
                         cwd=tmp_path, capture_output=True, text=True, timeout=240)
 
 
+@pytest.mark.slow
 def test_bench_model_prints_figures_without_tensorflow(tmp_path):
   # An objective binding (needs TensorFlow to register) is skipped, not an error.
   out = _bench(tmp_path, "--gin.Experiment.arch=encoder_decoder", "--inputs_length=24",

@@ -48,7 +48,7 @@ def test_generate_continues_a_prompt_after_the_quickstart(trained_quickstart, ca
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("mesh", ["fsdp", "fsdp_tensor"])
+@pytest.mark.parametrize("mesh", ["fsdp", pytest.param("fsdp_tensor", marks=pytest.mark.slow)])
 def test_generate_on_eight_devices_gives_the_one_device_tokens(trained_quickstart, mesh, capsys):
   """The run's checkpoint decoded on 8 simulated devices under a sharded mesh preset (the
   parameters stay sharded) prints exactly what one device prints."""

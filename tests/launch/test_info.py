@@ -40,6 +40,7 @@ def test_fsdp_bytes_per_device_scale_as_one_over_n():
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_bytes_equal_the_shards_the_trainer_lays_out(tmp_path):
   """On 8 simulated devices: info's figure == bytes of device 0's shards of the real state."""
   script = tmp_path / "shards.py"

@@ -154,6 +154,7 @@ def _crash_after_step_4_and_resume(wd, *bindings):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_prefetch_and_sync_checkpoints_change_nothing_and_resume_exactly(
     tfds_data_dir, tmp_path, capsys):
   """Prefetch 2 with async saves vs no prefetch with sync saves: the same losses, bitwise the

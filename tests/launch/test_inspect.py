@@ -51,6 +51,7 @@ def test_inspect_full_lm_puts_loss_everywhere_and_seeds_differ(tfds_data_dir, ca
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_inspect_ul2_shows_every_denoiser_with_its_mode_token(tfds_data_dir, capsys):
   assert main.run(["inspect", "ul2", "--gin.Experiment.sequence_length=48",
                    "--gin.Experiment.arch=prefix_decoder"]) == 0

@@ -81,6 +81,7 @@ def test_every_architecture_on_every_mesh_matches_one_device_for_20_steps(tfds_d
   _mesh_grid(list(CELLS), list(MESHES), 20, tmp_path, tfds_data_dir)
 
 
+@pytest.mark.slow
 def test_meshes_agree_and_a_checkpoint_moves_between_them(tfds_data_dir, tmp_path):
   """The encoder-decoder (the most involved model), 8 steps: data=8 and data=2 x fsdp=2 x
   tensor=2 give the one-device losses; the data=8 run's step-4 checkpoint, restored under

@@ -63,6 +63,7 @@ def _one_and_two_processes(tmp_path, tfds_data_dir):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_two_processes_reproduce_one_process_on_the_same_devices(tfds_data_dir, tmp_path):
   one_dir, two_dir = _one_and_two_processes(tmp_path, tfds_data_dir)
   one, two = _rows(one_dir / "wd"), _rows(two_dir / "wd")  # process 0 alone writes metrics

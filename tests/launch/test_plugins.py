@@ -44,6 +44,7 @@ def user_dir(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_module_adds_its_objective_and_its_config_gets_one_line_errors(user_dir):
   listed = _objectax(["objectives", "--module", "my_tasks"], cwd=user_dir)
   assert listed.returncode == 0, listed.stderr[-2000:]
@@ -91,6 +92,7 @@ def test_an_installed_plugin_needs_no_flag(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_a_run_records_its_modules_and_eval_reimports_them_from_anywhere(user_dir, tmp_path,
                                                                         tfds_data_dir):
   wd = tmp_path / "wd"

@@ -87,6 +87,7 @@ def _wait_for_rows(proc, workdir, rows, timeout=300):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_sigterm_saves_exits_75_and_resumes_bit_identically(tfds_data_dir, tmp_path, capsys):
   straight = tmp_path / "straight"
   _train(straight, *SIGNALLED)

@@ -57,7 +57,8 @@ def test_run_writes_outputs_and_resumes(tfds_data_dir, tmp_path):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("data_resume", ["iterator_state", "skip_batches"])
+@pytest.mark.parametrize("data_resume", [
+    "iterator_state", pytest.param("skip_batches", marks=pytest.mark.slow)])
 def test_resumed_run_equals_uninterrupted_run(tfds_data_dir, tmp_path, data_resume):
   """Drop the last checkpoint (a crash after step 4): the resumed run must land exactly where
   the uninterrupted one did, which needs restored params, optimizer state and data position,
@@ -83,6 +84,7 @@ def test_resumed_run_equals_uninterrupted_run(tfds_data_dir, tmp_path, data_resu
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_kill_9_mid_run_resumes_from_last_checkpoint(tfds_data_dir, tmp_path):
   wd = tmp_path / "wd"
   cmd = [sys.executable, "-m", "objectax.launch.main", "train", f"--workdir={wd}",
@@ -117,22 +119,24 @@ CAUSAL_DECODER_OBJECTIVES = [n for n in objective_registry.OBJECTIVES.names()
                              and objective_registry.get(n).corpus_kind == "text"]
 
 
-# One objective of each layout trains here by default (targets only; fixed inputs; a varying
-# split; a non-exact length; a model-side loss); the UL2 mixture trains in the default grid
-# (tests/launch/test_grid.py), whose slow variant trains every one of them for 20 steps.
-TRAINED_BY_DEFAULT = {"full_lm", "span_corruption", "prefix_lm", "bart", "mtp"}
+# Trained here by default: targets only and a varying split; with --slow also fixed inputs,
+# a non-exact length and a model-side loss. Every objective's batches are checked below
+# either way, and the slow grid (tests/launch/test_grid.py) trains each for 20 steps.
+TRAINED_BY_DEFAULT = {"full_lm", "prefix_lm"}
+TRAINED_WITH_SLOW = {"span_corruption", "bart", "mtp"}
 
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("objective", CAUSAL_DECODER_OBJECTIVES)
 def test_objective_is_one_binding_and_loss_falls_on_targets_only(objective, tfds_data_dir,
-                                                                 tmp_path):
+                                                                 tmp_path, request):
   """Every objective the causal decoder supports is one binding; an objective with inputs
   runs as concat(inputs, targets) with loss weight exactly on the target part."""
   bindings = [f"Experiment.objective={objective}", "TrainConfig.steps=2",
               "TrainConfig.warmup_steps=1", "TrainConfig.eval_every=2",
               "TrainConfig.checkpoint_every=2"]
-  if objective in TRAINED_BY_DEFAULT:
+  if objective in TRAINED_BY_DEFAULT or (
+      objective in TRAINED_WITH_SLOW and request.config.getoption("--slow")):
     s = _train(tmp_path / "wd", *bindings)
     assert s["experiment"] == f"causal_decoder_{objective}_tiny_pydocs"
     assert s["final_step"] == 2 and np.isfinite(s["final_eval_loss"])
@@ -185,6 +189,7 @@ def test_objective_is_one_binding_and_loss_falls_on_targets_only(objective, tfds
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_divergence_stops_in_one_line_naming_its_first_step_and_keeps_checkpoints(
     tfds_data_dir, tmp_path, capsys):
   """Checked every step on the devices (no host sync), reported when the host next reads
@@ -227,6 +232,7 @@ def test_resume_refuses_a_different_data_stream(tfds_data_dir, tmp_path, capsys)
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_unpacked_batches_train(tfds_data_dir, tmp_path, capsys):
   """Unpacked T5 prefix-LM rows (each document chunk on its own row, padded: short
   documents leave much of a 626-token row empty) train, and their padding shows in the

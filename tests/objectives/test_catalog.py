@@ -57,6 +57,7 @@ def test_objective_honours_its_contract(name):
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_any_objective_module_may_be_imported_first():
   """ELECTRA's config extends BERT MLM's: importing bert_mlm (or mtp) before anything else
   must still register every objective (the registry imports the modules when first read),
