@@ -17,8 +17,8 @@ on the targets only. They differ in where the pieces come from and in EOS:
   piece0[:i] + piece1[:626 - i] and the decoder piece0[i:] + piece1[626 - i:], so both
   sides are exactly 626 tokens (batch 1,024 rows; paper App. C). One piece per row would
   leave half of every 625 + 625 row empty, since no two random splits fit one row. With
-  `PrefixLMConfig.pair_pieces` (the encoder-decoder sets it when packing; see
-  `paired_lengths`) each example is such a pair, already packed: the seqio features
+  `PrefixLMConfig.pair_pieces` (the encoder-decoder sets it when packing; see `lengths`)
+  each example is such a pair, already packed: the seqio features
   inputs/targets plus their `_segment_ids` (piece 1 or 2) and `_positions` (from 0 in each
   piece), so attention, cross-attention and positions keep the two pieces apart. The pair
   is made here, not by the feature converter, because seqio shuffles (and mixes) the
@@ -181,6 +181,12 @@ def _flat_document_batches(ds: tf.data.Dataset, eos_id: Optional[int]) -> tf.dat
       num_parallel_calls=tf.data.AUTOTUNE)
 
 
+def _draw_splits(rows: tf.Tensor, seed: tf.Tensor, budget: int) -> tf.Tensor:
+  """One split i ~ U[1, budget) per row of `rows` (a piece, or a pair of pieces)."""
+  return tf.random.stateless_uniform(tf.shape(rows)[:1], seed=seed, minval=1, maxval=budget,
+                                     dtype=tf.int32)
+
+
 def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]],
                output_features: Mapping[str, seqio.Feature],
                cfg: Optional[PrefixLMConfig] = None) -> tf.data.Dataset:
@@ -208,9 +214,7 @@ def preprocess(ds: tf.data.Dataset, sequence_length: Optional[Mapping[str, int]]
   @seqio.map_over_dataset(num_seeds=1)
   def split(pieces_KB, seed):
     # Wang et al. / T5 repo `pack_prefix_lm_decoder_only`: split ~ U[1, B) per piece.
-    split_K = tf.random.stateless_uniform(tf.shape(pieces_KB)[:1], seed=seed, minval=1,
-                                          maxval=budget, dtype=tf.int32)
-    inputs, targets = split_pieces(pieces_KB, split_K)
+    inputs, targets = split_pieces(pieces_KB, _draw_splits(pieces_KB, seed, budget))
     return {"inputs": inputs, "targets": targets}
 
   return stream.dense_examples(split(pieces.batch(_PIECES_PER_STEP)).unbatch())
@@ -246,9 +250,7 @@ def _paired(pieces: tf.data.Dataset, budget: int) -> tf.data.Dataset:
   def split(pairs_K2B, seed):
     # One draw per pair: i for the first piece, B - i for the second (T5 repo
     # `pack_prefix_lm_encoder_decoder`), so both rows are exactly B tokens.
-    split_K = tf.random.stateless_uniform(tf.shape(pairs_K2B)[:1], seed=seed, minval=1,
-                                          maxval=budget, dtype=tf.int32)
-    return pair_split(pairs_K2B, split_K)
+    return pair_split(pairs_K2B, _draw_splits(pairs_K2B, seed, budget))
 
   pairs = pieces.batch(2, drop_remainder=True).batch(_PIECES_PER_STEP // 2)
   return split(pairs).unbatch().map(
