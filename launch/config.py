@@ -12,6 +12,9 @@ import gin
 
 from objectax.models.registry import ConfigError
 
+# Experiment.packer's choices (data/packing.py).
+PACKERS = ("first_fit", "in_order")
+
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +31,11 @@ class Experiment:
   corpus: str = "pydocs"
   sequence_length: int = 128
   pack: bool = True
+  # How examples of varying length share rows when packed: "first_fit" places each in the
+  # first row, of all those opened for a window of examples, where it fits;
+  # "in_order" is seqio's packer, which closes a row at the first example that does not
+  # fit (data/packing.py).
+  packer: str = "first_fit"
   # Appended to the name when set: a run at the same grid point that differs otherwise,
   # e.g. "lm_adapted" for a run started from another run's parameters (gin/adapt/).
   variant: str = ""
@@ -42,6 +50,8 @@ class Experiment:
   def __post_init__(self):
     if not isinstance(self.task, str):
       raise ConfigError(f"Experiment.task={self.task!r} must be a task or mixture name")
+    if self.packer not in PACKERS:
+      raise ConfigError(f"Experiment.packer={self.packer!r}; valid choices: {', '.join(PACKERS)}")
     if self.long_examples not in ("refuse", "trim"):
       raise ConfigError(f"Experiment.long_examples={self.long_examples!r}; valid choices: "
                         "refuse, trim")

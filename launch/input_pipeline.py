@@ -23,7 +23,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from objectax.data import any_task, pydocs, sources, tasks
+from objectax.data import any_task, packing, pydocs, sources, tasks
 from objectax.data import vocab as vocab_lib
 from objectax.models import model_objectives
 from objectax.models.registry import ConfigError
@@ -82,7 +82,10 @@ def build_task_input(cfg) -> TaskInput:
   """
   pydocs.keep_tensorflow_off_accelerators()
   exp = cfg.exp
-  converter = cfg.arch.feature_converter
+
+  def converter(pack, concat):
+    made = cfg.arch.feature_converter(pack, concat)
+    return packing.use_first_fit(made) if exp.packer == "first_fit" else made
   if exp.task:
     found, vocabulary = any_task.components(exp.task, cfg)
     lengths = cfg.task_lengths()

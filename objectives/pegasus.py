@@ -46,7 +46,9 @@ SentencePiece tokens, 1,087 chunks, 62% of them full) inputs 52%, targets 30%, t
 together 45%; on full chunks alone inputs 38%, targets 11%, together 29%: masking removes
 about 40% of a chunk's tokens from the inputs. PEGASUS instead masks the whole document and
 then truncates the inputs to 512, so its inputs of long documents come out full but the text
-past them is lost. Packing examples (the feature converters' pack=True) recovers the space.
+past them is lost. Packing (first fit, data/packing.py) recovers part of the space: a full
+chunk's example fills about two thirds of a decoder row of I + T, so two never share one,
+and at B = 626 the rows keep 23% padding on a decoder and 28% on the encoder-decoder.
 
 Worked example (a real run of this module under map_seed_manager(0), default config, budget
 60 -> raw 39, inputs 40, targets 20; vocabulary seqio.ByteVocabulary(extra_ids=100), so

@@ -240,6 +240,8 @@ CASES = [
     Case("paired_pieces_on_a_decoder", "forced two prefix-LM pieces per row on a decoder",
          [*TRAIN, "--gin.Experiment.objective=prefix_lm", "--gin.PrefixLMConfig.pair_pieces=True"],
          says="PrefixLMConfig.pair_pieces"),
+    Case("unknown_packer", "misspelt the packer", [*TRAIN, "--gin.Experiment.packer='best_fit'"],
+         says="first_fit, in_order"),
     Case("unknown_size", "misspelt the size", [*TRAIN, "--gin.Experiment.size=huge"],
          says="huge"),
     Case("unknown_corpus", "misspelt the corpus", [*TRAIN, "--gin.Experiment.corpus=c5"],

@@ -224,11 +224,11 @@ def test_bench_input_prints_pipeline_and_training_figures(tfds_data_dir):
 
 @pytest.mark.e2e
 def test_bench_input_padding_table(tfds_data_dir, tmp_path, monkeypatch):
-  """A few pairs at Wang et al.'s budget: full LM packs without padding, T5's prefix LM
-  (each document chunked, no concatenation) does not, the encoder-decoder's streams are
+  """A few pairs at Wang et al.'s budget: full LM packs without padding, PEGASUS (one
+  example per document, about two thirds of a decoder row when full) does not, the encoder-decoder's streams are
   counted apart, and a pair that cannot run is a refused row, not an error."""
   lines, path = [], tmp_path / "padding.json"
-  pairs = [("causal_decoder", "full_lm"), ("prefix_decoder", "t5_prefix_lm"),
+  pairs = [("causal_decoder", "full_lm"), ("prefix_decoder", "pegasus_gsg"),
            ("encoder_decoder", "span_corruption"), ("encoder_decoder", "full_lm")]
   rows = bench_input.padding_table(pairs=pairs, batches=3, json_path=str(path),
                                    out=lines.append)
