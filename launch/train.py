@@ -53,7 +53,8 @@ def run_identity(cfg, ti, parts, input_shards: int, lengths) -> tuple[dict, dict
               **{k: v for k, v in dataclasses.asdict(parts.model_cfg).items()
                  if k not in EXECUTION_SETTINGS}}
   stream_id = {"task": ti.task.name, "seed": tc.seed, "batch_size": tc.batch_size,
-               "input_shards": input_shards, "lengths": dict(lengths)}
+               "input_shards": input_shards, "lengths": dict(lengths),
+               "packing": exp.packer if exp.pack else "off"}
   return model_id, stream_id
 
 

@@ -229,6 +229,14 @@ def test_resume_refuses_a_different_data_stream(tfds_data_dir, tmp_path, capsys)
   assert code == 2 and len(lines) == 1, lines
   assert "was written with data batch_size=4 but this run has 8" in lines[0], lines[0]
   assert sorted(os.listdir(wd / "checkpoints")) == before
+  # Another packer makes other rows from the same examples: another stream.
+  code = main.run(["train", f"--workdir={wd}", "--quiet", *[f"--gin.{b}" for b in FAST],
+                   "--gin.TrainConfig.steps=4", "--gin.TrainConfig.warmup_steps=3",
+                   "--gin.Experiment.packer='in_order'"])
+  lines = [l for l in capsys.readouterr().err.splitlines() if l.strip()]
+  assert code == 2 and len(lines) == 1, lines
+  assert "data packing='first_fit' but this run has 'in_order'" in lines[0], lines[0]
+  assert sorted(os.listdir(wd / "checkpoints")) == before
 
 
 @pytest.mark.e2e
