@@ -261,3 +261,11 @@ def build(cfg: RunConfig, *, vocab_size: int, extra_ids: int, feature_lengths: M
                tx=step_lib.make_optimizer(cfg.train), spec=spec,
                feature_lengths=dict(feature_lengths), concat=concat,
                components=tuple(components))
+
+
+def build_for(cfg: RunConfig, ti: Any) -> Parts:
+  """`build` for the data a run trains on (an `input_pipeline.TaskInput`): its vocabulary,
+  task lengths and mixture components."""
+  return build(cfg, vocab_size=ti.vocabulary.vocab_size, extra_ids=ti.vocabulary.extra_ids,
+               feature_lengths=ti.task_feature_lengths, concat=ti.lengths.concat,
+               components=ti.component_names)

@@ -262,9 +262,7 @@ def _train(cfg, workdir, say, chief, signals, t_start, joined, mesh, quiet) -> d
       f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s)")
 
   # Model, loss, optimizer and state, laid out on the mesh from the start.
-  parts = builder.build(cfg, vocab_size=ti.vocabulary.vocab_size,
-                        extra_ids=ti.vocabulary.extra_ids, feature_lengths=lengths,
-                        concat=ti.lengths.concat, components=ti.component_names)
+  parts = builder.build_for(cfg, ti)
   if ti.component_names:
     total = sum(c.rate for c in ti.components)
     say("mixture components, logged apart: " + ", ".join(

@@ -152,9 +152,7 @@ def evaluate_workdir(workdir: str, *, step: Optional[int] = None, documents: int
   vocabulary = ti.vocabulary
   # The checkpoint holds the whole train state of the model training built (a model-side
   # objective's extra modules included); restore it all, score with the architecture's own.
-  parts = builder.build(cfg, vocab_size=vocabulary.vocab_size, extra_ids=vocabulary.extra_ids,
-                        feature_lengths=ti.task_feature_lengths, concat=ti.lengths.concat,
-                        components=ti.component_names)
+  parts = builder.build_for(cfg, ti)
   run = parts.on_mesh(sharding.make_mesh(cfg.mesh))
   params = _restore(workdir, chosen, run.abstract).params
   model_cfg = parts.model_cfg

@@ -616,9 +616,7 @@ def _write_workdir(out: str, files: Sequence[str], bindings: Sequence[str],
   cfg = builder.resolve()
   ti = input_pipeline.build_task_input(cfg)
   vocabulary = ti.vocabulary
-  parts = builder.build(cfg, vocab_size=vocabulary.vocab_size, extra_ids=vocabulary.extra_ids,
-                        feature_lengths=ti.task_feature_lengths, concat=ti.lengths.concat,
-                        components=ti.component_names)
+  parts = builder.build_for(cfg, ti)
   run = parts.on_mesh(sharding.make_mesh(cfg.mesh))
   wanted = run.abstract.params
   state = run.init()
