@@ -240,6 +240,16 @@ def _default_tokenizer_options(arch: str) -> dict[str, Any]:
 # ------------------------------------------------------------------ export
 
 
+def _check_flags(command: str, fmt: str, folders: Sequence[tuple[Optional[str], str, str]]):
+  """The extra is installed, the format known and every (value, flag, what) folder given."""
+  require(command)
+  if fmt not in FORMATS:
+    raise ConfigError(f"--format {fmt!r}; valid choices: {', '.join(FORMATS)}")
+  for value, flag, what in folders:
+    if not value:
+      raise ConfigError(f"objectax {command} needs {flag}=DIR ({what})")
+
+
 def export(workdir: Optional[str], step: Optional[int], out: Optional[str],
            fmt: str = "hf", bindings: Sequence[str] = (),
            say: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
@@ -250,13 +260,8 @@ def export(workdir: Optional[str], step: Optional[int], out: Optional[str],
   before anything is written.
   """
   say = say or _stderr("export")
-  require("export")
-  if fmt not in FORMATS:
-    raise ConfigError(f"--format {fmt!r}; valid choices: {', '.join(FORMATS)}")
-  if not workdir:
-    raise ConfigError("objectax export needs --workdir=DIR (the workdir of a training run)")
-  if not out:
-    raise ConfigError("objectax export needs --out=DIR (the Hugging Face folder to write)")
+  _check_flags("export", fmt, [(workdir, "--workdir", "the workdir of a training run"),
+                               (out, "--out", "the Hugging Face folder to write")])
   out = os.path.abspath(out)
   _check_empty(out, "--out")
   # pylint: disable=g-import-not-at-top
@@ -521,13 +526,8 @@ def import_hf(model_dir: Optional[str], out: Optional[str], fmt: str = "hf",
   bindings, e.g. another Experiment.objective. Refusals come in one line before anything
   is written."""
   say = say or _stderr("import")
-  require("import")
-  if fmt not in FORMATS:
-    raise ConfigError(f"--format {fmt!r}; valid choices: {', '.join(FORMATS)}")
-  if not model_dir:
-    raise ConfigError("objectax import needs --model=DIR (a local Hugging Face model folder)")
-  if not out:
-    raise ConfigError("objectax import needs --out=DIR (the Objectax workdir to write)")
+  _check_flags("import", fmt, [(model_dir, "--model", "a local Hugging Face model folder"),
+                               (out, "--out", "the Objectax workdir to write")])
   model_dir, out = os.path.abspath(model_dir), os.path.abspath(out)
   _check_empty(out, "--out")
   config = read_config(model_dir)
