@@ -21,7 +21,7 @@ import json
 import math
 import statistics
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -57,20 +57,30 @@ def _peak_memory(compiled: Any) -> tuple[float | None, str]:
     return None, "not reported by this backend"
 
 
+def synthetic_setup(batch_size: int = 0, vocab_size: int = 0, inputs_length: int = 0,
+                    check: Callable[[Any], None] = lambda cfg: None):
+  """The configured (already parsed) model built for synthetic batches: (run config, mesh,
+  batch size, parts). No vocabulary: the data-only loss over ModelConfig.vocab_size ids (or
+  `vocab_size`); the batch is TrainConfig's unless `batch_size` is given. `check(cfg)` may
+  refuse the run before its mesh and model are made."""
+  cfg = builder.resolve(model_only=True)
+  check(cfg)
+  batch_size = batch_size or cfg.train.batch_size
+  lengths = task_lengths(cfg.exp.arch, cfg.exp.sequence_length, inputs_length)
+  mesh = sharding.make_mesh(cfg.mesh)
+  sharding.check_batch_size(batch_size, mesh, cfg.mesh)
+  parts = builder.build(cfg, vocab_size=cfg.model.vocab_size or vocab_size or DEFAULT_VOCAB,
+                        extra_ids=0, feature_lengths=lengths, batch_size=batch_size)
+  return cfg, mesh, batch_size, parts
+
+
 def run(steps: int = 20, warmup: int = 3, batch_size: int = 0, inputs_length: int = 0,
         vocab_size: int = 0, say=print) -> dict[str, float]:
   """Benchmarks the configured (already parsed) model; returns the figures printed."""
   if steps < 1 or warmup < 0:
     raise ConfigError(f"--steps={steps} must be >= 1 and --warmup={warmup} >= 0")
-  cfg = builder.resolve(model_only=True)
+  cfg, mesh, batch_size, parts = synthetic_setup(batch_size, vocab_size, inputs_length)
   exp, tc = cfg.exp, cfg.train
-  batch_size = batch_size or tc.batch_size
-  lengths = task_lengths(exp.arch, exp.sequence_length, inputs_length)
-  mesh = sharding.make_mesh(cfg.mesh)
-  sharding.check_batch_size(batch_size, mesh, cfg.mesh)
-  # No vocabulary: the data-only loss over ModelConfig.vocab_size ids (or --vocab_size).
-  parts = builder.build(cfg, vocab_size=cfg.model.vocab_size or vocab_size or DEFAULT_VOCAB,
-                        extra_ids=0, feature_lengths=lengths, batch_size=batch_size)
   model_cfg, arch = parts.model_cfg, cfg.arch
   model_lengths = parts.model_lengths
   tokens_per_step = batch_size * parts.tokens_per_example

@@ -557,19 +557,11 @@ def run(steps: int = DEFAULT_STEPS, rounds: int = DEFAULT_ROUNDS, batch_size: in
   # pylint: disable=g-import-not-at-top
   import jax
   import numpy as np
-  from objectax.launch import builder, sharding
   from objectax.launch.tools import bench_model
   _check_flags(steps, rounds, batch_size)
-  cfg = builder.resolve(model_only=True)
+  cfg, mesh, batch_size, parts = bench_model.synthetic_setup(
+      batch_size, vocab_size, check=lambda cfg: check_arch(cfg.exp.arch))
   exp = cfg.exp
-  check_arch(exp.arch)
-  batch_size = batch_size or cfg.train.batch_size
-  lengths = bench_model.task_lengths(exp.arch, exp.sequence_length)
-  mesh = sharding.make_mesh(cfg.mesh)
-  sharding.check_batch_size(batch_size, mesh, cfg.mesh)
-  parts = builder.build(cfg, vocab_size=cfg.model.vocab_size or vocab_size
-                        or bench_model.DEFAULT_VOCAB, extra_ids=0, feature_lengths=lengths,
-                        batch_size=batch_size)
   model_cfg = parts.model_cfg
   devices = jax.devices()
   platform = devices[0].platform
