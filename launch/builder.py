@@ -97,18 +97,21 @@ def resolve(*, model_only: bool = False, fallback_arch: bool = False) -> RunConf
   arch_registry.check_supports(arch, objective)  # one line: the architectures it runs on
   tasks.check_pairing(sources.get_corpus(exp.corpus), objective)  # before any data is read
   return RunConfig(exp=exp, arch=arch, objective=objective,
-                   objective_cfg=row_layout(objective.config_cls(), arch, exp.pack),
+                   objective_cfg=row_layout(objective, arch, exp.pack),
                    vocab=vocab_lib.VocabConfig(), data=sources.data_config(), **common)
 
 
-def row_layout(objective_cfg: Any, arch: arch_registry.Architecture, pack: bool) -> Any:
-  """The objective's config with its `pair_pieces` decided, where it has one.
+def row_layout(objective: objective_registry.Objective, arch: arch_registry.Architecture,
+               pack: bool) -> Any:
+  """The objective's (gin-bound) config, with `pair_pieces` decided where the objective
+  pairs pieces (`Objective.pairs_pieces`).
 
   None (the default) becomes whether the architecture pairs pieces (`pairs_pieces`) and
   the run packs; an explicit True the architecture or an unpacked run cannot take is a
-  ConfigError. Configs without the field are returned as they are.
+  ConfigError.
   """
-  if "pair_pieces" not in {f.name for f in dataclasses.fields(objective_cfg)}:
+  objective_cfg = objective.config_cls()
+  if not objective.pairs_pieces:
     return objective_cfg
   can = arch.pairs_pieces and pack
   if objective_cfg.pair_pieces is None:

@@ -156,7 +156,7 @@ class Architecture:
     left_to_right: it can score a sequence token by token (a continuation given a prefix).
     pairs_pieces: its rows hold a variable-split objective's pieces in two streams, so it
       wants two pieces per example with complementary splits where the objective offers
-      them (a `pair_pieces` field in its config, e.g. Wang et al.'s prefix LM on the
+      them (`Objective.pairs_pieces`, e.g. Wang et al.'s prefix LM on the
       encoder-decoder); its feature converter then takes examples that arrive packed
       (with `inputs_segment_ids` and the like) as they are.
   """

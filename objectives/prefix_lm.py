@@ -394,6 +394,7 @@ OBJECTIVE = registry.register(registry.Objective(
     lengths=lengths,
     description="Wang et al. PLM: documents + EOS concatenated into budget-sized pieces, "
                 "split uniformly in [1, B)",
+    pairs_pieces=True,
 ))
 
 T5_OBJECTIVE = registry.register(registry.Objective(

@@ -122,6 +122,11 @@ class Objective:
       ModelObjective, which builds the module and the loss from this objective's cfg.
       None: the data are the whole objective and the loss is the architecture's weighted
       cross-entropy.
+    pairs_pieces: it can make each example two budget-sized pieces with complementary
+      splits, already packed with segment ids (TaskLengths.per_row = 2), for architectures
+      whose rows hold inputs and targets in two streams (`Architecture.pairs_pieces`). Its
+      config then has a `pair_pieces` field: None lets the run decide (those architectures,
+      packed), True or False is the user's choice.
   """
   name: str
   config_cls: type
@@ -134,6 +139,7 @@ class Objective:
   corpus_kind: str = "text"
   aligned: bool = False
   fills_spans: bool = False
+  pairs_pieces: bool = False
 
   def __post_init__(self):
     if (self.preprocess is None) == (self.mixture is None):
@@ -142,6 +148,10 @@ class Objective:
       raise ValueError(f"objective {self.name!r}: bad features {self.features}")
     if self.aligned and self.features != ("inputs", "targets"):
       raise ValueError(f"objective {self.name!r}: aligned examples need inputs and targets")
+    if self.pairs_pieces and "pair_pieces" not in {
+        f.name for f in dataclasses.fields(self.config_cls)}:
+      raise ValueError(f"objective {self.name!r}: pairs_pieces needs a `pair_pieces` field in "
+                       f"{self.config_cls.__name__}")
 
   @property
   def example_kind(self) -> str:

@@ -4,6 +4,7 @@ One 626-token piece per row would leave half of the encoder-decoder's 625 + 625 
 empty; the architecture asks the objective for pairs (`PrefixLMConfig.pair_pieces`), the
 rows come out full, and segment ids keep the two pieces from seeing each other.
 """
+import dataclasses
 import json
 
 import gin
@@ -43,6 +44,14 @@ def test_the_architecture_and_packing_decide_the_row_layout(arch, pack, paired):
 def test_other_objectives_keep_their_config():
   cfg = _resolve("Experiment.arch=encoder_decoder", "Experiment.objective=t5_prefix_lm")
   assert not hasattr(cfg.objective_cfg, "pair_pieces") and cfg.task_lengths().per_row == 1
+
+
+def test_an_objective_that_pairs_must_have_the_switch():
+  from objectax.objectives import prefix_lm, registry  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match="pairs_pieces needs a `pair_pieces` field in "
+                                       "T5PrefixLMConfig"):
+    dataclasses.replace(prefix_lm.T5_OBJECTIVE, pairs_pieces=True)
+  assert registry.get("prefix_lm").pairs_pieces and not registry.get("t5_prefix_lm").pairs_pieces
 
 
 def test_pairs_forced_where_rows_cannot_take_them_are_one_line():
